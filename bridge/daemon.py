@@ -1,0 +1,144 @@
+"""Daemon: wires config, state, Tempo, the sender, the scheduler and the web server together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from bridge.config import Config, load_config
+from bridge.engine import Engine
+from bridge.errors import ConfigError
+from bridge.metrics import Metrics
+from bridge.remote_write import RemoteWriteClient
+from bridge.rules import Group, load_rule_files
+from bridge.scheduler import Scheduler
+from bridge.sender import Sender
+from bridge.state import State
+from bridge.tempo import TempoClient
+from bridge.web import WebServer
+
+log = structlog.get_logger("bridge.daemon")
+
+STATE_FILE = "tempo-bridge.sqlite"
+
+
+def load_rules(config: Config) -> list[Group]:
+    """The rule groups named by ``config.rule_files``; raises ConfigError."""
+    min_offset = config.tempo.query_end_cutoff + config.tempo.ingest_delay
+    return load_rule_files(config.rule_files, min_query_offset=min_offset)
+
+
+class Daemon:
+    """One running tempo-bridge: evaluates rules on schedule until :meth:`stop`."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        groups: list[Group],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.metrics = Metrics()
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._ready = False
+        self.state = State(config.state_dir / STATE_FILE)
+        self.tempo = TempoClient(
+            config.tempo.url,
+            tenant=config.tempo.tenant,
+            headers=config.tempo.auth_headers(),
+            timeout=config.tempo.timeout,
+        )
+        self.receiver = RemoteWriteClient(
+            config.remote_write.url,
+            headers=config.remote_write.auth_headers(),
+            timeout=config.remote_write.timeout,
+        )
+        self.sender = Sender(
+            self.state,
+            self.receiver,
+            self.metrics,
+            max_samples_per_send=config.remote_write.max_samples_per_send,
+            max_sample_age=config.remote_write.max_sample_age,
+            external_labels=dict(config.remote_write.external_labels),
+            clock=clock,
+        )
+        self.engine = Engine(
+            self.tempo,
+            self.state,
+            self.metrics,
+            max_duration=int(config.tempo.max_duration),
+            clock=clock,
+            on_commit=self.sender.wake,
+        )
+        self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
+        self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
+        self._groups = groups
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or :meth:`stop`); SIGHUP reloads the rules."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        sender = asyncio.create_task(self.sender.run(), name="sender")
+        try:
+            await self.web.start(self.config.web.listen_address)
+            self._set_groups(self._groups)
+            self.metrics.reload_success.set(1)
+            self.metrics.reload_timestamp.set(self._clock())
+            self.scheduler.start(self._groups)
+            self._ready = True
+            log.info(
+                "started", listen_address=self.config.web.listen_address,
+                port=self.web.port, groups=len(self._groups),
+                state=str(self.state.path),
+            )
+            await self._stopping.wait()
+        finally:
+            self._ready = False
+            log.info("stopping")
+            self.scheduler.shutdown()
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            await self.web.stop()
+            await self.tempo.aclose()
+            await self.receiver.aclose()
+            self.state.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def reload(self) -> str | None:
+        """Re-read the rule files; a bad file keeps the running rules and is reported."""
+        try:
+            config = load_config(self.config_path)
+            groups = load_rules(config)
+        except ConfigError as exc:
+            self.metrics.reload_success.set(0)
+            log.error("reload failed, previous rules kept", error=str(exc))
+            return str(exc)
+        self._set_groups(groups)
+        self.scheduler.replace(groups)
+        self.metrics.reload_success.set(1)
+        self.metrics.reload_timestamp.set(self._clock())
+        log.info("rules reloaded", groups=len(groups))
+        return None
+
+    def _set_groups(self, groups: list[Group]) -> None:
+        self._groups = groups
+        self.metrics.rule_groups.set(len(groups))
+        self.metrics.rules.set(sum(len(g.rules) for g in groups))

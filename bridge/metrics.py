@@ -1,0 +1,86 @@
+"""Self metrics: what the bridge exposes on ``/metrics``, all prefixed ``tempo_bridge_``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from bridge import __version__
+
+
+class Metrics:
+    """The bridge's own metrics, on a registry of their own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        Info("tempo_bridge_build", "Version of tempo-bridge.", registry=r).info(
+            {"version": __version__}
+        )
+        rule = ["group", "rule"]
+        self.evaluations = Counter(
+            "tempo_bridge_evaluations", "Rule evaluations attempted (one Tempo query each).",
+            rule, registry=r,
+        )
+        self.evaluation_failures = Counter(
+            "tempo_bridge_evaluation_failures",
+            "Rule evaluations that failed, by reason; the windows are retried later.",
+            [*rule, "reason"], registry=r,
+        )
+        self.evaluation_duration = Histogram(
+            "tempo_bridge_evaluation_duration_seconds",
+            "Time to query Tempo and store one rule evaluation.",
+            ["group"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.windows_evaluated = Counter(
+            "tempo_bridge_windows_evaluated", "Windows recorded, per rule.", rule, registry=r
+        )
+        self.windows_behind = Gauge(
+            "tempo_bridge_windows_behind",
+            "Windows due but not yet recorded, per rule (0 when caught up).",
+            rule, registry=r,
+        )
+        self.last_success = Gauge(
+            "tempo_bridge_last_success_timestamp_seconds",
+            "Unix time of the last successful evaluation, per rule.", rule, registry=r,
+        )
+        self.checkpoint = Gauge(
+            "tempo_bridge_checkpoint_timestamp_seconds",
+            "End of the last window recorded, per rule.", rule, registry=r,
+        )
+        self.tempo_queries = Counter(
+            "tempo_bridge_tempo_queries", "Queries sent to Tempo, by kind.", ["kind"],
+            registry=r,
+        )
+        self.samples_sent = Counter(
+            "tempo_bridge_samples_sent", "Samples accepted by the remote-write receiver.",
+            registry=r,
+        )
+        self.send_retries = Counter(
+            "tempo_bridge_send_retries",
+            "Remote-write requests retried after a retryable failure, by reason.",
+            ["reason"], registry=r,
+        )
+        self.samples_dropped = Counter(
+            "tempo_bridge_samples_dropped",
+            "Samples never delivered, by reason (rejected, too_old, out_of_order).",
+            ["reason"], registry=r,
+        )
+        self.outbox_samples = Gauge(
+            "tempo_bridge_outbox_samples", "Samples waiting in the outbox.", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "tempo_bridge_outbox_oldest_sample_age_seconds",
+            "Age of the oldest sample waiting in the outbox (0 when empty).", registry=r,
+        )
+        self.rule_groups = Gauge(
+            "tempo_bridge_rule_groups", "Rule groups loaded.", registry=r
+        )
+        self.rules = Gauge("tempo_bridge_rules", "Rules loaded.", registry=r)
+        self.reload_success = Gauge(
+            "tempo_bridge_config_last_reload_successful",
+            "1 if the last reload of the rule files succeeded.", registry=r,
+        )
+        self.reload_timestamp = Gauge(
+            "tempo_bridge_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload.", registry=r,
+        )

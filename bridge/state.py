@@ -1,0 +1,268 @@
+"""State: one SQLite database with checkpoints, counter totals, live gauge series and the outbox.
+
+Every evaluation commits in one transaction (:meth:`State.commit_evaluation`), so a crash
+leaves either the whole evaluation or none of it. The outbox holds samples until the
+receiver accepts them; the sender reads it in insertion order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.errors import StateError
+from bridge.evaluation import Labels, Sample
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rules (
+    rule_id     TEXT PRIMARY KEY,
+    group_name  TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    expr        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    checkpoint  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_id   INTEGER PRIMARY KEY,
+    labels      TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS totals (
+    rule_id     TEXT NOT NULL,
+    series_id   INTEGER NOT NULL,
+    total       REAL NOT NULL,
+    PRIMARY KEY (rule_id, series_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_gauges (
+    rule_id     TEXT NOT NULL,
+    series_id   INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, series_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_id   INTEGER NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    value       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sent (
+    series_id   INTEGER PRIMARY KEY,
+    ts_ms       INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """What the state knows of one rule."""
+
+    checkpoint: int
+    totals: dict[Labels, float]
+    live_gauges: set[Labels]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    series_id: int
+    labels: Labels
+    ts_ms: int
+    value: float
+
+
+class State:
+    """The bridge's SQLite state (WAL mode), opened once per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open the state database {path}: {exc}") from exc
+        self._pending: list[Labels] = []
+        self._series_ids: dict[Labels, int] = {}
+        self._labels_by_id: dict[int, Labels] = {}
+        for series_id, text in self._db.execute("SELECT series_id, labels FROM series"):
+            labels = _decode_labels(text)
+            self._series_ids[labels] = series_id
+            self._labels_by_id[series_id] = labels
+
+    def close(self) -> None:
+        self._db.close()
+
+    # rules -----------------------------------------------------------------
+
+    def rule_state(self, rule_id: str) -> RuleState | None:
+        """Checkpoint, totals and live gauges of a rule, or None if it has never run."""
+        row = self._db.execute(
+            "SELECT checkpoint FROM rules WHERE rule_id = ?", (rule_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        totals = {
+            self._labels_by_id[sid]: total
+            for sid, total in self._db.execute(
+                "SELECT series_id, total FROM totals WHERE rule_id = ?", (rule_id,)
+            )
+        }
+        live = {
+            self._labels_by_id[sid]
+            for (sid,) in self._db.execute(
+                "SELECT series_id FROM live_gauges WHERE rule_id = ?", (rule_id,)
+            )
+        }
+        return RuleState(int(row[0]), totals, live)
+
+    def commit_evaluation(
+        self,
+        *,
+        rule_id: str,
+        group: str,
+        record: str,
+        expr: str,
+        kind: str,
+        checkpoint: int,
+        totals: Mapping[Labels, float] | None = None,
+        live_gauges: Iterable[Labels] | None = None,
+        samples: Sequence[Sample] = (),
+    ) -> None:
+        """Store one evaluation atomically: checkpoint, totals or live set, and its samples."""
+        db = self._db
+        with self._transaction(f"store the evaluation of {record}"):
+            db.execute(
+                "INSERT INTO rules (rule_id, group_name, record, expr, kind, checkpoint)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rule_id)"
+                " DO UPDATE SET checkpoint = excluded.checkpoint",
+                (rule_id, group, record, expr, kind, checkpoint),
+            )
+            if totals is not None:
+                db.executemany(
+                    "INSERT INTO totals (rule_id, series_id, total) VALUES (?, ?, ?)"
+                    " ON CONFLICT (rule_id, series_id) DO UPDATE SET total = excluded.total",
+                    [(rule_id, self._series_id(k), v) for k, v in totals.items()],
+                )
+            if live_gauges is not None:
+                db.execute("DELETE FROM live_gauges WHERE rule_id = ?", (rule_id,))
+                db.executemany(
+                    "INSERT INTO live_gauges (rule_id, series_id) VALUES (?, ?)",
+                    [(rule_id, self._series_id(k)) for k in live_gauges],
+                )
+            db.executemany(
+                "INSERT INTO outbox (series_id, ts_ms, value) VALUES (?, ?, ?)",
+                [(self._series_id(k), ts, v) for k, ts, v in samples],
+            )
+
+    def forget_rule(self, rule_id: str) -> None:
+        """Drop a rule's checkpoint, totals and live set (its rule was removed or changed)."""
+        with self._transaction(f"forget rule {rule_id}"):
+            for table in ("rules", "totals", "live_gauges"):
+                self._db.execute(f"DELETE FROM {table} WHERE rule_id = ?", (rule_id,))
+
+    def known_rules(self) -> list[tuple[str, str, str, str]]:
+        """``(rule_id, group, record, kind)`` of every rule in the state."""
+        return [
+            (str(a), str(b), str(c), str(d))
+            for a, b, c, d in self._db.execute(
+                "SELECT rule_id, group_name, record, kind FROM rules"
+            )
+        ]
+
+    # outbox ----------------------------------------------------------------
+
+    def outbox_head(self, limit: int) -> list[OutboxRow]:
+        """The oldest ``limit`` queued samples, in insertion order."""
+        return [
+            OutboxRow(i, sid, self._labels_by_id[sid], ts, v)
+            for i, sid, ts, v in self._db.execute(
+                "SELECT id, series_id, ts_ms, value FROM outbox ORDER BY id LIMIT ?", (limit,)
+            )
+        ]
+
+    def outbox_depth(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def outbox_oldest_ts_ms(self) -> int | None:
+        row = self._db.execute("SELECT min(ts_ms) FROM outbox").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def last_sent(self, series_ids: Iterable[int]) -> dict[int, int]:
+        """Timestamp of the newest sample accepted by the receiver, per series."""
+        ids = list(set(series_ids))
+        result: dict[int, int] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            result.update(
+                self._db.execute(
+                    f"SELECT series_id, ts_ms FROM sent WHERE series_id IN ({marks})", chunk
+                ).fetchall()
+            )
+        return result
+
+    def delete_outbox(self, rows: Sequence[OutboxRow], *, delivered: bool) -> None:
+        """Remove rows from the outbox; when ``delivered``, advance each series' last sent."""
+        with self._transaction("update the outbox"):
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r.id,) for r in rows])
+            if delivered:
+                newest: dict[int, int] = {}
+                for r in rows:
+                    newest[r.series_id] = max(newest.get(r.series_id, r.ts_ms), r.ts_ms)
+                self._db.executemany(
+                    "INSERT INTO sent (series_id, ts_ms) VALUES (?, ?) ON CONFLICT (series_id)"
+                    " DO UPDATE SET ts_ms = max(ts_ms, excluded.ts_ms)",
+                    list(newest.items()),
+                )
+
+    # internals ---------------------------------------------------------------
+
+    def _series_id(self, labels: Labels) -> int:
+        series_id = self._series_ids.get(labels)
+        if series_id is None:
+            cursor = self._db.execute(
+                "INSERT INTO series (labels) VALUES (?)", (_encode_labels(labels),)
+            )
+            series_id = int(cursor.lastrowid or 0)
+            self._series_ids[labels] = series_id
+            self._labels_by_id[series_id] = labels
+            self._pending.append(labels)
+        return series_id
+
+    def _forget_uncommitted_series(self) -> None:
+        for labels in self._pending:
+            series_id = self._series_ids.pop(labels, None)
+            if series_id is not None:
+                self._labels_by_id.pop(series_id, None)
+        self._pending.clear()
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """One write transaction; any failure rolls it back and raises StateError."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot {what}: {exc}") from exc
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._forget_uncommitted_series()
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(f"cannot {what}: {exc}") from exc
+            raise
+        self._pending.clear()
+
+
+def _encode_labels(labels: Labels) -> str:
+    return json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
+
+
+def _decode_labels(text: str) -> Labels:
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
