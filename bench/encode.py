@@ -1,0 +1,93 @@
+"""Benchmark of remote-write encoding: 100,000 series with one sample each.
+
+Not a test. Run with ``uv run --frozen python bench/encode.py`` (``--profile``
+prints the hottest functions of one run under cProfile). For comparison it
+also times the same request built through the generated protobuf API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import cramjam
+
+from bridge.prompb import remote_pb2
+from bridge.remote_write import (
+    Series,
+    encode_write_request,
+    serialize_write_request,
+)
+
+
+def make_series(count: int, timestamp_ms: int) -> list[Series]:
+    """``count`` distinct series shaped like the OpenRouter cost rules' output."""
+    series: list[Series] = []
+    for i in range(count):
+        labels = (
+            ("__name__", "openrouter_cost_usd_total"),
+            ("api_key_name", f"team-{i % 1000:04d}-production-key"),
+            ("env", "production"),
+            ("model", f"vendor-{i // 1000 % 10}/model-{i // 1000}-instruct"),
+            ("provider", f"provider-{i // 1000 % 25}"),
+            ("source", "openrouter"),
+        )
+        series.append((labels, [(timestamp_ms, 0.000125 * (i + 1))]))
+    return series
+
+
+def encode_with_protobuf_api(series: Sequence[Series]) -> bytes:
+    """The same request built with the generated code: the reference, and the slow way."""
+    request = remote_pb2.WriteRequest()
+    add_series = request.timeseries.add
+    for labels, samples in series:
+        ts = add_series()
+        add_label = ts.labels.add
+        for name, value in labels:
+            add_label(name=name, value=value)
+        add_sample = ts.samples.add
+        for timestamp, sample_value in samples:
+            add_sample(timestamp=timestamp, value=sample_value)
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+def measure(name: str, encode: Callable[[Sequence[Series]], bytes],
+            series: Sequence[Series], repeat: int) -> None:
+    rates = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        encode(series)
+        rates.append(len(series) / (time.perf_counter() - start))
+    print(f"{name:<22} median {statistics.median(rates):>11,.0f} samples/s"
+          f"   (min {min(rates):,.0f}, max {max(rates):,.0f}, {repeat} runs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--series", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+
+    series = make_series(args.series, int(time.time()) * 1000)
+    raw = serialize_write_request(series)
+    body = encode_write_request(series)
+    assert body == encode_with_protobuf_api(series), "hand encoder differs from protobuf"
+    print(f"{args.series:,} series x 1 sample: protobuf {len(raw):,} bytes, "
+          f"snappy {len(body):,} bytes ({len(raw) / len(body):.1f}x)")
+
+    measure("encode_write_request", encode_write_request, series, args.repeat)
+    measure("protobuf API + snappy", encode_with_protobuf_api, series, max(1, args.repeat // 2))
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(encode_write_request, series)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(8)
+
+
+if __name__ == "__main__":
+    main()

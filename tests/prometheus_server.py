@@ -1,0 +1,194 @@
+"""A real Prometheus for tests: started with its remote-write receiver, queried over HTTP.
+
+Uses ``/usr/bin/prometheus`` (Debian's package, installed by CI) or
+``$PROMETHEUS_BIN``. A missing binary is an error, not a skip: tests marked
+``prometheus`` must not pass silently on a machine that cannot run them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_BINARY = "/usr/bin/prometheus"
+READY_TIMEOUT = 30.0
+_CONFIG = """\
+# Written by tests/prometheus_server.py: no scrape targets, only the receiver.
+global:
+  scrape_interval: 1m
+  evaluation_interval: 1m
+"""
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be started or answered a query with an error."""
+
+
+def prometheus_binary() -> str:
+    """The path of the prometheus binary to run; raises if there is none."""
+    wanted = os.environ.get("PROMETHEUS_BIN", DEFAULT_BINARY)
+    found = shutil.which(wanted)
+    if found is None:
+        raise PrometheusError(
+            f"prometheus binary {wanted!r} not found or not executable: install it "
+            "(apt-get install prometheus) or set PROMETHEUS_BIN to its path"
+        )
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrometheusServer:
+    """One Prometheus process with its own TSDB directory, listening on 127.0.0.1."""
+
+    def __init__(self, tmp_dir: Path, *, binary: str | None = None) -> None:
+        self._binary = binary or prometheus_binary()
+        self._dir = tmp_dir
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._config = self._dir / "prometheus.yml"
+        self._config.write_text(_CONFIG)
+        self._log = self._dir / "prometheus.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._http = httpx.Client(timeout=10.0)
+        self.url = ""
+        self.write_url = ""
+
+    def start(self) -> None:
+        """Start the process and wait until ``/-/ready`` answers 200."""
+        # The free port can be taken between our probe and Prometheus's bind:
+        # then Prometheus exits at once and we try another port.
+        for _ in range(3):
+            port = _free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            self.write_url = f"{self.url}/api/v1/write"
+            if self._start_on(port):
+                return
+        raise PrometheusError(f"prometheus could not bind a port:\n{self._log_tail()}")
+
+    def _start_on(self, port: int) -> bool:
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                [
+                    self._binary,
+                    f"--config.file={self._config}",
+                    f"--storage.tsdb.path={self._dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.enable-remote-write-receiver",
+                    "--log.level=info",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                if "address already in use" in self._log_tail():
+                    return False
+                raise PrometheusError(
+                    f"prometheus exited with status {code} before it was ready:\n"
+                    f"{self._log_tail()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if self._http.get(f"{self.url}/-/ready").status_code == 200:
+                    return True
+            time.sleep(0.05)
+        self.stop()
+        raise PrometheusError(
+            f"prometheus not ready after {READY_TIMEOUT:.0f} s:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self._log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _api(self, path: str, params: dict[str, str]) -> Any:
+        response = self._http.get(f"{self.url}{path}", params=params)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or payload.get("status") != "success":
+            raise PrometheusError(
+                f"GET {path} {params}: HTTP {response.status_code}: {response.text}"
+            )
+        return payload["data"]
+
+    def query(self, promql: str, time: float | None = None) -> list[dict[str, Any]]:
+        """Instant query: the result vector, ``[{"metric": {...}, "value": [ts, "v"]}]``."""
+        params = {"query": promql}
+        if time is not None:
+            params["time"] = repr(time)
+        data = self._api("/api/v1/query", params)
+        if data["resultType"] not in ("vector", "matrix"):
+            raise PrometheusError(f"{promql!r} gives a {data['resultType']}, not a vector")
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def query_range(
+        self, promql: str, start: float, end: float, step: float
+    ) -> list[dict[str, Any]]:
+        """Range query: the result matrix, ``[{"metric": {...}, "values": [[ts, "v"], ...]}]``."""
+        data = self._api(
+            "/api/v1/query_range",
+            {"query": promql, "start": repr(start), "end": repr(end), "step": repr(step)},
+        )
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
+    def series(
+        self, match: str, start: float | None = None, end: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Label sets of the series matching ``match`` (default: Prometheus's whole range)."""
+        params = {"match[]": match}
+        if start is not None:
+            params["start"] = repr(start)
+        if end is not None:
+            params["end"] = repr(end)
+        result: list[dict[str, Any]] = self._api("/api/v1/series", params)
+        return result
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM, then SIGKILL after 10 s); idempotent."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._http.close()
+
+
+@contextlib.contextmanager
+def start_prometheus(tmp_dir: Path) -> Iterator[PrometheusServer]:
+    """A running Prometheus for the duration of the ``with`` block.
+
+    For a pytest fixture: ``with start_prometheus(tmp_path_factory.mktemp("prom")) as p:
+    yield p``.
+    """
+    server = PrometheusServer(tmp_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

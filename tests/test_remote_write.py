@@ -1,0 +1,569 @@
+"""Tests of remote-write encoding, the one-attempt client, the retry policy, and real Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cramjam
+import httpx
+import pytest
+import respx
+import time_machine
+
+import bridge
+from bridge.errors import ReceiverError
+from bridge.prompb import remote_pb2
+from bridge.remote_write import (
+    STALE_NAN,
+    Labels,
+    RemoteWriteClient,
+    Series,
+    add_external_labels,
+    decode_write_request,
+    encode_write_request,
+    is_stale_nan,
+    retrying,
+    serialize_write_request,
+)
+from tests.prometheus_server import PrometheusError, PrometheusServer, start_prometheus
+
+URL = "http://receiver.test/api/v1/write"
+
+
+def bits(value: float) -> int:
+    result: int = struct.unpack("<Q", struct.pack("<d", value))[0]
+    return result
+
+
+def protobuf_reference(series: list[Series]) -> bytes:
+    """The same request serialized by the generated code."""
+    request = remote_pb2.WriteRequest()
+    for labels, samples in series:
+        ts = request.timeseries.add()
+        for name, value in labels:
+            ts.labels.add(name=name, value=value)
+        for timestamp, sample_value in samples:
+            ts.samples.add(timestamp=timestamp, value=sample_value)
+    return request.SerializeToString()
+
+
+# Edge cases of the wire format: default (omitted) fields, negative and large
+# varints, multi-byte lengths, non-ASCII values, special floats.
+EDGE_SERIES: list[Series] = [
+    ((("__name__", "cost_usd_total"), ("model", "openai/gpt-4o"), ("provider", "OpenAI")),
+     [(1_795_768_680_000, 0.125), (1_795_768_740_000, 0.5)]),
+    ((("__name__", "zero"),), [(0, 0.0), (1, -0.0), (2, 0.0)]),
+    ((("__name__", "one_zero"),), [(5, 0.0)]),
+    ((("__name__", "at_epoch"),), [(0, 1.0)]),
+    ((("__name__", "before_1970"),), [(-1, 1.0), (0, 2.0)]),
+    ((("__name__", "specials"),), [(1, math.inf), (2, -math.inf), (3, 5e-324), (4, 1e308)]),
+    ((("__name__", "unicode"), ("team", "équipe ☃ 東京")), [(10, 42.0)]),
+    ((("__name__", "long"), ("value", "x" * 200)), [(10, 1.0)]),
+    ((("__name__", "huge"), ("value", "y" * 20_000)), [(10, 1.0)]),
+    ((("__name__", "many"),), [(t, float(t)) for t in range(1, 3000)]),
+    ((("__name__", "no_samples"),), []),
+]
+
+
+# --- encoding -----------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    assert decode_write_request(encode_write_request(EDGE_SERIES)) == [
+        (labels, list(samples)) for labels, samples in EDGE_SERIES
+    ]
+
+
+def test_same_bytes_as_generated_protobuf() -> None:
+    assert serialize_write_request(EDGE_SERIES) == protobuf_reference(EDGE_SERIES)
+    for one in EDGE_SERIES:
+        assert serialize_write_request([one]) == protobuf_reference([one])
+
+
+def test_negative_zero_keeps_its_sign() -> None:
+    body = encode_write_request([((("__name__", "z"),), [(1, -0.0)])])
+    [(_, samples)] = decode_write_request(body)
+    assert math.copysign(1.0, samples[0][1]) == -1.0
+
+
+def test_empty_request() -> None:
+    assert decode_write_request(encode_write_request([])) == []
+
+
+def test_body_is_snappy_block_format_not_framed() -> None:
+    series: list[Series] = [((("__name__", "m"), ("job", "j" * 100)), [(1000, 1.0)])] * 50
+    body = encode_write_request(series)
+    raw = serialize_write_request(series)
+    assert bytes(cramjam.snappy.decompress_raw(body)) == raw
+    assert len(body) < len(raw)  # compressed, not stored
+    assert not body.startswith(b"\xff\x06\x00\x00sNaPpY")  # framed stream identifier
+    with pytest.raises(cramjam.DecompressionError):
+        cramjam.snappy.decompress(body)
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ((("b", "1"), ("a", "1")), "not sorted"),
+        ((("__name__", "m"), ("a", "1"), ("a", "2")), "not sorted"),  # duplicate name
+        ((("a", "1"), ("a", "1")), "not sorted"),
+        ((("", "1"), ("a", "1")), "not sorted"),  # empty name
+        ((("__name__", "m"), ("a", "")), "empty value"),
+        # Byte order, not case-insensitive order: "Z" (0x5a) < "_" (0x5f) < "a" (0x61).
+        ((("_", "1"), ("Z", "1")), "not sorted"),
+        ((("a", "1"), ("_", "1")), "not sorted"),
+    ],
+)
+def test_rejects_invalid_labels(labels: Labels, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        encode_write_request([(labels, [(1, 1.0)])])
+
+
+def test_accepts_labels_in_byte_order() -> None:
+    labels: Labels = (("Z", "1"), ("_", "1"), ("__name__", "m"), ("a", "1"))
+    assert decode_write_request(encode_write_request([(labels, [(1, 1.0)])]))[0][0] == labels
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [[(2, 1.0), (1, 1.0)], [(1, 1.0), (1, 2.0)], [(1, 1.0), (3, 1.0), (2, 1.0)]],
+)
+def test_rejects_samples_out_of_time_order(samples: list[tuple[int, float]]) -> None:
+    with pytest.raises(ValueError, match="time order"):
+        encode_write_request([((("__name__", "m"),), samples)])
+
+
+@pytest.mark.parametrize("timestamp", [1 << 63, -(1 << 63) - 1])
+def test_rejects_timestamps_outside_int64(timestamp: int) -> None:
+    with pytest.raises(ValueError, match="int64"):
+        encode_write_request([((("__name__", "m"),), [(timestamp, 1.0)])])
+
+
+def test_stale_nan_bits() -> None:
+    assert bits(STALE_NAN) == 0x7FF0000000000002
+    assert math.isnan(STALE_NAN)
+    assert is_stale_nan(STALE_NAN)
+    for other in (math.nan, float("nan"), -math.nan, 0.0, 1.0, math.inf):
+        assert not is_stale_nan(other)
+    assert not is_stale_nan(struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000001))[0])
+
+
+def test_stale_nan_survives_encoding() -> None:
+    series: list[Series] = [
+        ((("__name__", "g"),), [(1000, 1.0), (2000, STALE_NAN), (3000, math.nan)]),
+    ]
+    raw = serialize_write_request(series)
+    assert b"\x09" + struct.pack("<Q", 0x7FF0000000000002) in raw
+    [(_, samples)] = decode_write_request(encode_write_request(series))
+    assert [bits(v) for _, v in samples] == [bits(1.0), 0x7FF0000000000002, bits(math.nan)]
+    assert [is_stale_nan(v) for _, v in samples] == [False, True, False]
+
+
+def test_add_external_labels() -> None:
+    labels: Labels = (("__name__", "m"), ("env", "dev"), ("model", "x"))
+    external = {"env": "prod", "cluster": "eu-1", "zone": "b", "empty": "", "A": "1"}
+    assert add_external_labels(labels, external) == (
+        ("A", "1"), ("__name__", "m"), ("cluster", "eu-1"), ("env", "dev"), ("model", "x"),
+        ("zone", "b"),
+    )
+    assert add_external_labels(labels, {}) is labels
+    assert add_external_labels(labels, {"env": "prod"}) is labels
+
+
+# --- the client: one attempt -----------------------------------------------------------
+
+
+async def send(respx_mock: respx.MockRouter,
+               response: httpx.Response | Exception) -> ReceiverError | None:
+    """Send one body to a mocked receiver; the error raised, or None."""
+    respx_mock.post(URL).mock(side_effect=[response])
+    async with RemoteWriteClient(URL) as client:
+        try:
+            await client.send(b"body")
+        except ReceiverError as exc:
+            return exc
+    return None
+
+
+async def test_headers_and_body(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(204))
+    body = encode_write_request([((("__name__", "m"),), [(1, 1.0)])])
+    async with RemoteWriteClient(URL, headers={"X-Scope-OrgID": "tenant-1"}) as client:
+        await client.send(body)
+    request = route.calls.last.request
+    assert request.content == body
+    assert request.headers["Content-Encoding"] == "snappy"
+    assert request.headers["Content-Type"] == "application/x-protobuf"
+    assert request.headers["X-Prometheus-Remote-Write-Version"] == "0.1.0"
+    assert request.headers["User-Agent"] == f"tempo-bridge/{bridge.__version__}"
+    assert request.headers["X-Scope-OrgID"] == "tenant-1"
+
+
+async def test_custom_user_agent(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(return_value=httpx.Response(200))
+    async with RemoteWriteClient(URL, user_agent="custom/1") as client:
+        await client.send(b"x")
+    assert route.calls.last.request.headers["User-Agent"] == "custom/1"
+
+
+@pytest.mark.parametrize("header", ["Content-Type", "content-encoding", "User-Agent",
+                                    "X-Prometheus-Remote-Write-Version"])
+def test_protocol_headers_cannot_be_overridden(header: str) -> None:
+    with pytest.raises(ValueError, match="set by tempo-bridge"):
+        RemoteWriteClient(URL, headers={header: "x"})
+
+
+@pytest.mark.parametrize("status", [200, 204])
+async def test_2xx_is_success(respx_mock: respx.MockRouter, status: int) -> None:
+    assert await send(respx_mock, httpx.Response(status)) is None
+
+
+@pytest.mark.parametrize(
+    ("response", "reason", "retry_after"),
+    [
+        (httpx.Response(500, text="internal"), "http_500", None),
+        (httpx.Response(503), "http_503", None),
+        (httpx.Response(503, headers={"Retry-After": "7"}), "http_503", 7.0),
+        (httpx.Response(429, headers={"Retry-After": "2"}), "http_429", 2.0),
+        (httpx.Response(429, headers={"Retry-After": "0"}), "http_429", 0.0),
+        (httpx.Response(429, headers={"Retry-After": "soon"}), "http_429", None),
+        (httpx.Response(429), "http_429", None),
+    ],
+)
+async def test_retryable_statuses(respx_mock: respx.MockRouter, response: httpx.Response,
+                                  reason: str, retry_after: float | None) -> None:
+    error = await send(respx_mock, response)
+    assert error is not None
+    assert (error.reason, error.status, error.retryable, error.retry_after) == (
+        reason, response.status_code, True, retry_after)
+
+
+@pytest.mark.parametrize(("offset", "expected"), [(30, 30.0), (-30, 0.0)])
+async def test_retry_after_http_date(respx_mock: respx.MockRouter, offset: int,
+                                     expected: float) -> None:
+    now = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC)
+    date = email.utils.format_datetime(now + timedelta(seconds=offset), usegmt=True)
+    with time_machine.travel(now, tick=False):
+        error = await send(respx_mock, httpx.Response(429, headers={"Retry-After": date}))
+    assert error is not None
+    assert (error.reason, error.retryable, error.retry_after) == ("http_429", True, expected)
+
+
+async def test_400_is_final_with_body_verbatim(respx_mock: respx.MockRouter) -> None:
+    body = 'label name "__name__" is not unique: invalid sample\n'
+    error = await send(respx_mock, httpx.Response(400, text=body))
+    assert error is not None
+    assert (error.reason, error.status, error.retryable, error.retry_after) == (
+        "http_400", 400, False, None)
+    assert str(error) == f"POST {URL}: HTTP 400: {body.rstrip()}"
+
+
+@pytest.mark.parametrize("status", [401, 404, 413, 415])
+async def test_other_4xx_are_final(respx_mock: respx.MockRouter, status: int) -> None:
+    error = await send(respx_mock, httpx.Response(status, headers={"Retry-After": "3"}))
+    assert error is not None
+    assert (error.reason, error.retryable, error.retry_after) == (f"http_{status}", False, None)
+
+
+async def test_long_body_truncated_at_1_kib(respx_mock: respx.MockRouter) -> None:
+    error = await send(respx_mock, httpx.Response(400, text="a" * 1024 + "b" * 5000))
+    assert str(error) == f"POST {URL}: HTTP 400: {'a' * 1024} ... (truncated)"
+
+
+async def test_error_body_read_only_up_to_the_limit(respx_mock: respx.MockRouter) -> None:
+    chunks_read = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal chunks_read
+        for _ in range(10_000):  # 5 MB, read lazily
+            chunks_read += 1
+            yield b"x" * 512
+
+    error = await send(respx_mock, httpx.Response(400, content=endless()))
+    assert str(error) == f"POST {URL}: HTTP 400: {'x' * 1024} ... (truncated)"
+    assert chunks_read <= 4
+
+
+@pytest.mark.parametrize(
+    ("exception", "reason"),
+    [
+        (httpx.ConnectError("connection refused"), "network"),
+        (httpx.RemoteProtocolError("server disconnected"), "network"),
+        (httpx.ReadError("connection reset"), "network"),
+        (httpx.ConnectTimeout("connect timeout"), "timeout"),
+        (httpx.ReadTimeout("read timeout"), "timeout"),
+    ],
+)
+async def test_network_errors_are_retryable(respx_mock: respx.MockRouter,
+                                            exception: Exception, reason: str) -> None:
+    error = await send(respx_mock, exception)
+    assert error is not None
+    assert (error.reason, error.status, error.retryable) == (reason, None, True)
+    assert isinstance(error.__cause__, httpx.TransportError)
+
+
+async def test_timeout_against_a_silent_server() -> None:
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, RemoteWriteClient(f"http://127.0.0.1:{port}/api/v1/write",
+                                         timeout=0.2) as client:
+        with pytest.raises(ReceiverError) as caught:
+            await client.send(b"x")
+    assert (caught.value.reason, caught.value.retryable) == ("timeout", True)
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+async def test_connection_refused() -> None:
+    with socket.socket() as sock:  # a port nobody listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1/write"
+        async with RemoteWriteClient(url) as client:
+            with pytest.raises(ReceiverError) as caught:
+                await client.send(b"x")
+    assert (caught.value.reason, caught.value.retryable) == ("network", True)
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+@pytest.mark.parametrize("response", [httpx.Response(400, text="bad"),
+                                      httpx.Response(503, text="down"),
+                                      httpx.ConnectError("refused")])
+async def test_secrets_stay_out_of_messages(respx_mock: respx.MockRouter,
+                                            response: httpx.Response | Exception) -> None:
+    url = "http://writer:pa55word@receiver.test/api/v1/write"
+    respx_mock.post(URL).mock(side_effect=[response])
+    async with RemoteWriteClient(url, headers={"Authorization": "Bearer t0ken"}) as client:
+        with pytest.raises(ReceiverError) as caught:
+            await client.send(b"x")
+    message = str(caught.value)
+    assert "receiver.test/api/v1/write" in message
+    assert "pa55word" not in message
+    assert "t0ken" not in message
+
+
+# --- the retry policy -----------------------------------------------------------------
+
+
+class FakeSleep:
+    """Records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+class Flaky:
+    """Raises the given errors one per call, then succeeds."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "sent"
+
+
+def retryable(retry_after: float | None = None) -> ReceiverError:
+    return ReceiverError("http_503", "down", status=503, retryable=True, retry_after=retry_after)
+
+
+async def test_backoff_doubles_from_30ms_to_5s_and_never_stops() -> None:
+    sleep = FakeSleep()
+    flaky = Flaky(*[retryable() for _ in range(40)])
+    assert await retrying(jitter=0, sleep=sleep)(flaky) == "sent"
+    assert flaky.calls == 41
+    doubling = [0.03 * 2**n for n in range(8)]  # 0.03 ... 3.84
+    assert sleep.waits == pytest.approx(doubling + [5.0] * 32)
+
+
+async def test_jitter_only_shortens_waits() -> None:
+    sleep = FakeSleep()
+    await retrying(sleep=sleep)(Flaky(*[retryable() for _ in range(200)]))
+    expected = [min(5.0, 0.03 * 2**n) for n in range(200)]
+    assert all(0.8 * e <= w <= e for w, e in zip(sleep.waits, expected, strict=True))
+    assert len({round(w, 9) for w in sleep.waits[20:]}) > 100  # spread, even at the cap
+
+
+async def test_jitter_uses_rng() -> None:
+    sleep = FakeSleep()
+    await retrying(sleep=sleep, jitter=0.5, rng=lambda: 0.5)(Flaky(retryable(), retryable()))
+    assert sleep.waits == pytest.approx([0.0225, 0.045])
+
+
+async def test_retry_after_honoured_when_longer() -> None:
+    sleep = FakeSleep()
+    flaky = Flaky(retryable(retry_after=2.0), retryable(retry_after=0.001), retryable(),
+                  retryable(retry_after=60.0))
+    await retrying(jitter=0, sleep=sleep)(flaky)
+    assert sleep.waits == pytest.approx([2.0, 0.06, 0.12, 60.0])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ReceiverError("http_400", "out of order sample", status=400, retryable=False),
+     RuntimeError("bug")],
+)
+async def test_final_errors_are_not_retried(error: BaseException) -> None:
+    sleep = FakeSleep()
+    flaky = Flaky(error)
+    with pytest.raises(type(error)) as caught:
+        await retrying(sleep=sleep)(flaky)
+    assert caught.value is error
+    assert (flaky.calls, sleep.waits) == (1, [])
+
+
+async def test_before_sleep_sees_each_retry() -> None:
+    seen: list[tuple[str, float]] = []
+    flaky = Flaky(retryable(), ReceiverError("timeout", "t", retryable=True),
+                  retryable(retry_after=3.0))
+    await retrying(jitter=0, sleep=FakeSleep(),
+                   before_sleep=lambda reason, wait: seen.append((reason, wait)))(flaky)
+    assert [reason for reason, _ in seen] == ["http_503", "timeout", "http_503"]
+    assert [wait for _, wait in seen] == pytest.approx([0.03, 0.06, 3.0])
+
+
+async def test_client_with_policy(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post(URL).mock(side_effect=[
+        httpx.Response(503), httpx.ConnectError("refused"),
+        httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(204),
+    ])
+    sleep = FakeSleep()
+    async with RemoteWriteClient(URL) as client:
+        async for attempt in retrying(jitter=0, sleep=sleep):
+            with attempt:
+                await client.send(b"body")
+    assert route.call_count == 4
+    assert sleep.waits == pytest.approx([0.03, 0.06, 1.0])
+
+
+# --- a real Prometheus ------------------------------------------------------------------
+
+
+def test_missing_prometheus_binary_fails_loudly(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_BIN", str(tmp_path / "no-prometheus"))
+    with pytest.raises(PrometheusError, match="not found"), start_prometheus(tmp_path):
+        pass
+
+
+def test_prometheus_dying_at_start_shows_its_output(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "prometheus"
+    fake.write_text("#!/bin/sh\necho 'error loading config: bad things' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PROMETHEUS_BIN", str(fake))
+    with pytest.raises(PrometheusError, match=r"(?s)status 1.*bad things"), \
+            start_prometheus(tmp_path):
+        pass
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
+
+
+def now_ms() -> int:
+    return int(time.time()) * 1000
+
+
+async def write(prometheus: PrometheusServer, series: list[Series]) -> None:
+    async with RemoteWriteClient(prometheus.write_url) as client:
+        await client.send(encode_write_request(series))
+
+
+async def rejection(prometheus: PrometheusServer, series: list[Series]) -> ReceiverError:
+    with pytest.raises(ReceiverError) as caught:
+        await write(prometheus, series)
+    return caught.value
+
+
+def value_at(prometheus: PrometheusServer, promql: str, t_ms: int) -> dict[str, object]:
+    """``{label-set: value}`` of an instant query, values as Prometheus prints them."""
+    return {
+        ",".join(f"{k}={v}" for k, v in sorted(r["metric"].items())): r["value"][1]
+        for r in prometheus.query(promql, t_ms / 1000)
+    }
+
+
+@pytest.mark.prometheus
+async def test_prometheus_stores_counter_and_gauge_exactly(prometheus: PrometheusServer) -> None:
+    t = now_ms()
+    counter = (("__name__", "rw_cost_usd_total"), ("model", "openai/gpt-4o"))
+    gauge = (("__name__", "rw_queue_depth"),)
+    external = {"cluster": "ci"}
+    await write(prometheus, [
+        (add_external_labels(counter, external), [(t - 60_000, 0.1), (t, 0.30000000000000004)]),
+        (add_external_labels(gauge, external), [(t, 17.0)]),
+    ])
+    assert value_at(prometheus, "rw_cost_usd_total", t - 60_000) == {
+        "__name__=rw_cost_usd_total,cluster=ci,model=openai/gpt-4o": "0.1"}
+    assert value_at(prometheus, "rw_cost_usd_total", t) == {
+        "__name__=rw_cost_usd_total,cluster=ci,model=openai/gpt-4o": "0.30000000000000004"}
+    assert value_at(prometheus, "rw_queue_depth", t) == {"__name__=rw_queue_depth,cluster=ci": "17"}
+    [matrix] = prometheus.query_range("rw_cost_usd_total", (t - 60_000) / 1000, t / 1000, 60)
+    assert matrix["values"] == [[(t - 60_000) / 1000, "0.1"], [t / 1000, "0.30000000000000004"]]
+    assert prometheus.series('{__name__=~"rw_(cost_usd_total|queue_depth)"}') == [
+        {"__name__": "rw_cost_usd_total", "cluster": "ci", "model": "openai/gpt-4o"},
+        {"__name__": "rw_queue_depth", "cluster": "ci"},
+    ]
+
+
+@pytest.mark.prometheus
+async def test_prometheus_stale_marker_ends_a_series(prometheus: PrometheusServer) -> None:
+    t = now_ms()
+    ended = (("__name__", "rw_gauge"), ("model", "ended"))
+    kept = (("__name__", "rw_gauge"), ("model", "kept"))
+    await write(prometheus, [(ended, [(t - 30_000, 1.0)]), (kept, [(t - 30_000, 2.0)])])
+    await write(prometheus, [(ended, [(t - 15_000, STALE_NAN)])])
+    assert value_at(prometheus, "rw_gauge", t - 20_000) == {
+        "__name__=rw_gauge,model=ended": "1", "__name__=rw_gauge,model=kept": "2"}
+    # Without the marker, a series stays visible for the 5 min lookback.
+    assert value_at(prometheus, "rw_gauge", t) == {"__name__=rw_gauge,model=kept": "2"}
+
+
+@pytest.mark.prometheus
+async def test_prometheus_rejections(prometheus: PrometheusServer) -> None:
+    t = now_ms()
+    labels = (("__name__", "rw_rejections"),)
+    await write(prometheus, [(labels, [(t, 5.0)])])
+
+    out_of_order = await rejection(prometheus, [(labels, [(t - 1000, 4.0)])])
+    duplicate = await rejection(prometheus, [(labels, [(t, 6.0)])])
+    too_old = await rejection(prometheus, [((("__name__", "rw_old"),), [(t - 65 * 60_000, 1.0)])])
+    where = f"POST {prometheus.write_url}: HTTP 400: "
+    assert [str(e) for e in (out_of_order, duplicate, too_old)] == [
+        where + "out of order sample",
+        where + "duplicate sample for timestamp",
+        where + "out of bounds",
+    ]
+    assert all((e.reason, e.status, e.retryable) == ("http_400", 400, False)
+               for e in (out_of_order, duplicate, too_old))
+
+    # One bad sample fails the whole request: the good series in it is not stored.
+    mixed = await rejection(prometheus, [
+        ((("__name__", "rw_innocent"),), [(t, 1.0)]), (labels, [(t - 1000, 4.0)])])
+    assert mixed.reason == "http_400"
+    assert prometheus.query("rw_innocent", t / 1000) == []
+
+    # Resending the latest sample unchanged is accepted; 55 min behind is still in bounds.
+    await write(prometheus, [(labels, [(t, 5.0)])])
+    await write(prometheus, [((("__name__", "rw_late"),), [(t - 55 * 60_000, 3.0)])])
+    assert value_at(prometheus, "rw_rejections", t) == {"__name__=rw_rejections": "5"}
+    assert value_at(prometheus, "rw_late", t - 55 * 60_000) == {"__name__=rw_late": "3"}
+    assert value_at(prometheus, "rw_old", t) == {}
