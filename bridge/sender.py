@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -63,10 +64,8 @@ class Sender:
         while True:
             self._wake.clear()
             await self.drain()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle)
-            except TimeoutError:
-                pass
 
     async def drain(self) -> None:
         """Send everything in the outbox; returns when it is empty."""

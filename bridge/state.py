@@ -8,7 +8,9 @@ receiver accepts them; the sender reads it in insertion order.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     series_id   INTEGER NOT NULL,
     ts_ms       INTEGER NOT NULL,
-    value       REAL NOT NULL
+    value       REAL,               -- NULL for a NaN (SQLite cannot hold one) ...
+    nan_bits    INTEGER             -- ... whose exact bits are kept here (stale markers)
 );
 CREATE TABLE IF NOT EXISTS sent (
     series_id   INTEGER PRIMARY KEY,
@@ -154,8 +157,8 @@ class State:
                     [(rule_id, self._series_id(k)) for k in live_gauges],
                 )
             db.executemany(
-                "INSERT INTO outbox (series_id, ts_ms, value) VALUES (?, ?, ?)",
-                [(self._series_id(k), ts, v) for k, ts, v in samples],
+                "INSERT INTO outbox (series_id, ts_ms, value, nan_bits) VALUES (?, ?, ?, ?)",
+                [(self._series_id(k), ts, *_encode_value(v)) for k, ts, v in samples],
             )
 
     def forget_rule(self, rule_id: str) -> None:
@@ -178,9 +181,10 @@ class State:
     def outbox_head(self, limit: int) -> list[OutboxRow]:
         """The oldest ``limit`` queued samples, in insertion order."""
         return [
-            OutboxRow(i, sid, self._labels_by_id[sid], ts, v)
-            for i, sid, ts, v in self._db.execute(
-                "SELECT id, series_id, ts_ms, value FROM outbox ORDER BY id LIMIT ?", (limit,)
+            OutboxRow(i, sid, self._labels_by_id[sid], ts, v if bits is None else _nan(bits))
+            for i, sid, ts, v, bits in self._db.execute(
+                "SELECT id, series_id, ts_ms, value, nan_bits FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
             )
         ]
 
@@ -258,6 +262,22 @@ class State:
                 raise StateError(f"cannot {what}: {exc}") from exc
             raise
         self._pending.clear()
+
+
+_BITS = struct.Struct("<q")
+_DOUBLE = struct.Struct("<d")
+
+
+def _encode_value(value: float) -> tuple[float | None, int | None]:
+    """SQLite turns NaN into NULL: keep a NaN's exact bits (a stale marker's) instead."""
+    if math.isnan(value):
+        return None, _BITS.unpack(_DOUBLE.pack(value))[0]
+    return value, None
+
+
+def _nan(bits: int) -> float:
+    value: float = _DOUBLE.unpack(_BITS.pack(bits))[0]
+    return value
 
 
 def _encode_labels(labels: Labels) -> str:

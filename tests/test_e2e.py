@@ -1,0 +1,265 @@
+"""End to end: spans in the Tempo double, the real daemon, a real Prometheus, PromQL results.
+
+Every default rule (``rules/openrouter.yaml``) runs with one-second windows so that ten
+windows pass in seconds; the expressions are the shipped ones. Results read back with
+PromQL must equal the ground truth computed from the spans: integers exactly, floats
+within 1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bridge.config import load_config
+from bridge.daemon import STATE_FILE, Daemon, load_rules
+from bridge.state import State
+from tests.doubles.tempo import Span, TempoDouble
+from tests.prometheus_server import PrometheusServer, start_prometheus
+
+pytestmark = pytest.mark.prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
+INTERVAL = 1
+MODELS = ["openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001"]
+PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
+             "google/gemini-2.0-flash-001": "google"}
+KEYS = ["prod-backend", "dev-laptop", None]
+
+# record -> (span attribute summed, or None for a count)
+METRICS = {
+    "openrouter_requests_total": None,
+    "openrouter_cost_usd_total": "gen_ai.usage.total_cost",
+    "openrouter_input_cost_usd_total": "gen_ai.usage.input_cost",
+    "openrouter_output_cost_usd_total": "gen_ai.usage.output_cost",
+    "openrouter_input_tokens_total": "gen_ai.usage.input_tokens",
+    "openrouter_output_tokens_total": "gen_ai.usage.output_tokens",
+}
+
+
+def make_spans(start: float, seconds: float, seed: int) -> list[Span]:
+    """A stream of OpenRouter spans, plus spans the default rules must not count."""
+    rng = random.Random(seed)
+    spans = []
+    t = start
+    while t < start + seconds:
+        t += rng.uniform(0.05, 0.3)
+        model = rng.choice(MODELS)
+        key = rng.choice(KEYS)
+        input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
+        input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
+        output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
+        attributes: dict[str, str | int | float | bool] = {
+            "gen_ai.request.model": model,
+            "gen_ai.provider.name": PROVIDERS[model],
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "gen_ai.usage.input_cost": input_cost,
+            "gen_ai.usage.output_cost": output_cost,
+            "gen_ai.usage.total_cost": input_cost + output_cost,
+        }
+        if key is not None:
+            attributes["trace.metadata.openrouter.api_key_name"] = key
+        # whole seconds sometimes: a span exactly on a window end belongs to that window
+        start_ns = round(t) * 10**9 if rng.random() < 0.1 else int(t * 1e9)
+        resource = {"service.name": "openrouter"}
+        spans.append(Span(start_ns=start_ns, attributes=attributes, resource=resource))
+        # OpenRouter's child span per provider attempt, and another service's span
+        spans.append(Span(start_ns=start_ns + 1000, name="Provider Attempt",
+                          attributes=attributes, resource=resource))
+        spans.append(Span(start_ns=start_ns, attributes=attributes,
+                          resource={"service.name": "other"}))
+    return spans
+
+
+Key = tuple[tuple[str, str], ...]
+
+
+def truth(spans: list[Span], after: int, upto: int) -> dict[str, dict[Key, float]]:
+    """Expected totals per record and label set for spans starting in ``(after, upto]``."""
+    result: dict[str, dict[Key, float]] = {r: defaultdict(float) for r in METRICS}
+    for span in spans:
+        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
+            continue
+        if not after * 10**9 < span.start_ns <= upto * 10**9:
+            continue
+        a = span.attributes
+        labels = {"model": str(a["gen_ai.request.model"]),
+                  "provider": str(a["gen_ai.provider.name"])}
+        if "trace.metadata.openrouter.api_key_name" in a:
+            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
+        key = tuple(sorted(labels.items()))
+        for record, attribute in METRICS.items():
+            result[record][key] += 1 if attribute is None else float(a[attribute])
+    return result
+
+
+def promql_totals(prom: PrometheusServer, selector: str, at: float) -> dict[Key, float]:
+    result = {}
+    for item in prom.query(selector, time=at):
+        labels = {k: v for k, v in item["metric"].items() if k not in ("__name__", "test")}
+        result[tuple(sorted(labels.items()))] = float(item["value"][1])
+    return result
+
+
+def assert_totals_match(env: Env, expected: dict[str, dict[Key, float]], at: float) -> None:
+    for record, series in expected.items():
+        got = promql_totals(env.prom, f'{record}{{test="{env.name}"}}', at)
+        want = {k: v for k, v in series.items()}
+        assert got.keys() >= want.keys(), record
+        for key, value in got.items():
+            expect = want.get(key, 0.0)
+            if record.endswith("tokens_total") or record == "openrouter_requests_total":
+                assert value == expect, (record, key)
+            else:
+                assert math.isclose(value, expect, rel_tol=1e-9, abs_tol=1e-12), (record, key)
+
+
+@dataclass
+class Env:
+    tmp: Path
+    prom: PrometheusServer
+    tempo: TempoDouble
+    config_path: Path
+    name: str
+
+
+def write_rules(path: Path, interval: int, query_offset: int, start: str) -> None:
+    """The shipped default rules with a faster schedule; expressions unchanged."""
+    text = DEFAULT_RULES.read_text()
+    text = re.sub(r"(?m)^(\s+)interval: .*$", rf"\1interval: {interval}s", text)
+    text = re.sub(r"(?m)^(\s+)query_offset: .*$", rf"\1query_offset: {query_offset}s\n"
+                  rf"\1start: {start}", text)
+    text = re.sub(r"(?m)^(\s+)settle: .*$", rf"\1settle: [{interval * 600}s]", text)
+    path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
+
+
+@pytest.fixture
+async def env(
+    tmp_path: Path, prom: PrometheusServer, request: pytest.FixtureRequest
+) -> AsyncIterator[Env]:
+    name = request.node.name
+    tempo = TempoDouble(query_end_cutoff=0.0)
+    url = await tempo.start()
+    config_path = tmp_path / "bridge.yaml"
+    config_path.write_text(
+        f"""
+tempo:
+  url: {url}
+  query_end_cutoff: 0s
+  ingest_delay: 0s
+remote_write:
+  url: {prom.write_url}
+  external_labels: {{test: {name}}}
+state_dir: state
+rule_files: [rules.yaml]
+web:
+  listen_address: 127.0.0.1:0
+"""
+    )
+    yield Env(tmp_path, prom, tempo, config_path, name)
+    await tempo.stop()
+
+
+async def run_daemon_until(env: Env, checkpoint_at_least: int) -> Daemon:
+    """Run the daemon until every rule passed ``checkpoint_at_least`` and the outbox is empty."""
+    config = load_config(env.config_path)
+    daemon = Daemon(env.config_path, config, load_rules(config))
+    task = asyncio.create_task(daemon.run())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            assert not task.done(), task.exception()
+            rules = daemon.state.known_rules()
+            checkpoints = [daemon.state.rule_state(r[0]) for r in rules]
+            if (len(rules) == len(METRICS)
+                    and all(c is not None and c.checkpoint >= checkpoint_at_least
+                            for c in checkpoints)
+                    and daemon.state.outbox_depth() == 0):
+                break
+        else:
+            pytest.fail("the daemon did not reach the checkpoint in time")
+    finally:
+        daemon.stop()
+        await task
+    return daemon
+
+
+def checkpoints(state_dir: Path) -> set[int]:
+    state = State(state_dir / STATE_FILE)
+    try:
+        values = set()
+        for rule_id, *_ in state.known_rules():
+            stored = state.rule_state(rule_id)
+            assert stored is not None
+            values.add(stored.checkpoint)
+        return values
+    finally:
+        state.close()
+
+
+async def test_ten_windows_equal_the_truth(env: Env) -> None:
+    now = time.time()
+    spans = make_spans(now - 5, 25, seed=1)
+    env.tempo.add_spans(spans)
+    write_rules(env.tmp / "rules.yaml", INTERVAL, 1, "0s")
+    first_window_start = int(now) - 1 - INTERVAL  # the latest due window at start-up
+    await run_daemon_until(env, int(now) + 10)
+    (checkpoint,) = checkpoints(env.tmp / "state")
+    assert checkpoint - first_window_start >= 10 * INTERVAL
+    expected = truth(spans, first_window_start, checkpoint)
+    assert sum(expected["openrouter_requests_total"].values()) > 20
+    assert any(len(k) == 2 for k in expected["openrouter_requests_total"])  # no api key
+    assert_totals_match(env, expected, at=checkpoint)
+
+
+async def test_restart_loses_and_repeats_no_window(env: Env) -> None:
+    now = time.time()
+    spans = make_spans(now - 5, 40, seed=2)
+    env.tempo.add_spans(spans)
+    write_rules(env.tmp / "rules.yaml", INTERVAL, 1, "0s")
+    first_window_start = int(now) - 1 - INTERVAL
+    await run_daemon_until(env, int(now) + 4)
+    (stopped_at,) = checkpoints(env.tmp / "state")
+    await asyncio.sleep(3.5)  # several windows pass while the daemon is down
+    daemon = await run_daemon_until(env, stopped_at + 8)
+    (checkpoint,) = checkpoints(env.tmp / "state")
+    # the windows missed while down were caught up with range queries
+    ranges = [r for r in env.tempo.requests if r.path.endswith("/query_range")]
+    assert ranges, "no catch-up range query after the restart"
+    (failures,) = daemon.metrics.evaluation_failures.collect()
+    assert [s for s in failures.samples if s.value] == []
+    expected = truth(spans, first_window_start, checkpoint)
+    assert_totals_match(env, expected, at=checkpoint)
+
+
+async def test_catch_up_from_start_uses_few_queries(env: Env) -> None:
+    now = time.time()
+    spans = make_spans(now - 1800, 1800, seed=3)
+    env.tempo.add_spans(spans)
+    write_rules(env.tmp / "rules.yaml", 60, 1, "30m")
+    start_checkpoint = (int(now - 1 - 1800) // 60) * 60 - 60
+    await run_daemon_until(env, (int(now - 1) // 60) * 60)
+    (checkpoint,) = checkpoints(env.tmp / "state")
+    queries = [r for r in env.tempo.requests if r.path.startswith("/api/metrics/")]
+    # 31 one-minute windows per rule: one range query each
+    assert len(queries) <= 2 * len(METRICS)
+    expected = truth(spans, start_checkpoint, checkpoint)
+    assert_totals_match(env, expected, at=checkpoint)

@@ -1,0 +1,213 @@
+"""Engine: due windows read from the Tempo double, committed once each, failures kept out."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bridge.engine import Engine, dry_run
+from bridge.metrics import Metrics
+from bridge.remote_write import is_stale_nan
+from bridge.rules import Group, load_rule_files
+from bridge.state import State
+from bridge.tempo import TempoClient
+from tests.doubles.tempo import Response, Span, TempoDouble
+
+T0 = 1795780800  # a multiple of 3600
+COUNT = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
+SUM = '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
+
+
+def span(t: float, model: str, cost: float = 1.0) -> Span:
+    return Span(
+        start_ns=int(t * 1e9),
+        attributes={"model": model, "cost": cost},
+        resource={"service.name": "svc"},
+    )
+
+
+def transport(double: TempoDouble) -> httpx.MockTransport:
+    """Serve the double in-process: no sockets, same answers."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = double.handle(request.url.path, dict(request.url.params), dict(request.headers))
+        assert isinstance(answer, Response)
+        return httpx.Response(
+            answer.status, content=answer.body, headers={"Content-Type": answer.content_type}
+        )
+
+    return httpx.MockTransport(handler)
+
+
+def load_group(tmp_path: Path, kind: str, expr: str, start: str = "0s") -> Group:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            groups:
+              - name: g
+                interval: 60s
+                query_offset: 60s
+                start: {start}
+                settle: [600s]
+                rules:
+                  - record: x
+                    expr: '{expr}'
+                    kind: {kind}
+            """
+        )
+    )
+    (group,) = load_rule_files([str(path)], min_query_offset=0)
+    return group
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_engine(
+    tmp_path: Path, double: TempoDouble, clock: Callable[[], float]
+) -> tuple[Engine, State, Metrics]:
+    state = State(tmp_path / "state.sqlite")
+    metrics = Metrics()
+    client = TempoClient("http://tempo", transport=transport(double))
+    return Engine(client, state, metrics, max_duration=86400, clock=clock), state, metrics
+
+
+def outbox(state: State) -> list[tuple[dict[str, str], int, float]]:
+    return [(dict(r.labels), r.ts_ms // 1000, r.value) for r in state.outbox_head(100000)]
+
+
+async def test_counter_accumulates_windows_in_order(tmp_path: Path) -> None:
+    clock = Clock(T0 + 60 + 60)  # window (T0, T0+60] is due
+    double = TempoDouble(
+        [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"), span(T0 + 130, "a")],
+        clock=clock, query_end_cutoff=0,
+    )
+    engine, state, _ = make_engine(tmp_path, double, clock)
+    group = load_group(tmp_path, "counter", COUNT)
+    assert await engine.evaluate_group(group)
+    assert outbox(state) == [
+        ({"__name__": "x", "model": "a"}, T0, 0.0),
+        ({"__name__": "x", "model": "a"}, T0 + 60, 2.0),  # the span at T0+60 is in (T0, T0+60]
+    ]
+    clock.now += 120  # two more windows due: one range query
+    assert await engine.evaluate_group(group)
+    assert [r.path for r in double.requests][-1] == "/api/metrics/query_range"
+    assert outbox(state)[2:] == [
+        ({"__name__": "x", "model": "b"}, T0 + 60, 0.0),
+        ({"__name__": "x", "model": "a"}, T0 + 120, 2.0),
+        ({"__name__": "x", "model": "b"}, T0 + 120, 1.0),
+        ({"__name__": "x", "model": "a"}, T0 + 180, 3.0),
+        ({"__name__": "x", "model": "b"}, T0 + 180, 1.0),
+    ]
+
+
+async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble([span(T0 + 10, "a", 0.5)], clock=clock, query_end_cutoff=0)
+    url = await double.start()
+    state = State(tmp_path / "state.sqlite")
+    metrics = Metrics()
+    engine = Engine(TempoClient(url), state, metrics, max_duration=86400, clock=clock)
+    group = load_group(tmp_path, "counter", SUM)
+    double.inject(Response(503, "text/plain", b"busy"))
+    assert not await engine.evaluate_group(group)
+    assert state.outbox_depth() == 0
+    assert state.known_rules() == []
+    failures = metrics.registry.get_sample_value(
+        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "http_503"}
+    )
+    assert failures == 1
+    assert await engine.evaluate_group(group)
+    assert outbox(state)[-1] == ({"__name__": "x", "model": "a"}, T0 + 60, 0.5)
+
+
+async def test_partial_answer_is_a_failure(tmp_path: Path) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
+    url = await double.start()
+    state = State(tmp_path / "state.sqlite")
+    metrics = Metrics()
+    engine = Engine(TempoClient(url), state, metrics, max_duration=86400, clock=clock)
+    group = load_group(tmp_path, "counter", SUM)
+    double.inject(Response(200, "application/json", b'{"status":"PARTIAL","message":"cut"}'))
+    assert not await engine.evaluate_group(group)
+    assert state.outbox_depth() == 0
+    assert metrics.registry.get_sample_value(
+        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "partial"}
+    ) == 1
+
+
+async def test_gauge_writes_values_and_stale_markers(tmp_path: Path) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble(
+        [span(T0 + 10, "a", 2.0), span(T0 + 20, "b", 1.0), span(T0 + 70, "b", 4.0)],
+        clock=clock, query_end_cutoff=0,
+    )
+    engine, state, _ = make_engine(tmp_path, double, clock)
+    group = load_group(tmp_path, "gauge", SUM)
+    assert await engine.evaluate_group(group)
+    clock.now += 60
+    assert await engine.evaluate_group(group)
+    rows = outbox(state)
+    assert rows[:2] == [
+        ({"__name__": "x", "model": "a"}, T0 + 60, 2.0),
+        ({"__name__": "x", "model": "b"}, T0 + 60, 1.0),
+    ]
+    stale_labels, stale_ts, stale_value = rows[2]
+    assert (stale_labels, stale_ts) == ({"__name__": "x", "model": "a"}, T0 + 120)
+    assert is_stale_nan(stale_value)
+    assert rows[3] == ({"__name__": "x", "model": "b"}, T0 + 120, 4.0)
+
+
+async def test_limit_fails_the_whole_evaluation(tmp_path: Path) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble(
+        [span(T0 + 10, "a"), span(T0 + 20, "b")], clock=clock, query_end_cutoff=0
+    )
+    engine, state, metrics = make_engine(tmp_path, double, clock)
+    path = tmp_path / "rules.yaml"
+    group = load_group(tmp_path, "counter", COUNT)
+    path.write_text(path.read_text() + "        limit: 1\n")
+    (group,) = load_rule_files([str(path)], min_query_offset=0)
+    assert not await engine.evaluate_group(group)
+    assert state.outbox_depth() == 0
+    assert metrics.registry.get_sample_value(
+        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "limit"}
+    ) == 1
+
+
+async def test_dry_run_counts_from_zero(tmp_path: Path) -> None:
+    clock = Clock(T0 + 1000)
+    double = TempoDouble(
+        [span(T0 + 10, "a"), span(T0 + 70, "a"), span(T0 + 130, "a")],
+        clock=clock, query_end_cutoff=0,
+    )
+    client = TempoClient("http://tempo", transport=transport(double))
+    group = load_group(tmp_path, "counter", COUNT)
+    samples = await dry_run(client, group, group.rules[0], T0 + 60, T0 + 180, 86400)
+    assert [(ts // 1000, v) for _, ts, v in samples] == [
+        (T0 + 60, 0.0), (T0 + 120, 1.0), (T0 + 180, 2.0)
+    ]
+
+
+@pytest.mark.parametrize("start", ["0s", "10m"])
+async def test_new_rule_starts_at_start(tmp_path: Path, start: str) -> None:
+    clock = Clock(T0 + 3600 + 30)
+    double = TempoDouble([], clock=clock, query_end_cutoff=0)
+    engine, _state, metrics = make_engine(tmp_path, double, clock)
+    group = load_group(tmp_path, "counter", COUNT, start=start)
+    assert await engine.evaluate_group(group)
+    windows = metrics.registry.get_sample_value(
+        "tempo_bridge_windows_evaluated_total", {"group": "g", "rule": "x"}
+    )
+    assert windows == (1 if start == "0s" else 11)
