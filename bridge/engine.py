@@ -71,9 +71,14 @@ class Engine:
     async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
         stored = self._state.rule_state(rule_id)
         if stored is None:
+            # Pin where a new rule begins, so a failing first query does not move it.
             checkpoint = initial_checkpoint(now, group.interval, group.query_offset, group.start)
             totals: dict[tuple[tuple[str, str], ...], float] = {}
             live: set[tuple[tuple[str, str], ...]] = set()
+            self._state.commit_evaluation(
+                rule_id=rule_id, group=group.name, record=rule.record, expr=rule.expr,
+                kind=rule.kind, checkpoint=checkpoint,
+            )
         else:
             checkpoint, totals, live = stored.checkpoint, stored.totals, stored.live_gauges
         due = due_windows(checkpoint, now, group.interval, group.query_offset)

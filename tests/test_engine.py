@@ -122,13 +122,22 @@ async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path
     double.inject(Response(503, "text/plain", b"busy"))
     assert not await engine.evaluate_group(group)
     assert state.outbox_depth() == 0
-    assert state.known_rules() == []
+    stored = state.rule_state(group.rules[0].rule_id("g"))
+    assert stored is not None
+    assert stored.checkpoint == T0  # pinned: a later retry starts from the same window
+    clock.now += 600  # Tempo is back ten windows later: nothing in between is lost
     failures = metrics.registry.get_sample_value(
         "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "http_503"}
     )
     assert failures == 1
     assert await engine.evaluate_group(group)
-    assert outbox(state)[-1] == ({"__name__": "x", "model": "a"}, T0 + 60, 0.5)
+    rows = outbox(state)
+    assert rows[:2] == [
+        ({"__name__": "x", "model": "a"}, T0, 0.0),
+        ({"__name__": "x", "model": "a"}, T0 + 60, 0.5),
+    ]
+    assert rows[-1] == ({"__name__": "x", "model": "a"}, T0 + 660, 0.5)
+    assert len(rows) == 12
 
 
 async def test_partial_answer_is_a_failure(tmp_path: Path) -> None:
