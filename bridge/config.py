@@ -19,7 +19,8 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -75,7 +76,7 @@ PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_
 
 def _http_url(url: str) -> str:
     if "://" not in url:
-        raise ValueError(f"{url!r} has no scheme; write http://{url}")
+        raise ValueError(f"{url!r} has no scheme; write http://{url.lstrip('/')}")
     scheme, _, rest = url.partition("://")
     if scheme.lower() not in ("http", "https"):
         raise ValueError(f"{url!r} has the scheme {scheme}; use http or https")
@@ -119,7 +120,7 @@ def _header_value(value: str) -> str:
 
 
 def _label_name(name: str) -> str:
-    if problem := label_name_problem(name):
+    if problem := label_name_problem(name, reserved_allowed=True):
         raise ValueError(problem)
     return name
 
@@ -169,25 +170,31 @@ class _Endpoint(_Section):
     """An HTTP endpoint with optional authentication (bearer token or basic auth)."""
 
     url: HttpUrl
-    headers: Headers = {}
+    # Validated in this order: the checks of basic_auth and headers look at the fields before.
     bearer_token_file: Path | None = None
     basic_auth: BasicAuth | None = None
+    headers: Headers = {}
     timeout: PositiveDuration = 30.0
     # The bearer token or the basic auth password, read by load_config.
     _secret: SecretStr | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _one_authentication(self) -> _Endpoint:
-        if self.bearer_token_file is not None and self.basic_auth is not None:
+    @field_validator("basic_auth")
+    @classmethod
+    def _one_authentication(cls, basic_auth: BasicAuth | None, info: ValidationInfo) -> object:
+        if basic_auth is not None and info.data.get("bearer_token_file") is not None:
             raise ValueError("set bearer_token_file or basic_auth, not both")
-        if self.secret_file is not None and any(
-            name.lower() == "authorization" for name in self.headers
-        ):
+        return basic_auth
+
+    @field_validator("headers")
+    @classmethod
+    def _no_authorization(cls, headers: dict[str, str], info: ValidationInfo) -> object:
+        authenticated = info.data.get("bearer_token_file") or info.data.get("basic_auth")
+        if authenticated and any(name.lower() == "authorization" for name in headers):
             raise ValueError(
-                "an Authorization header in headers would replace the one made from "
+                "an Authorization header here would replace the one made from "
                 "bearer_token_file or basic_auth; remove one of them"
             )
-        return self
+        return headers
 
     @property
     def secret_file(self) -> Path | None:

@@ -34,7 +34,7 @@ def parse_duration(text: str) -> float:
     if text.strip() != text:
         raise DurationError(f"{text!r} has spaces around it; {_EXAMPLE}")
     if text.startswith("-"):
-        raise DurationError(f"{text!r} is negative; a duration cannot be")
+        raise DurationError(f"{text!r} is negative; durations cannot be")
     if re.fullmatch(r"[0-9]+", text):
         raise DurationError(f"{text!r} has no unit; write {text}s for seconds")
     if re.fullmatch(r"[0-9]*\.[0-9]+[a-zA-Z]*", text):

@@ -135,12 +135,18 @@ def _strip_scope(attribute: str) -> str:
     return attribute
 
 
-def label_name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a label name, or None when it can."""
+def label_name_problem(name: str, *, reserved_allowed: bool = False) -> str | None:
+    """Why ``name`` cannot be a label name, or None when it can.
+
+    Names starting with ``__`` are reserved; ``reserved_allowed`` accepts them but ``__name__``
+    (external labels such as Mimir's ``__replica__`` need that).
+    """
     if not LABEL_NAME.fullmatch(name):
         return (f"{name!r} is not a valid label name "
                 "(letters, digits and _, not starting with a digit)")
-    if name.startswith("__"):
+    if name == "__name__" and reserved_allowed:
+        return "__name__ is the metric name, not a label to set"
+    if name.startswith("__") and not reserved_allowed:
         return f"{name!r} is not a valid label name: names starting with __ are reserved"
     return None
 
@@ -185,7 +191,7 @@ _WORD_END = frozenset(" \t\r\n\"`(){}[]|,")
 def _tokenize(expr: str) -> list[_Token]:
     """Split ``expr`` into tokens; string literals are single tokens, brackets must balance."""
     tokens: list[_Token] = []
-    stack: list[str] = []
+    stack: list[tuple[str, int]] = []  # open brackets and where they are
     i = 0
     while i < len(expr):
         char = expr[i]
@@ -199,16 +205,16 @@ def _tokenize(expr: str) -> list[_Token]:
             while j < len(expr) and expr[j] != char:
                 j += 2 if char == '"' and expr[j] == "\\" else 1
             if j >= len(expr):
-                raise ExprError(f"the string starting with {expr[i:i + 20]} is never closed")
+                raise ExprError(f"the string at character {i + 1} is never closed")
             j += 1
             tokens.append(_Token("string", expr[i:j]))
         elif char in _OPEN_CLOSE:
-            stack.append(char)
+            stack.append((char, i))
             j = i + 1
             tokens.append(_Token("open", char))
         elif char in ")}]":
-            if not stack or _OPEN_CLOSE[stack[-1]] != char:
-                raise ExprError(f"{char!r} at character {i + 1} closes nothing")
+            if not stack or _OPEN_CLOSE[stack[-1][0]] != char:
+                raise ExprError(f"the {char!r} at character {i + 1} closes nothing")
             stack.pop()
             j = i + 1
             tokens.append(_Token("close", char))
@@ -225,7 +231,8 @@ def _tokenize(expr: str) -> list[_Token]:
             tokens.append(_Token("word", expr[i:j]))
         i = j
     if stack:
-        raise ExprError(f"{stack[-1]!r} is never closed")
+        char, i = stack[-1]
+        raise ExprError(f"the {char!r} at character {i + 1} is never closed")
     return tokens
 
 
@@ -467,7 +474,8 @@ class _FileChecker:
                 self.error(
                     value_position(labels, name),
                     f"{key}: the value of {name} must be a string, got {describe(value)}"
-                    + (f"; quote it: '{value}'" if isinstance(value, int | float) else ""),
+                    + (f"; quote it: '{_yaml_scalar(value)}'"
+                       if isinstance(value, int | float) else ""),
                 )
             elif not value:
                 self.error(
@@ -647,15 +655,17 @@ class _FileChecker:
             rule = self.rule(node, position)
             if rule is None:
                 continue
-            for key, reason in (
-                ((rule.record, rule.expr), "record and expr, so their state would be shared"),
-                ((rule.record, repr(sorted(rule.labels.items()))), "record and labels"),
+            for key, same, consequence in (
+                ((rule.record, rule.expr), "record and expr", "they would share their state"),
+                ((rule.record, repr(sorted(rule.labels.items()))), "record and labels",
+                 "their series would collide"),
             ):
                 other = seen.setdefault(key, rule)
                 if other is not rule:
                     self.error(
                         position,
-                        f"this rule has the same {reason} as the rule at line {other.line}",
+                        f"this rule has the same {same} as the rule at line {other.line}: "
+                        f"{consequence}",
                     )
                     break
             else:
@@ -769,7 +779,8 @@ class _FileChecker:
             position = value_position(mapping, old) if old in rename else expr_position
             where = f"rename: {old} -> {new}" if old in rename else f"expr: by({attribute})"
             if problem := label_name_problem(new):
-                self.error(position, f"{where}: {problem}")
+                hint = "" if old in rename else f"; rename {old} to another name"
+                self.error(position, f"{where}: {problem}{hint}")
                 valid = False
             elif new in owner:
                 self.error(
@@ -794,6 +805,11 @@ class _FileChecker:
             self.error(position, f"limit: {limit} is negative; write 0 for no limit")
             return None
         return int(limit)
+
+
+def _yaml_scalar(value: float) -> str:
+    """How YAML writes a number or boolean."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _nearest_divisors(seconds: int) -> tuple[int, int]:

@@ -85,12 +85,14 @@ def _mark_position(mark: Any) -> Position:
 
 
 def _yaml_error_message(exc: MarkedYAMLError) -> str:
+    if str(exc.context).startswith("expected a single document"):
+        return "invalid YAML: a second document starts here; the file must hold only one"
     message = f"invalid YAML: {exc.problem}"
+    if "'\\t'" in str(exc.problem):
+        message += "; indent with spaces, not tabs"
     if exc.context and exc.context_mark is not None:
         line, col = _mark_position(exc.context_mark)
         message += f" ({exc.context} at line {line}, col {col})"
-    elif exc.context:
-        message += f" ({exc.context})"
     return message
 
 
