@@ -9,16 +9,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from bridge.errors import StateError, TempoError
 from bridge.evaluation import (
     EvaluationError,
+    Labels,
     Sample,
     Window,
     accumulate,
     gauge_samples,
+    settle,
+    window_values,
     windows_from_answer,
 )
 from bridge.metrics import Metrics
@@ -69,78 +74,166 @@ class Engine:
             return await self._evaluate_rule(group, rule, rule_id, now)
 
     async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
+        run = self._load(group, rule, rule_id, now)
+        if rule.kind == "counter":
+            for age in group.settle:
+                if not await self._settle(run, age, now):
+                    return False
+        return await self._record(run, now)
+
+    def _load(self, group: Group, rule: Rule, rule_id: str, now: float) -> _Run:
+        """The rule's state; a new rule's first checkpoint is stored at once, so a
+        failing first query does not move where it begins."""
         stored = self._state.rule_state(rule_id)
         if stored is None:
-            # Pin where a new rule begins, so a failing first query does not move it.
             checkpoint = initial_checkpoint(now, group.interval, group.query_offset, group.start)
-            totals: dict[tuple[tuple[str, str], ...], float] = {}
-            live: set[tuple[tuple[str, str], ...]] = set()
-            self._state.commit_evaluation(
-                rule_id=rule_id, group=group.name, record=rule.record, expr=rule.expr,
-                kind=rule.kind, checkpoint=checkpoint,
-            )
+            run = _Run(group, rule, rule_id, checkpoint, {}, set(), {})
         else:
-            checkpoint, totals, live = stored.checkpoint, stored.totals, stored.live_gauges
-        due = due_windows(checkpoint, now, group.interval, group.query_offset)
+            run = _Run(group, rule, rule_id, stored.checkpoint, stored.totals,
+                       stored.live_gauges, stored.settled)
+        if rule.kind == "counter":
+            # a settle age the rule has not seen yet starts at the checkpoint: no retro-reads
+            run.settled = {age: run.settled.get(age, run.checkpoint) for age in group.settle}
+        if stored is None or run.settled != stored.settled:
+            self._commit(run, settled=run.settled)
+        return run
+
+    async def _record(self, run: _Run, now: float) -> bool:
+        """Read and record the windows due after the checkpoint."""
+        group, rule = run.group, run.rule
+        due = due_windows(run.checkpoint, now, group.interval, group.query_offset)
         names = (group.name, rule.record)
         self._metrics.windows_behind.labels(*names).set(len(due))
         for query in plan_queries(due, group.interval, self._max_duration):
-            started = time.monotonic()
-            self._metrics.evaluations.labels(*names).inc()
-            bound = log.bind(
-                group=group.name, rule=rule.record, kind=query.kind,
-                window_start=query.window_ends[0] - group.interval,
-                window_end=query.window_ends[-1], windows=len(query.window_ends),
-            )
-            try:
-                self._metrics.tempo_queries.labels(query.kind).inc()
-                windows = await read_windows(self._tempo, group, rule, query)
-                samples: Sequence[Sample]
-                if rule.kind == "counter":
-                    counter = accumulate(totals, windows, group.interval)
-                    totals, samples = counter.totals, counter.samples
-                    self._commit(group, rule, rule_id, query, samples, totals=totals)
-                else:
-                    gauge = gauge_samples(live, windows)
-                    live, samples = gauge.live, gauge.samples
-                    self._commit(group, rule, rule_id, query, samples, live=live)
-            except (TempoError, EvaluationError, StateError) as exc:
-                reason = getattr(exc, "reason", "state")
-                self._metrics.evaluation_failures.labels(*names, reason).inc()
-                bound.error("evaluation failed", reason=reason, error=str(exc))
+            windows = await self._query(run, query, "evaluation")
+            if windows is None:
                 return False
-            finally:
-                self._metrics.evaluation_duration.labels(group.name).observe(
-                    time.monotonic() - started
-                )
+            samples: list[Sample]
+            try:
+                if rule.kind == "counter":
+                    counter = accumulate(run.totals, windows, group.interval)
+                    run.totals, samples = counter.totals, counter.samples
+                    for age in group.settle:
+                        run.settled[age] = _advance(
+                            run.settled[age], query, group.interval, now - age
+                        )
+                    kept = window_values(windows) if group.settle else None
+                    run.checkpoint = query.window_ends[-1]
+                    self._commit(run, samples, totals=run.totals, values=kept,
+                                 settled=run.settled)
+                else:
+                    gauge = gauge_samples(run.live, windows)
+                    run.live, samples = gauge.live, gauge.samples
+                    run.checkpoint = query.window_ends[-1]
+                    self._commit(run, samples, live=run.live)
+            except StateError as exc:
+                self._failed(run, query, "evaluation", "state", exc)
+                return False
             self._metrics.windows_evaluated.labels(*names).inc(len(query.window_ends))
             self._metrics.windows_behind.labels(*names).dec(len(query.window_ends))
             self._metrics.last_success.labels(*names).set(self._clock())
-            self._metrics.checkpoint.labels(*names).set(query.window_ends[-1])
-            bound.info(
-                "evaluation", series=len(totals) if rule.kind == "counter" else len(live),
-                samples=len(samples), duration=round(time.monotonic() - started, 4),
+            self._metrics.checkpoint.labels(*names).set(run.checkpoint)
+            self._log(run, query).info(
+                "evaluation", series=len(run.totals) if rule.kind == "counter" else len(run.live),
+                samples=len(samples),
             )
             self._on_commit()
         return True
 
-    def _commit(
-        self,
-        group: Group,
-        rule: Rule,
-        rule_id: str,
-        query: Query,
-        samples: Sequence[Sample],
-        *,
-        totals: dict[tuple[tuple[str, str], ...], float] | None = None,
-        live: set[tuple[tuple[str, str], ...]] | None = None,
-    ) -> None:
-        self._state.commit_evaluation(
-            rule_id=rule_id, group=group.name, record=rule.record, expr=rule.expr,
-            kind=rule.kind, checkpoint=query.window_ends[-1], totals=totals,
-            live_gauges=live, samples=samples,
+    async def _settle(self, run: _Run, age: int, now: float) -> bool:
+        """Read again the recorded windows that reached ``age``; a counter grows by what
+        they gained since (late spans)."""
+        group = run.group
+        upto = min(run.checkpoint, int((now - age) // group.interval) * group.interval)
+        due = list(range(run.settled[age] + group.interval, upto + 1, group.interval))
+        for query in plan_queries(due, group.interval, self._max_duration):
+            windows = await self._query(run, query, "settle")
+            if windows is None:
+                return False
+            recorded = self._state.window_values(
+                run.rule_id, query.window_ends[0] - group.interval, query.window_ends[-1]
+            )
+            update = settle(run.totals, recorded, windows, run.checkpoint)
+            run.settled[age] = query.window_ends[-1]
+            try:
+                self._commit(run, update.samples, totals=update.totals, values=update.values,
+                             settled=run.settled)
+            except StateError as exc:
+                self._failed(run, query, "settle", "state", exc)
+                return False
+            run.totals = update.totals
+            names = (group.name, run.rule.record)
+            self._metrics.windows_settled.labels(*names).inc(len(query.window_ends))
+            self._metrics.settle_growth.labels(*names).inc(update.grown)
+            self._log(run, query).info("settle", age=age, grown=update.grown)
+            if update.samples:
+                self._on_commit()
+        return True
+
+    async def _query(self, run: _Run, query: Query, what: str) -> list[Window] | None:
+        """Read one query's windows; on failure count and log it and return None."""
+        names = (run.group.name, run.rule.record)
+        self._metrics.evaluations.labels(*names).inc()
+        self._metrics.tempo_queries.labels(query.kind).inc()
+        started = time.monotonic()
+        try:
+            return await read_windows(self._tempo, run.group, run.rule, query)
+        except (TempoError, EvaluationError) as exc:
+            self._failed(run, query, what, exc.reason, exc)
+            return None
+        finally:
+            self._metrics.evaluation_duration.labels(run.group.name).observe(
+                time.monotonic() - started
+            )
+
+    def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:
+        self._metrics.evaluation_failures.labels(run.group.name, run.rule.record, reason).inc()
+        self._log(run, query).error(f"{what} failed", reason=reason, error=str(exc))
+
+    def _log(self, run: _Run, query: Query) -> Any:
+        return log.bind(
+            group=run.group.name, rule=run.rule.record, kind=query.kind,
+            window_start=query.window_ends[0] - run.group.interval,
+            window_end=query.window_ends[-1], windows=len(query.window_ends),
         )
 
+    def _commit(
+        self,
+        run: _Run,
+        samples: Sequence[Sample] = (),
+        *,
+        totals: dict[Labels, float] | None = None,
+        live: set[Labels] | None = None,
+        values: dict[int, dict[Labels, float]] | None = None,
+        settled: dict[int, int] | None = None,
+    ) -> None:
+        self._state.commit_evaluation(
+            rule_id=run.rule_id, group=run.group.name, record=run.rule.record,
+            expr=run.rule.expr, kind=run.rule.kind, checkpoint=run.checkpoint, totals=totals,
+            live_gauges=live, samples=samples, window_values=values, settled=settled,
+        )
+
+
+@dataclass
+class _Run:
+    """One rule's state while it is being evaluated."""
+
+    group: Group
+    rule: Rule
+    rule_id: str
+    checkpoint: int
+    totals: dict[Labels, float]
+    live: set[Labels]
+    settled: dict[int, int]
+
+
+def _advance(settled: int, query: Query, interval: int, limit: float) -> int:
+    """Windows first read when already older than a settle age need no re-read at it:
+    move that age's checkpoint over them, when it has reached the query's first window."""
+    if settled < query.window_ends[0] - interval:
+        return settled
+    old_enough = [end for end in query.window_ends if end <= limit]
+    return max(settled, old_enough[-1]) if old_enough else settled
 
 async def dry_run(
     tempo: TempoClient, group: Group, rule: Rule, start: float, end: float, max_duration: int

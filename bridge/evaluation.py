@@ -140,3 +140,56 @@ def gauge_samples(live: Iterable[Labels], windows: Sequence[Window]) -> GaugeUpd
 
 def _format_labels(labels: Labels) -> str:
     return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"
+
+
+@dataclass
+class SettleUpdate:
+    """What re-reading settled windows changes: totals, the kept window values, samples."""
+
+    totals: dict[Labels, float]
+    values: dict[int, dict[Labels, float]]
+    samples: list[Sample] = field(default_factory=list)
+    grown: int = 0
+
+
+def settle(
+    totals: Mapping[Labels, float],
+    recorded: Mapping[int, Mapping[Labels, float]],
+    windows: Sequence[Window],
+    checkpoint: int,
+) -> SettleUpdate:
+    """Add to the totals whatever a window gained since it was recorded (late spans).
+
+    ``recorded`` holds each window's values as last read. A value that grew adds the
+    difference to its series' total; one that shrank (or vanished) changes nothing: a
+    counter never goes down. A series first seen now is written as 0 at ``checkpoint``
+    (the last window end already written), so ``increase()`` counts what it gained;
+    the new totals themselves are written at the next window end.
+    """
+    update = SettleUpdate(totals=dict(totals), values={})
+    for window in windows:
+        before = recorded.get(window.end, {})
+        changed: dict[Labels, float] = {}
+        for labels, value in window.values.items():
+            if not math.isfinite(value) or value <= 0:
+                continue
+            gain = value - before.get(labels, 0.0)
+            if gain <= 0:
+                continue
+            if labels not in update.totals:
+                update.totals[labels] = 0.0
+                update.samples.append((labels, checkpoint * 1000, 0.0))
+            update.totals[labels] += gain
+            changed[labels] = value
+            update.grown += 1
+        if changed:
+            update.values[window.end] = changed
+    return update
+
+
+def window_values(windows: Sequence[Window]) -> dict[int, dict[Labels, float]]:
+    """The values to keep for settling: positive finite values only (absent means 0)."""
+    return {
+        w.end: {k: v for k, v in w.values.items() if math.isfinite(v) and v > 0}
+        for w in windows
+    }

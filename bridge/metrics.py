@@ -34,6 +34,16 @@ class Metrics:
         self.windows_evaluated = Counter(
             "tempo_bridge_windows_evaluated", "Windows recorded, per rule.", rule, registry=r
         )
+        self.windows_settled = Counter(
+            "tempo_bridge_windows_settled",
+            "Recorded windows read again at a settle age (late spans), per rule.",
+            rule, registry=r,
+        )
+        self.settle_growth = Counter(
+            "tempo_bridge_settle_growth",
+            "Series values of settled windows that had grown since they were recorded.",
+            rule, registry=r,
+        )
         self.windows_behind = Gauge(
             "tempo_bridge_windows_behind",
             "Windows due but not yet recorded, per rule (0 when caught up).",

@@ -43,6 +43,19 @@ CREATE TABLE IF NOT EXISTS live_gauges (
     series_id   INTEGER NOT NULL,
     PRIMARY KEY (rule_id, series_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS window_values (
+    rule_id     TEXT NOT NULL,
+    window_end  INTEGER NOT NULL,
+    series_id   INTEGER NOT NULL,
+    value       REAL NOT NULL,
+    PRIMARY KEY (rule_id, window_end, series_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settle (
+    rule_id     TEXT NOT NULL,
+    age         INTEGER NOT NULL,
+    checkpoint  INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, age)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     series_id   INTEGER NOT NULL,
@@ -64,6 +77,8 @@ class RuleState:
     checkpoint: int
     totals: dict[Labels, float]
     live_gauges: set[Labels]
+    settled: dict[int, int]
+    """Per settle age (seconds): the end of the last window read again at that age."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,24 @@ class State:
                 "SELECT series_id FROM live_gauges WHERE rule_id = ?", (rule_id,)
             )
         }
-        return RuleState(int(row[0]), totals, live)
+        settled = {
+            int(age): int(checkpoint)
+            for age, checkpoint in self._db.execute(
+                "SELECT age, checkpoint FROM settle WHERE rule_id = ?", (rule_id,)
+            )
+        }
+        return RuleState(int(row[0]), totals, live, settled)
+
+    def window_values(self, rule_id: str, after: int, upto: int) -> dict[int, dict[Labels, float]]:
+        """Values recorded for the windows ending in ``(after, upto]``, kept for settling."""
+        result: dict[int, dict[Labels, float]] = {}
+        for end, sid, value in self._db.execute(
+            "SELECT window_end, series_id, value FROM window_values"
+            " WHERE rule_id = ? AND window_end > ? AND window_end <= ?",
+            (rule_id, after, upto),
+        ):
+            result.setdefault(int(end), {})[self._labels_by_id[sid]] = value
+        return result
 
     def commit_evaluation(
         self,
@@ -134,8 +166,14 @@ class State:
         totals: Mapping[Labels, float] | None = None,
         live_gauges: Iterable[Labels] | None = None,
         samples: Sequence[Sample] = (),
+        window_values: Mapping[int, Mapping[Labels, float]] | None = None,
+        settled: Mapping[int, int] | None = None,
     ) -> None:
-        """Store one evaluation atomically: checkpoint, totals or live set, and its samples."""
+        """Store one evaluation atomically: checkpoint, totals or live set, its samples,
+        the window values kept for settling and the settle checkpoints.
+
+        Window values of windows that every settle age has passed are deleted.
+        """
         db = self._db
         with self._transaction(f"store the evaluation of {record}"):
             db.execute(
@@ -156,6 +194,27 @@ class State:
                     "INSERT INTO live_gauges (rule_id, series_id) VALUES (?, ?)",
                     [(rule_id, self._series_id(k)) for k in live_gauges],
                 )
+            if window_values:
+                db.executemany(
+                    "INSERT INTO window_values (rule_id, window_end, series_id, value)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (rule_id, window_end, series_id)"
+                    " DO UPDATE SET value = excluded.value",
+                    [
+                        (rule_id, end, self._series_id(k), v)
+                        for end, values in window_values.items()
+                        for k, v in values.items()
+                    ],
+                )
+            if settled:
+                db.executemany(
+                    "INSERT INTO settle (rule_id, age, checkpoint) VALUES (?, ?, ?)"
+                    " ON CONFLICT (rule_id, age) DO UPDATE SET checkpoint = excluded.checkpoint",
+                    [(rule_id, age, c) for age, c in settled.items()],
+                )
+                db.execute(
+                    "DELETE FROM window_values WHERE rule_id = ? AND window_end <= ?",
+                    (rule_id, min(settled.values())),
+                )
             db.executemany(
                 "INSERT INTO outbox (series_id, ts_ms, value, nan_bits) VALUES (?, ?, ?, ?)",
                 [(self._series_id(k), ts, *_encode_value(v)) for k, ts, v in samples],
@@ -164,7 +223,7 @@ class State:
     def forget_rule(self, rule_id: str) -> None:
         """Drop a rule's checkpoint, totals and live set (its rule was removed or changed)."""
         with self._transaction(f"forget rule {rule_id}"):
-            for table in ("rules", "totals", "live_gauges"):
+            for table in ("rules", "totals", "live_gauges", "window_values", "settle"):
                 self._db.execute(f"DELETE FROM {table} WHERE rule_id = ?", (rule_id,))
 
     def known_rules(self) -> list[tuple[str, str, str, str]]:
