@@ -10,6 +10,7 @@ import pytest
 
 from bridge.evaluation import (
     EvaluationError,
+    Labels,
     Window,
     accumulate,
     gauge_samples,
@@ -22,8 +23,8 @@ from bridge.rules import Group, load_rule_files
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query
 
-A = (("__name__", "x"), ("model", "a"))
-B = (("__name__", "x"), ("model", "b"))
+A: Labels = (("__name__", "x"), ("model", "a"))
+B: Labels = (("__name__", "x"), ("model", "b"))
 
 
 @pytest.fixture
