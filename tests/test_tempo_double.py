@@ -38,22 +38,22 @@ from tests.doubles.tempo import (
 )
 
 
-def _find_tempo_api() -> Path | None:
-    candidates = [
-        os.environ.get("TEMPO_API_DIR", ""),
-        str(Path(__file__).parent / "fixtures" / "tempo-api"),
-        "/work/shared/tempo-api",
-    ]
-    return next((Path(c) for c in candidates if c and (Path(c) / "captures").is_dir()), None)
+def _find_tempo_api() -> Path:
+    """The captures: ``$TEMPO_API_DIR``, or ``shared/tempo-api`` beside the repository
+    (where every developer machine and CI have it). Missing captures fail the run."""
+    repo = Path(__file__).resolve().parent.parent
+    candidates = [os.environ.get("TEMPO_API_DIR", ""), str(repo.parent / "shared" / "tempo-api")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "captures").is_dir():
+            return Path(candidate)
+    raise RuntimeError(
+        f"Tempo captures not found in {candidates}: set TEMPO_API_DIR to shared/tempo-api"
+    )
 
 
 TEMPO_API = _find_tempo_api()
-pytestmark = pytest.mark.skipif(
-    TEMPO_API is None,
-    reason="Tempo captures not found: set TEMPO_API_DIR or vendor them in tests/fixtures/tempo-api",
-)
 CAPTURES: dict[str, Capture] = (
-    {c.name: c for c in load_captures(TEMPO_API / "captures")} if TEMPO_API else {}
+    {c.name: c for c in load_captures(TEMPO_API / "captures")}
 )
 
 # captures/index.md, note of capture 45: the edge spans' total_cost; b-missing-cost has none.
@@ -104,7 +104,6 @@ OVER_HTTP = [
 @cache
 def lab_spans() -> tuple[Span, ...]:
     """The spans of the lab instance: the 120 OpenRouter spans and the 5 edge spans."""
-    assert TEMPO_API is not None
     extra = {name: {"gen_ai.usage.total_cost": cost} for name, cost in EDGE_TOTAL_COST.items()}
     return (
         *spans_from_truth(TEMPO_API / "truth.json"),
@@ -234,7 +233,6 @@ async def test_replay_over_http(name: str) -> None:
 
 
 def test_capture_reader_decodes_request_and_response() -> None:
-    assert TEMPO_API is not None
     capture = load_capture(TEMPO_API / "captures" / "36_range_accept_protobuf.http")
     assert capture.path == "/api/metrics/query_range"
     assert capture.params["q"] == (
