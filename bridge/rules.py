@@ -79,11 +79,15 @@ class Rule:
         """The output labels of one Tempo series.
 
         Attribute names become label names (``label_name_for``, then ``rename``); Tempo's
-        "nil" becomes ``missing_value`` or drops the label; an empty value drops it too (as in
+        "nil" (or a by() attribute it left out) becomes ``missing_value`` or no label; an empty value drops it too (as in
         Prometheus); then the group's labels, then the rule's labels override; ``__name__``
         is the record name.
         """
         out: dict[str, str] = {}
+        if self.missing_value is not None:
+            # Tempo leaves out a by() attribute a span lacks (and says "nil" only when it
+            # lacks them all): every by() label gets missing_value where it is absent.
+            tempo_labels = {**dict.fromkeys(self.by, "nil"), **tempo_labels}
         for key, value in tempo_labels.items():
             if key == "__name__":
                 continue

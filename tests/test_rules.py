@@ -344,6 +344,15 @@ def test_map_labels_nil_is_dropped_or_the_missing_value() -> None:
         "__name__": "cost_total", "model": "unknown"}
 
 
+def test_map_labels_fills_left_out_by_attributes_with_the_missing_value() -> None:
+    # Tempo leaves out a by() attribute the span lacks when another one is present
+    two = rule(by=("span.model", "span.key"), missing_value="unknown")
+    assert two.map_labels({"span.model": "gpt"}) == {
+        "__name__": "cost_total", "model": "gpt", "key": "unknown"}
+    assert rule(by=("span.model", "span.key")).map_labels({"span.model": "gpt"}) == {
+        "__name__": "cost_total", "model": "gpt"}
+
+
 def test_map_labels_without_by() -> None:
     assert rule(by=()).map_labels({"__name__": "x"}) == {"__name__": "cost_total"}
 
