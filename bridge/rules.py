@@ -79,9 +79,9 @@ class Rule:
         """The output labels of one Tempo series.
 
         Attribute names become label names (``label_name_for``, then ``rename``); Tempo's
-        "nil" (or a by() attribute it left out) becomes ``missing_value`` or no label; an empty value drops it too (as in
-        Prometheus); then the group's labels, then the rule's labels override; ``__name__``
-        is the record name.
+        "nil" (or a by() attribute it left out) becomes ``missing_value`` or no label; an
+        empty value drops it too (as in Prometheus); then the group's labels, then the
+        rule's labels override; ``__name__`` is the record name.
         """
         out: dict[str, str] = {}
         if self.missing_value is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -81,26 +82,42 @@ class Sender:
 
     async def _send(self, rows: list[OutboxRow]) -> None:
         keep = self._sendable(rows)
-        if keep:
-            body = encode_write_request(self._group(keep))
-            try:
-                async for attempt in retrying(sleep=self._sleep, before_sleep=self._on_retry):
-                    with attempt:
-                        await self._client.send(body)
-            except ReceiverError as exc:
-                self._metrics.samples_dropped.labels("rejected").inc(len(keep))
-                log.error(
-                    "remote write rejected", reason=exc.reason, status=exc.status,
-                    samples=len(keep), error=str(exc),
-                )
-                self._state.delete_outbox(rows, delivered=False)
-                return
-            self._metrics.samples_sent.inc(len(keep))
-        self._state.delete_outbox(keep, delivered=True)
         kept = {r.id for r in keep}
-        dropped = [r for r in rows if r.id not in kept]
-        if dropped:
-            self._state.delete_outbox(dropped, delivered=False)
+        stale = [r for r in rows if r.id not in kept]
+        batch = self._group(keep)
+        rejected = await self._deliver(batch) if batch else []
+        rejected_ids = {r.id for s in rejected for r in s.rows}
+        delivered = [r for r in keep if r.id not in rejected_ids]
+        self._metrics.samples_sent.inc(len(delivered))
+        self._state.remove_from_outbox(
+            delivered=delivered, dropped=stale + [r for s in rejected for r in s.rows]
+        )
+
+    async def _deliver(self, batch: list[_Series]) -> list[_Series]:
+        """Send ``batch``, retrying what may succeed later; return the series refused.
+
+        A 400 refuses the whole request for one bad sample (Prometheus keeps none of
+        it), so a refused batch is split in halves until the bad series are found; the
+        others are delivered. Other 4xx answers (auth, not found) refuse the batch.
+        """
+        body = encode_write_request([(s.labels, s.samples) for s in batch])
+        try:
+            async for attempt in retrying(sleep=self._sleep, before_sleep=self._on_retry):
+                with attempt:
+                    await self._client.send(body)
+        except ReceiverError as exc:
+            if exc.status == 400 and len(batch) > 1:
+                half = len(batch) // 2
+                return await self._deliver(batch[:half]) + await self._deliver(batch[half:])
+            samples = sum(len(s.samples) for s in batch)
+            self._metrics.samples_dropped.labels("rejected").inc(samples)
+            log.error(
+                "remote write rejected", reason=exc.reason, status=exc.status,
+                series=len(batch), samples=samples,
+                first_series=_format(batch[0].labels), error=str(exc),
+            )
+            return batch
+        return []
 
     def _sendable(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """Rows the receiver can still take: recent enough, not older than the last sent."""
@@ -111,7 +128,7 @@ class Sender:
         for row in rows:
             if min_ts is not None and row.ts_ms < min_ts:
                 too_old += 1
-            elif row.ts_ms < last_sent.get(row.series_id, row.ts_ms):
+            elif row.ts_ms <= last_sent.get(row.series_id, -1):
                 out_of_order += 1
             else:
                 keep.append(row)
@@ -122,18 +139,35 @@ class Sender:
             log.warning("samples older than the last sent dropped", samples=out_of_order)
         return keep
 
-    def _group(self, rows: list[OutboxRow]) -> list[tuple[Labels, list[tuple[int, float]]]]:
+    def _group(self, rows: list[OutboxRow]) -> list[_Series]:
         """One time series per label set, samples in time order, one per timestamp."""
-        by_series: dict[int, dict[int, float]] = {}
-        labels: dict[int, Labels] = {}
+        by_series: dict[int, _Series] = {}
         for row in rows:
-            by_series.setdefault(row.series_id, {})[row.ts_ms] = row.value
-            labels[row.series_id] = row.labels
-        return [
-            (add_external_labels(labels[sid], self._external), sorted(samples.items()))
-            for sid, samples in by_series.items()
-        ]
+            series = by_series.get(row.series_id)
+            if series is None:
+                labels = add_external_labels(row.labels, self._external)
+                series = by_series[row.series_id] = _Series(labels, {}, [])
+            series.values[row.ts_ms] = row.value
+            series.rows.append(row)
+        return list(by_series.values())
 
     def _on_retry(self, reason: str, wait: float) -> None:
         self._metrics.send_retries.labels(reason).inc()
         log.warning("remote write failed, retrying", reason=reason, retry_in=round(wait, 3))
+
+
+@dataclass
+class _Series:
+    """One series of a batch: its labels, samples by timestamp, and the outbox rows."""
+
+    labels: Labels
+    values: dict[int, float]
+    rows: list[OutboxRow]
+
+    @property
+    def samples(self) -> list[tuple[int, float]]:
+        return sorted(self.values.items())
+
+
+def _format(labels: Labels) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"

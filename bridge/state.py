@@ -268,19 +268,22 @@ class State:
             )
         return result
 
-    def delete_outbox(self, rows: Sequence[OutboxRow], *, delivered: bool) -> None:
-        """Remove rows from the outbox; when ``delivered``, advance each series' last sent."""
+    def remove_from_outbox(
+        self, *, delivered: Sequence[OutboxRow] = (), dropped: Sequence[OutboxRow] = ()
+    ) -> None:
+        """Remove sent rows, advancing each delivered series' last sent timestamp."""
         with self._transaction("update the outbox"):
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r.id,) for r in rows])
-            if delivered:
-                newest: dict[int, int] = {}
-                for r in rows:
-                    newest[r.series_id] = max(newest.get(r.series_id, r.ts_ms), r.ts_ms)
-                self._db.executemany(
-                    "INSERT INTO sent (series_id, ts_ms) VALUES (?, ?) ON CONFLICT (series_id)"
-                    " DO UPDATE SET ts_ms = max(ts_ms, excluded.ts_ms)",
-                    list(newest.items()),
-                )
+            self._db.executemany(
+                "DELETE FROM outbox WHERE id = ?", [(r.id,) for r in (*delivered, *dropped)]
+            )
+            newest: dict[int, int] = {}
+            for r in delivered:
+                newest[r.series_id] = max(newest.get(r.series_id, r.ts_ms), r.ts_ms)
+            self._db.executemany(
+                "INSERT INTO sent (series_id, ts_ms) VALUES (?, ?) ON CONFLICT (series_id)"
+                " DO UPDATE SET ts_ms = max(ts_ms, excluded.ts_ms)",
+                list(newest.items()),
+            )
 
     # internals ---------------------------------------------------------------
 

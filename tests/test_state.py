@@ -67,11 +67,11 @@ def test_outbox_is_read_in_order_and_last_sent_only_grows(tmp_path: Path) -> Non
     commit(state, 120, samples=[(A, 120_000, 3.0)])
     rows = state.outbox_head(2)
     assert [(r.labels, r.ts_ms) for r in rows] == [(A, 60_000), (B, 60_000)]
-    state.delete_outbox(rows, delivered=True)
+    state.remove_from_outbox(delivered=rows)
     assert state.outbox_depth() == 1
     assert state.outbox_oldest_ts_ms() == 120_000
     last = state.outbox_head(1)
-    state.delete_outbox(last, delivered=True)
+    state.remove_from_outbox(delivered=last)
     ids = {r.labels: r.series_id for r in rows}
     assert state.last_sent([ids[A], ids[B]]) == {ids[A]: 120_000, ids[B]: 60_000}
     assert state.outbox_depth() == 0

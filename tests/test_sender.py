@@ -1,0 +1,157 @@
+"""Sender: the outbox drained in order, 400s narrowed to the bad series, nothing resent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+
+from bridge.evaluation import Labels
+from bridge.metrics import Metrics
+from bridge.remote_write import RemoteWriteClient, decode_write_request
+from bridge.sender import Sender
+from bridge.state import State
+
+URL = "http://receiver/api/v1/write"
+NOW = 1795780800.0
+
+
+def series(name: str) -> Labels:
+    return (("__name__", "x_total"), ("model", name))
+
+
+def fill(state: State, samples: list[tuple[Labels, int, float]]) -> None:
+    state.commit_evaluation(
+        rule_id="r", group="g", record="x_total", expr="e", kind="counter",
+        checkpoint=0, samples=samples,
+    )
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def make_sender(tmp_path: Path, **kwargs: object) -> tuple[Sender, State, Metrics]:
+    state = State(tmp_path / "s.sqlite")
+    metrics = Metrics()
+    options: dict[str, object] = {
+        "max_samples_per_send": 1000, "max_sample_age": 3000.0,
+        "external_labels": {"cluster": "eu"},
+    }
+    options.update(kwargs)
+    sender = Sender(
+        state, RemoteWriteClient(URL), metrics, clock=lambda: NOW, sleep=no_sleep,
+        **options,  # type: ignore[arg-type]
+    )
+    return sender, state, metrics
+
+
+def record(bodies: list[bytes], request: httpx.Request) -> httpx.Response:
+    bodies.append(request.content)
+    return httpx.Response(204)
+
+
+def dropped(metrics: Metrics, reason: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "tempo_bridge_samples_dropped_total", {"reason": reason}
+    )
+
+
+@respx.mock
+async def test_a_400_drops_only_the_series_it_refuses(tmp_path: Path) -> None:
+    received: list[Labels] = []
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        batch = decode_write_request(request.content)
+        if any(dict(labels)["model"] == "bad" for labels, _ in batch):
+            return httpx.Response(400, text="out of order sample\n")
+        received.extend(labels for labels, _ in batch)
+        return httpx.Response(204)
+
+    respx.post(URL).mock(side_effect=receiver)
+    sender, state, metrics = make_sender(tmp_path)
+    ts = int(NOW * 1000)
+    fill(state, [(series(m), ts, 1.0) for m in ["a", "b", "bad", "c", "d"]])
+    await sender.drain()
+    assert sorted(dict(labels)["model"] for labels in received) == ["a", "b", "c", "d"]
+    assert all(dict(labels)["cluster"] == "eu" for labels in received)
+    assert state.outbox_depth() == 0
+    assert dropped(metrics, "rejected") == 1
+    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 4
+
+
+@respx.mock
+async def test_retryable_failures_are_retried_until_accepted(tmp_path: Path) -> None:
+    route = respx.post(URL).mock(
+        side_effect=[
+            httpx.Response(503, text="busy"),
+            httpx.Response(429, headers={"Retry-After": "1"}),
+            httpx.ConnectError("refused"),
+            httpx.Response(204),
+        ]
+    )
+    sender, state, metrics = make_sender(tmp_path)
+    fill(state, [(series("a"), int(NOW * 1000), 1.0)])
+    await sender.drain()
+    assert route.call_count == 4
+    assert state.outbox_depth() == 0
+    for reason in ("http_503", "http_429", "network"):
+        assert metrics.registry.get_sample_value(
+            "tempo_bridge_send_retries_total", {"reason": reason}
+        ) == 1
+
+
+@respx.mock
+async def test_other_4xx_drop_the_batch_without_splitting(tmp_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(401, text="no auth"))
+    sender, state, metrics = make_sender(tmp_path)
+    fill(state, [(series(m), int(NOW * 1000), 1.0) for m in "abcd"])
+    await sender.drain()
+    assert route.call_count == 1
+    assert state.outbox_depth() == 0
+    assert dropped(metrics, "rejected") == 4
+
+
+@respx.mock
+async def test_too_old_and_not_newer_samples_are_not_sent(tmp_path: Path) -> None:
+    bodies: list[bytes] = []
+    respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
+    sender, state, metrics = make_sender(tmp_path, max_sample_age=600.0)
+    now_ms = int(NOW * 1000)
+    fill(state, [(series("a"), now_ms - 601_000, 1.0), (series("a"), now_ms, 2.0)])
+    await sender.drain()
+    assert dropped(metrics, "too_old") == 1
+    # a crash after sending and before the outbox was cleared: the same samples again
+    fill(state, [(series("a"), now_ms, 2.0), (series("a"), now_ms - 1000, 1.5)])
+    await sender.drain()
+    assert dropped(metrics, "out_of_order") == 2
+    assert len(bodies) == 1
+    assert decode_write_request(bodies[0]) == [
+        ((("__name__", "x_total"), ("cluster", "eu"), ("model", "a")), [(now_ms, 2.0)])
+    ]
+
+
+@respx.mock
+async def test_batches_follow_max_samples_per_send_in_order(tmp_path: Path) -> None:
+    bodies: list[bytes] = []
+    respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
+    sender, state, _ = make_sender(tmp_path, max_samples_per_send=2)
+    ts = int(NOW * 1000)
+    fill(state, [(series("a"), ts + i * 1000, float(i)) for i in range(5)])
+    await sender.drain()
+    got = [s for body in bodies for _, samples in decode_write_request(body) for s in samples]
+    assert [len(decode_write_request(b)[0][1]) for b in bodies] == [2, 2, 1]
+    assert got == [(ts + i * 1000, float(i)) for i in range(5)]
+    sender.update_gauges()
+
+
+@pytest.mark.parametrize("depth", [0, 3])
+async def test_outbox_gauges(tmp_path: Path, depth: int) -> None:
+    sender, state, metrics = make_sender(tmp_path)
+    fill(state, [(series("a"), int(NOW * 1000) - 30_000 + i, 1.0) for i in range(depth)])
+    sender.update_gauges()
+    assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == depth
+    age = metrics.registry.get_sample_value("tempo_bridge_outbox_oldest_sample_age_seconds")
+    assert age == (30.0 if depth else 0.0)
