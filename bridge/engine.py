@@ -27,6 +27,7 @@ from bridge.evaluation import (
     windows_from_answer,
 )
 from bridge.metrics import Metrics
+from bridge.remote_write import STALE_NAN
 from bridge.rules import Group, Rule
 from bridge.state import State
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
@@ -72,6 +73,33 @@ class Engine:
         rule_id = rule.rule_id(group.name)
         async with self._locks.setdefault(rule_id, asyncio.Lock()):
             return await self._evaluate_rule(group, rule, rule_id, now)
+
+    async def retire(self, group: Group, rule: Rule) -> None:
+        """A gauge rule was removed: end its live series with stale markers, now.
+
+        A removed counter keeps its totals, so that putting it back continues them.
+        """
+        if rule.kind != "gauge":
+            return
+        rule_id = rule.rule_id(group.name)
+        async with self._locks.setdefault(rule_id, asyncio.Lock()):
+            stored = self._state.rule_state(rule_id)
+            if stored is None or not stored.live_gauges:
+                return
+            ts_ms = int(self._clock() * 1000)
+            try:
+                self._state.commit_evaluation(
+                    rule_id=rule_id, group=group.name, record=rule.record, expr=rule.expr,
+                    kind=rule.kind, checkpoint=stored.checkpoint, live_gauges=(),
+                    samples=[(k, ts_ms, STALE_NAN) for k in sorted(stored.live_gauges)],
+                )
+            except StateError as exc:
+                log.error("cannot mark a removed rule's series stale", group=group.name,
+                          rule=rule.record, error=str(exc))
+                return
+            log.info("rule removed, its series marked stale", group=group.name,
+                     rule=rule.record, series=len(stored.live_gauges))
+        self._on_commit()
 
     async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
         run = self._load(group, rule, rule_id, now)
