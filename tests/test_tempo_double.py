@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import threading
 from collections.abc import Mapping
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.doubles.captures import Capture, load_capture, load_captures
+from tests.doubles.captures import Capture, find_tempo_api, load_capture, load_captures
 from tests.doubles.tempo import (
     AttrValue,
     CloseConnection,
@@ -37,21 +35,7 @@ from tests.doubles.tempo import (
     spans_from_truth,
 )
 
-
-def _find_tempo_api() -> Path:
-    """The captures: ``$TEMPO_API_DIR``, or ``shared/tempo-api`` beside the repository
-    (where every developer machine and CI have it). Missing captures fail the run."""
-    repo = Path(__file__).resolve().parent.parent
-    candidates = [os.environ.get("TEMPO_API_DIR", ""), str(repo.parent / "shared" / "tempo-api")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "captures").is_dir():
-            return Path(candidate)
-    raise RuntimeError(
-        f"Tempo captures not found in {candidates}: set TEMPO_API_DIR to shared/tempo-api"
-    )
-
-
-TEMPO_API = _find_tempo_api()
+TEMPO_API = find_tempo_api()
 CAPTURES: dict[str, Capture] = (
     {c.name: c for c in load_captures(TEMPO_API / "captures")}
 )

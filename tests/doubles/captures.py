@@ -20,6 +20,7 @@ and the capture tool appended one newline to it)::
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,3 +145,16 @@ def load_capture(path: Path) -> Capture:
 def load_captures(directory: Path) -> list[Capture]:
     """Every ``*.http`` capture in a directory, in file-name order."""
     return [load_capture(p) for p in sorted(directory.glob("*.http"))]
+
+
+def find_tempo_api() -> Path:
+    """The captures: ``$TEMPO_API_DIR``, or ``shared/tempo-api`` beside the repository
+    (where every developer machine and CI have it). Missing captures fail the run."""
+    repo = Path(__file__).resolve().parent.parent.parent
+    candidates = [os.environ.get("TEMPO_API_DIR", ""), str(repo.parent / "shared" / "tempo-api")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "captures").is_dir():
+            return Path(candidate)
+    raise RuntimeError(
+        f"Tempo captures not found in {candidates}: set TEMPO_API_DIR to shared/tempo-api"
+    )
