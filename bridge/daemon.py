@@ -20,6 +20,7 @@ from bridge.rules import Group, load_rule_files
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
 from bridge.state import State
+from bridge.systemd import Notifier
 from bridge.tempo import TempoClient
 from bridge.web import WebServer
 
@@ -44,6 +45,7 @@ class Daemon:
         groups: list[Group],
         *,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -83,6 +85,7 @@ class Daemon:
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
         self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
         self._groups = groups
+        self.notifier = notifier if notifier is not None else Notifier.from_environ()
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or :meth:`stop`); SIGHUP reloads the rules."""
@@ -91,6 +94,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         sender = asyncio.create_task(self.sender.run(), name="sender")
+        watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
         try:
             await self.web.start(self.config.web.listen_address)
             self._set_groups(self._groups)
@@ -103,18 +107,24 @@ class Daemon:
                 port=self.web.port, groups=len(self._groups),
                 state=str(self.state.path),
             )
+            self.notifier.ready(self._status())
             await self._stopping.wait()
         finally:
             self._ready = False
             log.info("stopping")
+            self.notifier.stopping("stopping")
             self.scheduler.shutdown()
             sender.cancel()
+            watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
             await self.web.stop()
             await self.tempo.aclose()
             await self.receiver.aclose()
             self.state.close()
+            self.notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
@@ -123,7 +133,25 @@ class Daemon:
         self._stopping.set()
 
     async def reload(self) -> str | None:
-        """Re-read the rule files; a bad file keeps the running rules and is reported."""
+        """Re-read the rule files; a bad file keeps the running rules and is reported.
+
+        systemd is told RELOADING=1 before and READY=1 after, whatever the outcome.
+        """
+        self.notifier.reloading("reloading the rules")
+        error = None
+        try:
+            error = await self._reload()
+            return error
+        finally:
+            self.notifier.ready(self._status(error and "reload failed, previous rules kept"))
+
+    def _status(self, note: str | None = None) -> str:
+        """The one-line STATUS= for systemctl status."""
+        rules = sum(len(g.rules) for g in self._groups)
+        status = f"{len(self._groups)} rule groups, {rules} rules"
+        return f"{status}; {note}" if note else status
+
+    async def _reload(self) -> str | None:
         try:
             config = load_config(self.config_path)
             groups = load_rules(config)
