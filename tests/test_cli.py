@@ -1,0 +1,133 @@
+"""Command line: check's exit codes and messages, eval's output, run's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main, parse_time
+from tests.doubles.tempo import Span, TempoDouble
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1795780800
+
+
+def test_check_accepts_the_shipped_config_and_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--config", str(ROOT / "examples" / "bridge.yaml")]) == 0
+    assert main(["check", str(ROOT / "rules" / "openrouter.yaml")]) == 0
+    assert "SUCCESS" in capsys.readouterr().out
+
+
+def test_check_lists_every_error_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        textwrap.dedent(
+            """\
+            groups:
+              - name: g
+                interval: 7s
+                rules:
+                  - record: 1bad
+                    expr: '{ } | rate()'
+                    kind: counter
+            """
+        )
+    )
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith(f"{bad}:3:15: ")
+    assert err[1].startswith(f"{bad}:5:17: ")
+
+
+def test_run_with_a_bad_config_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bridge.yaml"
+    config.write_text("tempo:\n  url: localhost:3200\nrule_files: []\n")
+    assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tempo-bridge: {config}:2:8: ")
+    assert "Traceback" not in err
+    assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_parse_time() -> None:
+    assert parse_time("now", now=1000.0) == 1000.0
+    assert parse_time("2h", now=10000.0) == 2800.0
+    assert parse_time("1795780800") == 1795780800.0
+    assert parse_time("2026-11-27T09:00:00Z") == 1795770000.0
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
+    spans = [
+        Span(start_ns=(T0 + 10 + i * 30) * 10**9, attributes={"model": "a\"b", "cost": 0.25},
+             resource={"service.name": "svc"})
+        for i in range(6)
+    ]
+    tempo = TempoDouble(spans, clock=lambda: T0 + 3600, query_end_cutoff=0)
+    url = await tempo.start()
+    try:
+        (tmp_path / "rules.yaml").write_text(
+            textwrap.dedent(
+                """\
+                groups:
+                  - name: g
+                    interval: 60s
+                    query_offset: 60s
+                    rules:
+                      - record: cost_usd_total
+                        expr: '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
+                        kind: counter
+                """  # noqa: E501
+            )
+        )
+        config = tmp_path / "bridge.yaml"
+        config.write_text(
+            f"tempo: {{url: '{url}', query_end_cutoff: 0s, ingest_delay: 0s}}\n"
+            "rule_files: [rules.yaml]\n"
+        )
+        code, out, err = await run_cli(
+            "eval", "--config", str(config), "--from", str(T0), "--to", str(T0 + 180)
+        )
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines == [
+            '2026-11-27T12:00:00Z                     0.0  cost_usd_total{model="a\\"b"}',
+            '2026-11-27T12:01:00Z                     0.5  cost_usd_total{model="a\\"b"}',
+            '2026-11-27T12:02:00Z                     1.0  cost_usd_total{model="a\\"b"}',
+            '2026-11-27T12:03:00Z                     1.5  cost_usd_total{model="a\\"b"}',
+        ]
+        code, out, err = await run_cli(
+            "eval", "--config", str(config), "--from", str(T0), "--to", str(T0 + 180),
+            "--format", "openmetrics",
+        )
+        assert code == 0, err
+        assert out.splitlines() == [
+            "# TYPE cost_usd counter",
+            'cost_usd_total{model="a\\"b"} 0.0 1795780800',
+            'cost_usd_total{model="a\\"b"} 0.5 1795780860',
+            'cost_usd_total{model="a\\"b"} 1.0 1795780920',
+            'cost_usd_total{model="a\\"b"} 1.5 1795780980',
+            "# EOF",
+        ]
+        assert len(tempo.requests) == 2  # one range query per eval
+    finally:
+        await tempo.stop()
