@@ -1,10 +1,9 @@
-"""Command line: ``tempo-bridge run | check | eval``."""
+"""Command line: ``tempo-bridge run | check | eval | backfill``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -13,17 +12,16 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge import __version__
+from bridge.backfill import backfill, evaluate_range, tempo_client
 from bridge.check import check, format_issues
 from bridge.config import Config, load_config
 from bridge.daemon import Daemon, load_rules
 from bridge.durations import parse_duration
-from bridge.engine import dry_run
 from bridge.errors import BridgeError
 from bridge.evaluation import Sample
 from bridge.logs import configure
-from bridge.remote_write import is_stale_nan
+from bridge.openmetrics import format_openmetrics, format_value, series_name
 from bridge.rules import Group
-from bridge.tempo import TempoClient
 
 DEFAULT_CONFIG = Path("/etc/tempo-bridge/bridge.yaml")
 
@@ -71,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--to", dest="end", default="now", help="end (default now)")
     ev.add_argument("--rule", action="append", help="only this record name (repeatable)")
     ev.add_argument("--format", choices=["table", "openmetrics"], default="table")
+
+    bf = sub.add_parser(
+        "backfill",
+        help="write OpenMetrics of a past range for promtool tsdb create-blocks-from openmetrics",
+    )
+    bf.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file")
+    bf.add_argument("--from", dest="start", required=True, help="start of the range")
+    bf.add_argument("--to", dest="end", required=True, help="end of the range")
+    bf.add_argument("--out", type=Path, required=True, help="OpenMetrics file to write")
+    bf.add_argument("--rule", action="append", help="only this record name (repeatable)")
     return parser
 
 
@@ -80,12 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config, args.rule_files)
         config = load_config(args.config)
-        configure(config.log_level, stream=sys.stderr if args.command == "eval" else None)
+        to_stderr = args.command in ("eval", "backfill")
+        configure(config.log_level, stream=sys.stderr if to_stderr else None)
         groups = load_rules(config)
         if args.command == "run":
             asyncio.run(Daemon(args.config, config, groups).run())
             return 0
         start, end = parse_time(args.start), parse_time(args.end)
+        if args.command == "backfill":
+            return _backfill(config, groups, start, end, args.rule, args.out)
         asyncio.run(_eval(config, groups, start, end, args.rule, args.format, sys.stdout))
         return 0
     except BridgeError as exc:
@@ -119,36 +130,41 @@ async def _eval(
     fmt: str,
     out: TextIO,
 ) -> None:
-    tempo = TempoClient(
-        config.tempo.url,
-        tenant=config.tempo.tenant,
-        headers=config.tempo.auth_headers(),
-        timeout=config.tempo.timeout,
-    )
-    families: list[tuple[str, str, list[Sample]]] = []
+    tempo = tempo_client(config)
     try:
-        for group in groups:
-            for rule in group.rules:
-                if only and rule.record not in only:
-                    continue
-                samples = await dry_run(
-                    tempo, group, rule, start, end, int(config.tempo.max_duration)
-                )
-                families.append((rule.record, rule.kind, samples))
+        families = await evaluate_range(
+            tempo, groups, start, end, only, int(config.tempo.max_duration)
+        )
     finally:
         await tempo.aclose()
     out.write(format_openmetrics(families) if fmt == "openmetrics" else format_table(families))
 
 
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it (``stale`` for a stale marker)."""
-    if is_stale_nan(value):
-        return "stale"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
+def _backfill(
+    config: Config,
+    groups: list[Group],
+    start: float,
+    end: float,
+    only: list[str] | None,
+    out: Path,
+) -> int:
+    summary = asyncio.run(backfill(config, groups, start, end, only, out))
+    for note in summary.notes:
+        print(f"tempo-bridge backfill: note: {note}", file=sys.stderr)
+    span = ""
+    if summary.first_ms is not None and summary.last_ms is not None:
+        span = f" from {_rfc3339(summary.first_ms)} to {_rfc3339(summary.last_ms)}"
+    print(
+        f"wrote {summary.samples} samples of {summary.series} series ({summary.families} rules)"
+        f"{span} to {out}\nmake blocks with: promtool tsdb create-blocks-from openmetrics "
+        f"{out} DATA_DIR",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _rfc3339(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def format_table(families: Sequence[tuple[str, str, Sequence[Sample]]]) -> str:
@@ -156,42 +172,5 @@ def format_table(families: Sequence[tuple[str, str, Sequence[Sample]]]) -> str:
     lines = []
     for _record, _kind, samples in families:
         for labels, ts_ms, value in samples:
-            when = datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
-            lines.append(f"{when}  {format_value(value):>22}  {_series_name(labels)}")
+            lines.append(f"{_rfc3339(ts_ms)}  {format_value(value):>22}  {series_name(labels)}")
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-def format_openmetrics(families: Sequence[tuple[str, str, Sequence[Sample]]]) -> str:
-    """OpenMetrics text for ``promtool tsdb create-blocks-from openmetrics``.
-
-    A counter rule named ``x_total`` is family ``x`` of type counter; other names are
-    declared ``unknown`` (counter) or ``gauge``. Stale markers have no text form and are
-    left out. Families are merged by name, each written once, samples in time order.
-    """
-    merged: dict[str, tuple[str, list[Sample]]] = {}
-    for record, kind, samples in families:
-        merged.setdefault(record, (kind, []))[1].extend(samples)
-    lines = []
-    for record, (kind, samples) in merged.items():
-        if kind == "counter":
-            family, kind_text = (record[:-6], "counter") if record.endswith("_total") else (
-                record, "unknown")
-        else:
-            family, kind_text = record, "gauge"
-        lines.append(f"# TYPE {family} {kind_text}")
-        for labels, ts_ms, value in sorted(samples, key=lambda s: (s[0], s[1])):
-            if is_stale_nan(value):
-                continue
-            lines.append(f"{_series_name(labels)} {format_value(value)} {ts_ms / 1000:.3f}")
-    lines.append("# EOF")
-    return "\n".join(lines) + "\n"
-
-
-def _series_name(labels: Sequence[tuple[str, str]]) -> str:
-    name = dict(labels).get("__name__", "")
-    rest = ",".join(f'{k}="{_escape(v)}"' for k, v in labels if k != "__name__")
-    return f"{name}{{{rest}}}" if rest else name
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

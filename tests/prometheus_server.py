@@ -53,12 +53,19 @@ def _free_port() -> int:
 
 
 class PrometheusServer:
-    """One Prometheus process with its own TSDB directory, listening on 127.0.0.1."""
+    """One Prometheus process with its own TSDB directory, listening on 127.0.0.1.
 
-    def __init__(self, tmp_dir: Path, *, binary: str | None = None) -> None:
+    ``storage_dir`` is the TSDB directory (default ``tmp_dir/data``): give one that holds
+    blocks, such as those of ``promtool tsdb create-blocks-from``, to query them.
+    """
+
+    def __init__(
+        self, tmp_dir: Path, *, binary: str | None = None, storage_dir: Path | None = None
+    ) -> None:
         self._binary = binary or prometheus_binary()
         self._dir = tmp_dir
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._storage = storage_dir or self._dir / "data"
         self._config = self._dir / "prometheus.yml"
         self._config.write_text(_CONFIG)
         self._log = self._dir / "prometheus.log"
@@ -85,7 +92,7 @@ class PrometheusServer:
                 [
                     self._binary,
                     f"--config.file={self._config}",
-                    f"--storage.tsdb.path={self._dir / 'data'}",
+                    f"--storage.tsdb.path={self._storage}",
                     f"--web.listen-address=127.0.0.1:{port}",
                     "--web.enable-remote-write-receiver",
                     "--log.level=info",
@@ -180,13 +187,15 @@ class PrometheusServer:
 
 
 @contextlib.contextmanager
-def start_prometheus(tmp_dir: Path) -> Iterator[PrometheusServer]:
+def start_prometheus(
+    tmp_dir: Path, *, storage_dir: Path | None = None
+) -> Iterator[PrometheusServer]:
     """A running Prometheus for the duration of the ``with`` block.
 
     For a pytest fixture: ``with start_prometheus(tmp_path_factory.mktemp("prom")) as p:
-    yield p``.
+    yield p``. ``storage_dir``: see :class:`PrometheusServer`.
     """
-    server = PrometheusServer(tmp_dir)
+    server = PrometheusServer(tmp_dir, storage_dir=storage_dir)
     try:
         server.start()
         yield server

@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,21 +47,32 @@ METRICS = {
 }
 
 
-def make_spans(start: float, seconds: float, seed: int) -> list[Span]:
-    """A stream of OpenRouter spans, plus spans the default rules must not count."""
+def make_spans(
+    start: float,
+    seconds: float,
+    seed: int,
+    *,
+    gap: tuple[float, float] = (0.05, 0.3),
+    models: Sequence[str] = MODELS,
+) -> list[Span]:
+    """A stream of OpenRouter spans, plus spans the default rules must not count.
+
+    Consecutive requests are ``gap`` seconds apart (uniformly drawn); a model without a
+    provider in ``PROVIDERS`` is served by the provider its name starts with.
+    """
     rng = random.Random(seed)
     spans = []
     t = start
     while t < start + seconds:
-        t += rng.uniform(0.05, 0.3)
-        model = rng.choice(MODELS)
+        t += rng.uniform(*gap)
+        model = rng.choice(models)
         key = rng.choice(KEYS)
         input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
         input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
         output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
         attributes: dict[str, str | int | float | bool] = {
             "gen_ai.request.model": model,
-            "gen_ai.provider.name": PROVIDERS[model],
+            "gen_ai.provider.name": PROVIDERS.get(model, model.split("/")[0]),
             "gen_ai.usage.input_tokens": input_tokens,
             "gen_ai.usage.output_tokens": output_tokens,
             "gen_ai.usage.input_cost": input_cost,

@@ -1,0 +1,251 @@
+"""Backfill end to end: spans in the Tempo double, ``tempo-bridge backfill``, real promtool blocks,
+a real Prometheus on those blocks, PromQL results equal to the ground truth from the spans.
+
+The command runs in-process (``bridge.cli.main``) in a worker thread, since it starts its
+own event loop, while the Tempo double serves on the test's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bridge.cli import main
+from tests.doubles.tempo import Span, TempoDouble
+from tests.prometheus_server import start_prometheus
+from tests.promtool import promtool
+from tests.test_e2e import (
+    DEFAULT_RULES,
+    METRICS,
+    MODELS,
+    Env,
+    assert_totals_match,
+    make_spans,
+    truth,
+)
+
+pytestmark = pytest.mark.prometheus
+
+HOUR = 3600
+# A label value that needs every OpenMetrics escape: quote, backslash, newline.
+ODD_MODEL = 'acme/"quoted" \\ model\nv2'
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+) (\d+)$')
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """``main`` configures structlog for its stream; later tests get the defaults back."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+async def tempo() -> AsyncIterator[tuple[TempoDouble, str]]:
+    double = TempoDouble()
+    url = await double.start()
+    yield double, url
+    await double.stop()
+
+
+def write_config(
+    directory: Path, tempo_url: str, rule_files: Sequence[Path], external: dict[str, str]
+) -> Path:
+    path = directory / "bridge.yaml"
+    labels = ", ".join(f"{k}: {v}" for k, v in external.items())
+    files = ", ".join(f'"{f}"' for f in rule_files)
+    path.write_text(
+        f"tempo:\n  url: {tempo_url}\nremote_write:\n  external_labels: {{{labels}}}\n"
+        f"state_dir: state\nrule_files: [{files}]\n"
+    )
+    return path
+
+
+async def run_cli(*args: str | Path) -> int:
+    return await asyncio.to_thread(main, [str(a) for a in args])
+
+
+def parse_openmetrics(text: str) -> dict[str, tuple[str, list[tuple[str, str, float, int]]]]:
+    """Family -> (type, [(sample name, labels text, value, timestamp s)]), checking the layout.
+
+    Fails unless every line is a TYPE line or a sample of the family declared last, each
+    family is declared once, timestamps are whole seconds, and the text ends with # EOF.
+    """
+    lines = text.split("\n")
+    assert lines[-2:] == ["# EOF", ""], "the text must end with '# EOF' and a newline"
+    families: dict[str, tuple[str, list[tuple[str, str, float, int]]]] = {}
+    current = None
+    for line in lines[:-2]:
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert name not in families, f"family {name} declared twice (interleaved)"
+            families[name] = (kind, [])
+            current = name
+            continue
+        match = SAMPLE.match(line)
+        assert match, f"not an OpenMetrics sample line: {line!r}"
+        assert current is not None, f"a sample before any # TYPE line: {line!r}"
+        name, labels, value, ts = match.groups()
+        kind, samples = families[current]
+        assert name == (current + "_total" if kind == "counter" else current), line
+        samples.append((name, labels or "", float(value), int(ts)))
+    return families
+
+
+async def test_backfilled_blocks_equal_the_truth(
+    tmp_path: Path, tempo: tuple[TempoDouble, str]
+) -> None:
+    double, url = tempo
+    now = int(time.time())
+    start, end = now - 4 * HOUR + 17, now - 10 * 60 - 23  # not on window boundaries
+    spans = make_spans(start - 600, end - start + 1200, seed=11, gap=(5.0, 40.0),
+                       models=[*MODELS, ODD_MODEL])
+    double.add_spans(spans)
+    config = write_config(tmp_path, url, [DEFAULT_RULES], {"test": "backfill"})
+    out = tmp_path / "backfill.om"
+
+    code = await run_cli("backfill", "--config", config, "--from", str(start),
+                         "--to", str(end), "--out", out)
+
+    assert code == 0
+    first, last = start // 60 * 60, end // 60 * 60  # the 1m windows are (first, last]
+    text = out.read_text()
+    families = parse_openmetrics(text)
+    assert families.keys() == {r.removesuffix("_total") for r in METRICS}
+    for kind, samples in families.values():
+        assert kind == "counter"
+        assert {ts for *_, ts in samples} == set(range(first, last + 1, 60))
+        assert all('test="backfill"' in labels for _, labels, _, _ in samples)
+    assert 'model="acme/\\"quoted\\" \\\\ model\\nv2"' in text
+    # one range query per rule: 24h of windows fit in one
+    ranges = [r for r in double.requests if r.path == "/api/metrics/query_range"]
+    assert len(ranges) == len(METRICS)
+
+    blocks = tmp_path / "blocks"
+    promtool("tsdb", "create-blocks-from", "openmetrics", out, blocks)
+    assert len([p for p in blocks.iterdir() if p.is_dir()]) >= 2  # 4 hours: 2h blocks
+
+    with start_prometheus(tmp_path / "prometheus", storage_dir=blocks) as prom:
+        env = Env(tmp_path, prom, double, config, "backfill")
+        checked = 0
+        for t in [*range(first + 60, last + 1, 17 * 60), last]:
+            expected = truth(spans, first, t)
+            assert_totals_match(env, expected, at=t)
+            assert_totals_match(env, expected, at=t + 31)  # between samples: the last one
+            checked += int(sum(expected["openrouter_requests_total"].values()))
+        assert checked > 500
+        odd = prom.query(f"openrouter_requests_total{{model={json.dumps(ODD_MODEL)}}}", time=last)
+        assert odd
+        assert all(item["metric"]["model"] == ODD_MODEL for item in odd)
+
+
+GAUGE_RULES = """\
+groups:
+  - name: five-minutes
+    interval: 5m
+    query_offset: 2m
+    rules:
+      - record: openrouter_max_request_cost_usd
+        expr: >-
+          { resource.service.name = "openrouter" && name = "LLM Generation" }
+          | max_over_time(span.gen_ai.usage.total_cost) by (span.gen_ai.request.model)
+        kind: gauge
+        rename: {gen_ai_request_model: model}
+      - record: openrouter_requests_count
+        expr: >-
+          { resource.service.name = "openrouter" && name = "LLM Generation" }
+          | count_over_time() by (span.gen_ai.provider.name)
+        kind: counter
+        rename: {gen_ai_provider_name: provider}
+      - record: openrouter_not_backfilled_total
+        expr: '{ name = "LLM Generation" } | count_over_time()'
+        kind: counter
+"""
+
+
+def generations(spans: list[Span]) -> list[Span]:
+    return [s for s in spans
+            if s.name == "LLM Generation" and s.resource.get("service.name") == "openrouter"]
+
+
+async def test_gauges_five_minute_windows_and_the_query_offset(
+    tmp_path: Path, tempo: tuple[TempoDouble, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    double, url = tempo
+    before = time.time()
+    start = int(before) - 3 * HOUR
+    spans = make_spans(start - 600, before - start + 600, seed=12, gap=(10.0, 90.0))
+    double.add_spans(spans)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GAUGE_RULES)
+    config = write_config(tmp_path, url, [rules], {})
+    out = tmp_path / "backfill.om"
+
+    code = await run_cli(
+        "backfill", "--config", config, "--from", str(start), "--to", "now", "--out", out,
+        "--rule", "openrouter_max_request_cost_usd", "--rule", "openrouter_requests_count",
+    )
+
+    after = time.time()
+    assert code == 0
+    assert "not evaluated" in capsys.readouterr().err  # the windows younger than 2m
+    families = parse_openmetrics(out.read_text())
+    assert {k: kind for k, (kind, _) in families.items()} == {
+        "openrouter_max_request_cost_usd": "gauge",
+        "openrouter_requests_count": "unknown",  # a counter without _total
+    }
+    first = start // 300 * 300
+    last = max(ts for *_, ts in families["openrouter_requests_count"][1])
+    assert (before - 120) // 300 * 300 <= last <= after - 120
+
+    # the truth, per 5m window
+    maxima: dict[int, dict[str, float]] = defaultdict(dict)
+    counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for span in generations(spans):
+        window = -(-span.start_ns // (300 * 10**9)) * 300  # the window (end - 5m, end]
+        if not first < window <= last:
+            continue
+        model = str(span.attributes["gen_ai.request.model"])
+        cost = float(span.attributes["gen_ai.usage.total_cost"])
+        maxima[window][model] = max(maxima[window].get(model, cost), cost)
+        for end in range(window, last + 1, 300):
+            counts[end][str(span.attributes["gen_ai.provider.name"])] += 1
+
+    blocks = tmp_path / "blocks"
+    promtool("tsdb", "create-blocks-from", "openmetrics", out, blocks)
+    with start_prometheus(tmp_path / "prometheus", storage_dir=blocks) as prom:
+        for t in range(first + 300, last + 1, 300):
+            got_max = {i["metric"]["model"]: float(i["value"][1])
+                       for i in prom.query("openrouter_max_request_cost_usd", time=t)}
+            for model, value in maxima[t].items():
+                assert got_max.pop(model) == value, (t, model)
+            # A model without spans in this window: its stale marker has no OpenMetrics
+            # form, so the previous window's value is still seen within the lookback.
+            for model, value in got_max.items():
+                assert value == maxima[t - 300].get(model), (t, model)
+            got_count = {i["metric"]["provider"]: float(i["value"][1])
+                         for i in prom.query("openrouter_requests_count", time=t)}
+            assert {p: v for p, v in got_count.items() if v} == counts[t], t
+        assert prom.series("openrouter_not_backfilled_total") == []
+    assert sum(len(m) for m in maxima.values()) > 60
+    assert sum(counts[last].values()) > 100
+
+
+def test_refuses_an_unknown_rule_and_an_empty_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, "http://127.0.0.1:9", [DEFAULT_RULES], {})
+    out = tmp_path / "out.om"
+    args = ["backfill", "--config", str(config), "--out", str(out)]
+    assert main([*args, "--from", "2h", "--to", "1h", "--rule", "nope_total"]) == 1
+    assert "no rule records nope_total" in capsys.readouterr().err
+    assert main([*args, "--from", "1h", "--to", "2h"]) == 1
+    assert "must be after --from" in capsys.readouterr().err
+    assert not out.exists()
