@@ -6,11 +6,13 @@ the next one: windows come from the checkpoint, never from counting ticks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bridge.rules import Group
@@ -31,6 +33,7 @@ class Scheduler:
         self._clock = clock
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._groups: dict[str, Group] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @property
     def groups(self) -> list[Group]:
@@ -63,7 +66,7 @@ class Scheduler:
         phase = group.query_offset % group.interval
         first = now - now % group.interval + phase + TICK_MARGIN
         self._scheduler.add_job(
-            self._evaluate,
+            self._run,
             IntervalTrigger(
                 seconds=group.interval, start_date=datetime.fromtimestamp(first, UTC)
             ),
@@ -73,5 +76,17 @@ class Scheduler:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
-            next_run_time=datetime.fromtimestamp(now, UTC),
         )
+        # Catch up at once rather than at the first tick.
+        self._scheduler.add_job(
+            self._run,
+            DateTrigger(datetime.fromtimestamp(now, UTC)),
+            args=[group],
+            name=f"group {group.name} (start)",
+            misfire_grace_time=None,
+        )
+
+    async def _run(self, group: Group) -> None:
+        """Evaluate ``group``; runs of one group wait for each other, never overlap."""
+        async with self._locks.setdefault(group.name, asyncio.Lock()):
+            await self._evaluate(group)
