@@ -121,6 +121,7 @@ def test_default_rules_load_cleanly() -> None:
         "openrouter_output_cost_usd_total",
         "openrouter_input_tokens_total",
         "openrouter_output_tokens_total",
+        "openrouter_cached_input_tokens_total",
         "openrouter_requests_total",
     ]
     for rule in group.rules:
