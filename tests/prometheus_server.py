@@ -57,17 +57,24 @@ class PrometheusServer:
 
     ``storage_dir`` is the TSDB directory (default ``tmp_dir/data``): give one that holds
     blocks, such as those of ``promtool tsdb create-blocks-from``, to query them.
+    ``remote_write_receiver=False`` starts it without ``--web.enable-remote-write-receiver``;
+    ``out_of_order_time_window`` (``"2h"``) sets ``storage.tsdb.out_of_order_time_window``.
     """
 
     def __init__(
-        self, tmp_dir: Path, *, binary: str | None = None, storage_dir: Path | None = None
+        self, tmp_dir: Path, *, binary: str | None = None, storage_dir: Path | None = None,
+        remote_write_receiver: bool = True, out_of_order_time_window: str | None = None,
     ) -> None:
         self._binary = binary or prometheus_binary()
         self._dir = tmp_dir
         self._dir.mkdir(parents=True, exist_ok=True)
         self._storage = storage_dir or self._dir / "data"
         self._config = self._dir / "prometheus.yml"
-        self._config.write_text(_CONFIG)
+        self._config.write_text(_CONFIG + (
+            f"storage:\n  tsdb:\n    out_of_order_time_window: {out_of_order_time_window}\n"
+            if out_of_order_time_window else ""
+        ))
+        self._remote_write_receiver = remote_write_receiver
         self._log = self._dir / "prometheus.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._http = httpx.Client(timeout=10.0)
@@ -94,7 +101,8 @@ class PrometheusServer:
                     f"--config.file={self._config}",
                     f"--storage.tsdb.path={self._storage}",
                     f"--web.listen-address=127.0.0.1:{port}",
-                    "--web.enable-remote-write-receiver",
+                    *(["--web.enable-remote-write-receiver"] if self._remote_write_receiver
+                      else []),
                     "--log.level=info",
                 ],
                 stdin=subprocess.DEVNULL,
@@ -188,14 +196,18 @@ class PrometheusServer:
 
 @contextlib.contextmanager
 def start_prometheus(
-    tmp_dir: Path, *, storage_dir: Path | None = None
+    tmp_dir: Path, *, storage_dir: Path | None = None, remote_write_receiver: bool = True,
+    out_of_order_time_window: str | None = None,
 ) -> Iterator[PrometheusServer]:
     """A running Prometheus for the duration of the ``with`` block.
 
     For a pytest fixture: ``with start_prometheus(tmp_path_factory.mktemp("prom")) as p:
-    yield p``. ``storage_dir``: see :class:`PrometheusServer`.
+    yield p``. The keyword arguments: see :class:`PrometheusServer`.
     """
-    server = PrometheusServer(tmp_dir, storage_dir=storage_dir)
+    server = PrometheusServer(
+        tmp_dir, storage_dir=storage_dir, remote_write_receiver=remote_write_receiver,
+        out_of_order_time_window=out_of_order_time_window,
+    )
     try:
         server.start()
         yield server
