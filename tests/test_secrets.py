@@ -1,0 +1,116 @@
+"""Secrets: read from files, sent where they belong, never in logs, metrics, errors or output."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from bridge.config import load_config
+from bridge.daemon import Daemon, load_rules
+from bridge.logs import configure
+from tests.doubles.tempo import Span, TempoDouble
+
+TEMPO_TOKEN = "tempo-s3cret-token-4f1c"
+RW_PASSWORD = "rw-pa55word-9a7e"
+
+
+async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
+    now = time.time()
+    tempo = TempoDouble(
+        [Span(start_ns=int((now - 2 + i / 10) * 1e9), attributes={"model": "m"},
+              resource={"service.name": "svc"}) for i in range(40)],
+        query_end_cutoff=0,
+    )
+    tempo_url = await tempo.start()
+    seen_auth: list[str] = []
+
+    async def refuse(request: web.Request) -> web.Response:
+        seen_auth.append(request.headers.get("Authorization", ""))
+        return web.Response(status=401, text="bad credentials\n")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/write", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "tempo-token").write_text(TEMPO_TOKEN + "\n")
+    (credentials / "rw-password").write_text(RW_PASSWORD)
+    (tmp_path / "rules.yaml").write_text(
+        textwrap.dedent(
+            """\
+            groups:
+              - name: g
+                interval: 1s
+                query_offset: 1s
+                settle: [60s]
+                rules:
+                  - record: requests_total
+                    expr: '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
+                    kind: counter
+            """
+        )
+    )
+    config_path = tmp_path / "bridge.yaml"
+    config_path.write_text(
+        textwrap.dedent(
+            f"""\
+            tempo:
+              url: {tempo_url}
+              bearer_token_file: tempo-token
+              query_end_cutoff: 0s
+              ingest_delay: 0s
+            remote_write:
+              url: http://127.0.0.1:{port}/api/v1/write
+              basic_auth: {{username: bridge, password_file: rw-password}}
+            state_dir: state
+            rule_files: [rules.yaml]
+            web: {{listen_address: "127.0.0.1:0"}}
+            log_level: debug
+            """
+        )
+    )
+    logs = io.StringIO()
+    configure("debug", stream=logs)
+    config = load_config(config_path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert TEMPO_TOKEN not in repr(config)
+    assert RW_PASSWORD not in repr(config)
+    assert TEMPO_TOKEN not in str(config.model_dump())
+    daemon = Daemon(config_path, config, load_rules(config))
+    task = asyncio.create_task(daemon.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if seen_auth and daemon.web.port:
+                break
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{daemon.web.port}/metrics")).text
+    finally:
+        daemon.stop()
+        await task
+        await tempo.stop()
+        await runner.cleanup()
+        configure("info")
+
+    # the secrets went where they belong
+    assert tempo.requests[0].header("Authorization") == f"Bearer {TEMPO_TOKEN}"
+    assert seen_auth[0].startswith("Basic ")
+    # and nowhere else: the receiver's refusal was logged, with its body, without them
+    text = logs.getvalue()
+    events = [json.loads(line) for line in text.splitlines()]
+    assert any(e["event"] == "remote write rejected" and "bad credentials" in e["error"]
+               for e in events)
+    for secret in (TEMPO_TOKEN, RW_PASSWORD, seen_auth[0].split()[1]):
+        assert secret not in text
+        assert secret not in metrics
