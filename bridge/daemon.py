@@ -79,6 +79,7 @@ class Daemon:
             self.state,
             self.metrics,
             max_duration=int(config.tempo.max_duration),
+            max_sample_age=config.remote_write.max_sample_age,
             clock=clock,
             on_commit=self.sender.wake,
         )
@@ -159,8 +160,12 @@ class Daemon:
             self.metrics.reload_success.set(0)
             log.error("reload failed, previous rules kept", error=str(exc))
             return str(exc)
+        kept = {r.rule_id(g.name) for g in groups for r in g.rules}
+        removed = [(g, r) for g in self._groups for r in g.rules if r.rule_id(g.name) not in kept]
         self._set_groups(groups)
         self.scheduler.replace(groups)
+        for group, rule in removed:
+            await self.engine.retire(group, rule)
         self.metrics.reload_success.set(1)
         self.metrics.reload_timestamp.set(self._clock())
         log.info("rules reloaded", groups=len(groups))

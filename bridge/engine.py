@@ -46,6 +46,7 @@ class Engine:
         metrics: Metrics,
         *,
         max_duration: int,
+        max_sample_age: float = 0.0,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
@@ -53,6 +54,7 @@ class Engine:
         self._state = state
         self._metrics = metrics
         self._max_duration = max_duration
+        self._max_sample_age = max_sample_age
         self._clock = clock
         self._on_commit = on_commit
         self._locks: dict[str, asyncio.Lock] = {}
@@ -132,6 +134,8 @@ class Engine:
         due = due_windows(run.checkpoint, now, group.interval, group.query_offset)
         names = (group.name, rule.record)
         self._metrics.windows_behind.labels(*names).set(len(due))
+        # samples the receiver would refuse as too old are not even queued
+        since_ms = int((now - self._max_sample_age) * 1000) if self._max_sample_age else 0
         for query in plan_queries(due, group.interval, self._max_duration):
             windows = await self._query(run, query, "evaluation")
             if windows is None:
@@ -139,7 +143,7 @@ class Engine:
             samples: list[Sample]
             try:
                 if rule.kind == "counter":
-                    counter = accumulate(run.totals, windows, group.interval)
+                    counter = accumulate(run.totals, windows, group.interval, since_ms)
                     run.totals, samples = counter.totals, counter.samples
                     for age in group.settle:
                         run.settled[age] = _advance(
@@ -150,7 +154,7 @@ class Engine:
                     self._commit(run, samples, totals=run.totals, values=kept,
                                  settled=run.settled)
                 else:
-                    gauge = gauge_samples(run.live, windows)
+                    gauge = gauge_samples(run.live, windows, since_ms)
                     run.live, samples = gauge.live, gauge.samples
                     run.checkpoint = query.window_ends[-1]
                     self._commit(run, samples, live=run.live)

@@ -95,26 +95,33 @@ class CounterUpdate:
 
 
 def accumulate(
-    totals: Mapping[Labels, float], windows: Sequence[Window], interval: int
+    totals: Mapping[Labels, float],
+    windows: Sequence[Window],
+    interval: int,
+    since_ms: int = 0,
 ) -> CounterUpdate:
     """Add each window's values to the running totals, in window order.
 
     Every known series is written at every window end. A series seen for the first time
     is first written as 0 at the end of the previous window, so ``increase()`` counts
     its first window. Values that are not finite numbers, or are negative, are ignored:
-    a counter never goes down.
+    a counter never goes down. Windows ending before ``since_ms`` (too old for the
+    receiver, in a long catch-up) add to the totals but write no samples.
     """
     update = CounterUpdate(totals=dict(totals))
     running = update.totals
     for window in windows:
+        ts_ms = window.end * 1000
+        write = ts_ms >= since_ms
         for labels, value in window.values.items():
             if labels not in running:
                 running[labels] = 0.0
-                update.samples.append((labels, (window.end - interval) * 1000, 0.0))
+                if write:
+                    update.samples.append((labels, ts_ms - interval * 1000, 0.0))
             if math.isfinite(value) and value > 0:
                 running[labels] += value
-        ts_ms = window.end * 1000
-        update.samples.extend((labels, ts_ms, total) for labels, total in running.items())
+        if write:
+            update.samples.extend((labels, ts_ms, total) for labels, total in running.items())
     return update
 
 
@@ -126,14 +133,20 @@ class GaugeUpdate:
     live: set[Labels] = field(default_factory=set)
 
 
-def gauge_samples(live: Iterable[Labels], windows: Sequence[Window]) -> GaugeUpdate:
-    """Write each window's values; a series live before and absent now gets a stale marker."""
+def gauge_samples(
+    live: Iterable[Labels], windows: Sequence[Window], since_ms: int = 0
+) -> GaugeUpdate:
+    """Write each window's values; a series live before and absent now gets a stale marker.
+
+    Windows ending before ``since_ms`` (too old for the receiver) write nothing.
+    """
     update = GaugeUpdate(live=set(live))
     for window in windows:
         ts_ms = window.end * 1000
-        for labels in sorted(update.live - window.values.keys()):
-            update.samples.append((labels, ts_ms, STALE_NAN))
-        update.samples.extend((labels, ts_ms, value) for labels, value in window.values.items())
+        if ts_ms >= since_ms:
+            for labels in sorted(update.live - window.values.keys()):
+                update.samples.append((labels, ts_ms, STALE_NAN))
+            update.samples.extend((k, ts_ms, v) for k, v in window.values.items())
         update.live = set(window.values)
     return update
 

@@ -138,3 +138,17 @@ def test_settle_starts_a_series_first_seen_late_at_zero() -> None:
 def test_window_values_keep_positive_finite_values() -> None:
     kept = window_values([Window(60, {A: 0.0, B: 2.0}), Window(120, {A: math.inf})])
     assert kept == {60: {B: 2.0}, 120: {}}
+
+
+def test_windows_too_old_for_the_receiver_count_but_write_nothing() -> None:
+    windows = [Window(60, {A: 1.0}), Window(120, {A: 2.0, B: 1.0}), Window(180, {})]
+    update = accumulate({}, windows, 60, since_ms=120_000)
+    assert update.totals == {A: 3.0, B: 1.0}
+    assert update.samples == [
+        (B, 60_000, 0.0),  # the zero before a new series in a written window stays
+        (A, 120_000, 3.0), (B, 120_000, 1.0),
+        (A, 180_000, 3.0), (B, 180_000, 1.0),
+    ]
+    gauge = gauge_samples({B}, windows, since_ms=180_000)
+    assert [(k, ts) for k, ts, _ in gauge.samples] == [(A, 180_000), (B, 180_000)]
+    assert all(is_stale_nan(v) for _, _, v in gauge.samples)
