@@ -1,4 +1,4 @@
-"""Command line: ``tempo-bridge run | check | eval | backfill``."""
+"""Command line: ``tempo-bridge run | check | eval | backfill | doctor``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from bridge.backfill import backfill, evaluate_range, tempo_client
 from bridge.check import check, format_issues
 from bridge.config import Config, load_config
 from bridge.daemon import Daemon, load_rules
+from bridge.doctor import DEFAULT_LONGEST_REQUEST, diagnose, format_report, problems
 from bridge.durations import parse_duration
 from bridge.errors import BridgeError
 from bridge.evaluation import Sample
@@ -79,7 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--to", dest="end", required=True, help="end of the range")
     bf.add_argument("--out", type=Path, required=True, help="OpenMetrics file to write")
     bf.add_argument("--rule", action="append", help="only this record name (repeatable)")
+
+    doc = sub.add_parser(
+        "doctor", help="reach Tempo and the receiver and warn about settings that lose data"
+    )
+    doc.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file")
+    doc.add_argument(
+        "--longest-request", type=_duration, default=DEFAULT_LONGEST_REQUEST, metavar="DURATION",
+        help="the longest time from a request's start until its span reaches Tempo "
+        "(default 10m): Tempo's ingestion time range slack must be at least that",
+    )
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,12 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config, args.rule_files)
         config = load_config(args.config)
-        to_stderr = args.command in ("eval", "backfill")
+        to_stderr = args.command in ("eval", "backfill", "doctor")
         configure(config.log_level, stream=sys.stderr if to_stderr else None)
         groups = load_rules(config)
         if args.command == "run":
             asyncio.run(Daemon(args.config, config, groups).run())
             return 0
+        if args.command == "doctor":
+            findings = asyncio.run(
+                diagnose(config, groups, longest_request=args.longest_request)
+            )
+            print(format_report(findings), end="")
+            return 1 if problems(findings) else 0
         start, end = parse_time(args.start), parse_time(args.end)
         if args.command == "backfill":
             return _backfill(config, groups, start, end, args.rule, args.out)

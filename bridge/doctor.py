@@ -1,0 +1,535 @@
+"""Doctor: reaches Tempo and the receiver, reads their settings, and says what would lose data.
+
+``tempo-bridge doctor --config FILE`` prints one line per finding, ``OK``, ``WARN`` or
+``FAIL``, each WARN and FAIL saying what to change:
+
+* Tempo answers (``/api/status/buildinfo``) and runs a TraceQL metrics query per tenant;
+* Tempo's ``/status/config``: the ingestion time range slack against the longest expected
+  request (spans that reach Tempo later than the slack after they started are dropped by
+  Tempo), ``query_end_cutoff`` against the bridge's mirror of it and each group's
+  ``query_offset``, ``max_duration`` against the bridge's and each group's interval;
+* the receiver accepts an empty remote-write request (Prometheus answers 404 when it was
+  started without ``--web.enable-remote-write-receiver``); when it is a Prometheus that
+  shows its config, ``max_sample_age`` against the age of samples it accepts.
+
+The checks are pure functions of what was read; only :func:`diagnose` does I/O. Secrets
+(tokens, passwords, header values, URL query strings) never appear in the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from bridge import __version__
+from bridge.config import Config
+from bridge.durations import DurationError, parse_duration
+from bridge.errors import ReceiverError, TempoError
+from bridge.remote_write import RemoteWriteClient, encode_write_request
+from bridge.rules import Group
+from bridge.tempo import TempoClient
+
+Level = Literal["OK", "WARN", "FAIL"]
+
+#: The longest time from a request's start until its span reaches Tempo, by default. LLM
+#: requests with long reasoning or big outputs run for minutes; Tempo's own default slack
+#: (2m) is shorter on purpose, so that doctor says so.
+DEFAULT_LONGEST_REQUEST = 600.0
+
+#: Prometheus (2.x TSDB) refuses samples about 1h older than its newest one; 55m is safe.
+PROMETHEUS_MAX_AGE = 55 * 60.0
+
+SLACK_KEYS: tuple[tuple[str, ...], ...] = (
+    ("live_store", "wal", "ingestion_time_range_slack"),  # Tempo 3
+    ("storage", "trace", "wal", "ingestion_time_range_slack"),  # Tempo 2 ingesters
+)
+CUTOFF_KEY = ("query_frontend", "query_end_cutoff")
+MAX_DURATION_KEY = ("query_frontend", "metrics", "max_duration")
+BUILDINFO_PATH = "/api/status/buildinfo"
+STATUS_CONFIG_PATH = "/status/config"
+PROMETHEUS_WRITE_PATH = "/api/v1/write"
+PROBE_QUERY = "{ } | count_over_time()"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report."""
+
+    level: Level
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level:<4} {self.message}"
+
+
+def ok(message: str) -> Finding:
+    return Finding("OK", message)
+
+
+def warn(message: str) -> Finding:
+    return Finding("WARN", message)
+
+
+def fail(message: str) -> Finding:
+    return Finding("FAIL", message)
+
+
+def problems(findings: Iterable[Finding]) -> int:
+    """How many findings are WARN or FAIL."""
+    return sum(f.level != "OK" for f in findings)
+
+
+def format_report(findings: Sequence[Finding]) -> str:
+    """The findings, one per line, then a summary line."""
+    count = problems(findings)
+    summary = (
+        "no problems found" if count == 0
+        else f"{count} problem{'s' if count > 1 else ''} found"
+    )
+    return "".join(f"{f}\n" for f in findings) + summary + "\n"
+
+
+# -- reading Tempo's and Prometheus's settings --------------------------------------------------
+
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+             "m": 60.0, "h": 3600.0}
+_GO_PART = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds in a Go ``time.Duration`` string, as Tempo prints them ("2h0m0s", "1.5s")."""
+    text = text.strip()
+    if text == "0":
+        return 0.0
+    parts = _GO_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a Go duration")
+    return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
+
+
+def _dig(data: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _load_yaml(text: str) -> Any:
+    return YAML(typ="safe", pure=True).load(text)
+
+
+@dataclass(frozen=True)
+class TempoSettings:
+    """The settings of Tempo's ``/status/config`` that decide what the bridge sees.
+
+    A setting is None when Tempo does not show it; ``slack_key`` says where the slack was.
+    """
+
+    slack: float | None
+    slack_key: str
+    query_end_cutoff: float | None
+    max_duration: float | None
+
+
+def read_tempo_settings(text: str) -> TempoSettings:
+    """Parse ``/status/config``; raises ValueError when it holds no YAML mapping.
+
+    Tempo 3.0.3 answers ``GET /status/config``, a ``---`` line, then the YAML: the first
+    line reads as a document of its own, so the first mapping among the documents is it.
+    """
+    try:
+        documents = list(YAML(typ="safe", pure=True).load_all(text))
+    except YAMLError as exc:
+        raise ValueError(f"not YAML ({exc.__class__.__name__})") from exc
+    document = next((d for d in documents if isinstance(d, Mapping)), None)
+    if document is None:
+        raise ValueError("not a YAML mapping")
+
+    def duration(path: Sequence[str]) -> float | None:
+        value = _dig(document, path)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value / 1e9  # a bare integer is nanoseconds
+        return parse_go_duration(str(value))
+
+    slack_key = ".".join(SLACK_KEYS[0])
+    slack = None
+    for path in SLACK_KEYS:
+        slack = duration(path)
+        if slack is not None:
+            slack_key = ".".join(path)
+            break
+    return TempoSettings(
+        slack=slack,
+        slack_key=slack_key,
+        query_end_cutoff=duration(CUTOFF_KEY),
+        max_duration=duration(MAX_DURATION_KEY),
+    )
+
+
+@dataclass(frozen=True)
+class PrometheusInfo:
+    """A Prometheus receiver: its version and out-of-order window (0 when it has none)."""
+
+    version: str
+    out_of_order_window: float
+
+
+def read_prometheus_config(text: str) -> float | None:
+    """The out-of-order window of ``/api/v1/status/config``'s YAML; None if not Prometheus's."""
+    try:
+        document = _load_yaml(text)
+    except YAMLError:
+        return None
+    if not isinstance(document, Mapping) or "global" not in document:
+        return None
+    tsdb = _dig(document, ("storage", "tsdb"))
+    if not isinstance(tsdb, Mapping):
+        return 0.0
+    window = tsdb.get("out_of_order_time_window")
+    if isinstance(window, str):
+        try:
+            return parse_duration(window)
+        except DurationError:
+            pass
+    milliseconds = tsdb.get("outofordertimewindow")  # 2.42 prints both forms
+    if isinstance(milliseconds, int) and not isinstance(milliseconds, bool):
+        return milliseconds / 1000
+    return 0.0
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def _d(seconds: float) -> str:
+    """A duration both Tempo (Go) and the bridge (Prometheus) read: h, m, s, ms, no days."""
+    ms = round(seconds * 1000)
+    parts = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, ms = divmod(ms, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def _group(group: Group) -> str:
+    return f"group {group.name} ({group.file}:{group.line})"
+
+
+def check_tempo_settings(
+    settings: TempoSettings,
+    config: Config,
+    groups: Sequence[Group],
+    longest_request: float,
+) -> list[Finding]:
+    """What Tempo's settings mean for the bridge's config and rules."""
+    findings = []
+    slack, key = settings.slack, settings.slack_key
+    if slack is None:
+        findings.append(warn(
+            f"Tempo's /status/config shows no {key}: cannot tell whether Tempo keeps the spans "
+            f"of requests up to {_d(longest_request)} long"
+        ))
+    elif slack < longest_request:
+        findings.append(warn(
+            f"Tempo's {key} is {_d(slack)}, shorter than the longest expected request "
+            f"({_d(longest_request)}): Tempo drops spans that arrive more than {_d(slack)} "
+            f"after they started; raise it in Tempo's config to at least {_d(longest_request)} "
+            f"(or give doctor --longest-request if requests are shorter)"
+        ))
+    else:
+        findings.append(ok(
+            f"Tempo's {key} is {_d(slack)}, enough for requests up to {_d(longest_request)} long"
+        ))
+
+    findings += _check_cutoff(settings.query_end_cutoff, config, groups)
+    findings += _check_max_duration(settings.max_duration, config, groups)
+    return findings
+
+
+def _check_cutoff(cutoff: float | None, config: Config, groups: Sequence[Group]) -> list[Finding]:
+    key = ".".join(CUTOFF_KEY)
+    mirrored = config.tempo.query_end_cutoff
+    if cutoff is None:
+        return [warn(
+            f"Tempo's /status/config shows no {key}: cannot check tempo.query_end_cutoff "
+            f"({_d(mirrored)}) and the groups' query_offset against it"
+        )]
+    findings = []
+    if cutoff != mirrored:
+        findings.append(warn(
+            f"Tempo's {key} is {_d(cutoff)} but the bridge's tempo.query_end_cutoff is "
+            f"{_d(mirrored)}; set tempo.query_end_cutoff: {_d(cutoff)} in the bridge's config"
+        ))
+    else:
+        findings.append(ok(f"Tempo's {key} is {_d(cutoff)}, as in tempo.query_end_cutoff"))
+    delay = config.tempo.ingest_delay
+    late = [g for g in groups if g.query_offset - delay < cutoff]
+    for group in late:
+        findings.append(warn(
+            f"{_group(group)}: query_offset {_d(group.query_offset)} minus ingest_delay "
+            f"{_d(delay)} is less than Tempo's {key} {_d(cutoff)}, so Tempo leaves out the end "
+            f"of its windows; raise query_offset to at least {_d(cutoff + delay)}"
+        ))
+    if groups and not late:
+        findings.append(ok(
+            f"every group's query_offset is at least Tempo's {key} plus ingest_delay "
+            f"({_d(cutoff + delay)})"
+        ))
+    return findings
+
+
+def _check_max_duration(
+    max_duration: float | None, config: Config, groups: Sequence[Group]
+) -> list[Finding]:
+    key = ".".join(MAX_DURATION_KEY)
+    bridge = config.tempo.max_duration
+    if max_duration is None:
+        return [warn(
+            f"Tempo's /status/config shows no {key}: cannot check tempo.max_duration "
+            f"({_d(bridge)}) against it"
+        )]
+    if max_duration == 0:
+        return [ok(f"Tempo's {key} is 0 (no limit); the bridge keeps to {_d(bridge)}")]
+    findings = []
+    if max_duration < bridge:
+        findings.append(warn(
+            f"Tempo's {key} is {_d(max_duration)}, shorter than the bridge's tempo.max_duration "
+            f"{_d(bridge)}: Tempo refuses the longer catch-up queries; set tempo.max_duration: "
+            f"{_d(max_duration)} in the bridge's config"
+        ))
+    elif max_duration > bridge:
+        findings.append(warn(
+            f"Tempo's {key} is {_d(max_duration)} but the bridge's tempo.max_duration is "
+            f"{_d(bridge)}: catch-up takes more queries than needed; set tempo.max_duration: "
+            f"{_d(max_duration)} in the bridge's config"
+        ))
+    else:
+        findings.append(ok(f"Tempo's {key} is {_d(max_duration)}, as in tempo.max_duration"))
+    for group in groups:
+        # A range query covers its windows plus one leading bucket: two intervals at least.
+        if max_duration < 2 * group.interval:
+            findings.append(fail(
+                f"{_group(group)}: Tempo's {key} {_d(max_duration)} is less than two intervals "
+                f"({_d(2 * group.interval)}), so missed windows can never be caught up; raise "
+                f"{key} in Tempo's config to at least {_d(2 * group.interval)}"
+            ))
+    return findings
+
+
+def check_sample_age(max_sample_age: float, prometheus: PrometheusInfo | None) -> list[Finding]:
+    """Whether the receiver keeps the oldest samples the bridge may send."""
+    age = "0 (no limit)" if max_sample_age == 0 else _d(max_sample_age)
+    if prometheus is None:
+        return [ok(
+            f"the receiver is not a Prometheus that shows its config; remote_write.max_sample_age "
+            f"{age} not checked against it"
+        )]
+    window = prometheus.out_of_order_window
+    name = f"Prometheus {prometheus.version}"
+    if max_sample_age == 0 and window == 0:
+        return [warn(
+            f"remote_write.max_sample_age is 0 (no limit) but {name} has no out-of-order window: "
+            f"after an outage it refuses samples older than about 1h, and the whole request "
+            f"with them; set remote_write.max_sample_age: 50m, or give Prometheus "
+            f"storage.tsdb.out_of_order_time_window"
+        )]
+    limit = max(PROMETHEUS_MAX_AGE, window)
+    if max_sample_age > limit:
+        how_old = f"more than {_d(window)}" if window > PROMETHEUS_MAX_AGE else "about 1h"
+        return [warn(
+            f"remote_write.max_sample_age is {age} but {name} refuses samples {how_old} old, "
+            f"and the whole request with them; set remote_write.max_sample_age: "
+            f"{_d(limit if window > PROMETHEUS_MAX_AGE else 50 * 60)} or less"
+        )]
+    window_text = f"out-of-order window {_d(window)}" if window else "no out-of-order window"
+    return [ok(f"remote_write.max_sample_age {age} suits {name} ({window_text})")]
+
+
+# -- talking to Tempo and the receiver ------------------------------------------------------------
+
+
+class _Redactor:
+    """Replaces secrets and URL query strings in text that goes into the report."""
+
+    def __init__(self, config: Config) -> None:
+        secrets: set[str] = set()
+        for endpoint in (config.tempo, config.remote_write):
+            for value in endpoint.auth_headers().values():
+                secrets.add(value)
+                scheme, _, credential = value.partition(" ")
+                if credential and scheme.lower() in ("bearer", "basic"):
+                    secrets.add(credential)
+                if credential and scheme.lower() == "basic":
+                    try:
+                        pair = base64.b64decode(credential).decode()
+                        secrets.add(pair.partition(":")[2])
+                    except (binascii.Error, UnicodeDecodeError):
+                        pass
+            query = httpx.URL(endpoint.url).query.decode()
+            if query:
+                secrets.add(query)
+        self._secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+
+def _display_url(url: str) -> str:
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(query=None, fragment=None)) + ("?..." if parsed.query else "")
+
+
+async def _check_tempo(
+    config: Config, groups: Sequence[Group], longest_request: float, redact: _Redactor,
+    transport: httpx.AsyncBaseTransport | None,
+) -> list[Finding]:
+    url = _display_url(config.tempo.url)
+    tempo = TempoClient(
+        config.tempo.url, tenant=config.tempo.tenant, headers=config.tempo.auth_headers(),
+        timeout=config.tempo.timeout, transport=transport,
+    )
+    findings = []
+    try:
+        try:
+            info = await tempo.get_json(BUILDINFO_PATH)
+        except TempoError as exc:
+            if exc.status is None and exc.reason != "malformed":
+                return [fail(f"cannot reach Tempo at {url}: {redact(str(exc))}; check tempo.url")]
+            findings.append(warn(f"Tempo at {url}: {redact(str(exc))}"))
+        else:
+            version = info.get("version", "?") if isinstance(info, dict) else "?"
+            revision = info.get("revision", "?") if isinstance(info, dict) else "?"
+            findings.append(ok(f"Tempo {version} (revision {revision}) answers at {url}"))
+
+        findings += await _probe_queries(tempo, config, groups, redact)
+
+        try:
+            settings = read_tempo_settings(await tempo.get_text(STATUS_CONFIG_PATH))
+        except (TempoError, ValueError) as exc:
+            findings.append(warn(
+                f"cannot read Tempo's {STATUS_CONFIG_PATH} ({redact(str(exc))}): its slack, "
+                f"query_end_cutoff and max_duration are not checked"
+            ))
+        else:
+            findings += check_tempo_settings(settings, config, groups, longest_request)
+    finally:
+        await tempo.aclose()
+    return findings
+
+
+async def _probe_queries(
+    tempo: TempoClient, config: Config, groups: Sequence[Group], redact: _Redactor
+) -> list[Finding]:
+    """One small TraceQL metrics query per tenant the groups use."""
+    tenants = sorted({g.tenant or config.tempo.tenant or "" for g in groups} or {""})
+    end = int(time.time() - config.tempo.query_end_cutoff) - 60
+    findings = []
+    for tenant in tenants:
+        who = f" for tenant {tenant}" if tenant else ""
+        try:
+            await tempo.instant(PROBE_QUERY, end - 60, end, tenant=tenant or None)
+        except TempoError as exc:
+            hint = (
+                "check tempo.bearer_token_file, basic_auth or headers"
+                if exc.status in (401, 403) else "check tempo.url and tempo.tenant"
+            )
+            findings.append(fail(
+                f"Tempo refused a TraceQL metrics query{who}: {redact(str(exc))}; {hint}"
+            ))
+        else:
+            findings.append(ok(f"Tempo answers TraceQL metrics queries{who}"))
+    return findings
+
+
+def _receiver_off(exc: ReceiverError) -> bool:
+    return exc.status in (404, 405) or "remote write receiver needs to be enabled" in str(exc)
+
+
+async def _check_receiver(
+    config: Config, redact: _Redactor, transport: httpx.AsyncBaseTransport | None
+) -> list[Finding]:
+    section = config.remote_write
+    url = _display_url(section.url)
+    client = RemoteWriteClient(
+        section.url, headers=section.auth_headers(), timeout=section.timeout, transport=transport
+    )
+    try:
+        await client.send(encode_write_request([]))
+    except ReceiverError as exc:
+        detail = redact(str(exc))
+        if exc.status is None:
+            return [fail(f"cannot reach the receiver: {detail}; check remote_write.url")]
+        if _receiver_off(exc):
+            return [fail(
+                f"the receiver at {url} does not take remote write (HTTP {exc.status}): start "
+                f"Prometheus with --web.enable-remote-write-receiver, or fix remote_write.url"
+            )]
+        if exc.status in (401, 403):
+            return [fail(
+                f"the receiver at {url} refused the credentials (HTTP {exc.status}): check "
+                f"remote_write.bearer_token_file, basic_auth or headers"
+            )]
+        return [fail(f"the receiver refused an empty write request: {detail}")]
+    finally:
+        await client.aclose()
+    findings = [ok(f"the receiver at {url} accepts remote write")]
+    prometheus = await _prometheus_info(config, transport)
+    findings += check_sample_age(section.max_sample_age, prometheus)
+    return findings
+
+
+async def _prometheus_info(
+    config: Config, transport: httpx.AsyncBaseTransport | None
+) -> PrometheusInfo | None:
+    """The receiver's version and out-of-order window, if it is a Prometheus showing them."""
+    section = config.remote_write
+    write_url = httpx.URL(section.url)
+    if not write_url.path.endswith(PROMETHEUS_WRITE_PATH):
+        return None
+    base = write_url.copy_with(
+        path=write_url.path[: -len(PROMETHEUS_WRITE_PATH)], query=None, fragment=None
+    )
+    async with httpx.AsyncClient(
+        headers={**section.auth_headers(), "User-Agent": f"tempo-bridge/{__version__}"},
+        timeout=section.timeout, transport=transport,
+    ) as http:
+        try:
+            answer = await http.get(f"{base}/api/v1/status/config")
+            payload = answer.json() if answer.status_code == 200 else None
+            text = _dig(payload, ("data", "yaml"))
+            window = read_prometheus_config(text) if isinstance(text, str) else None
+            if window is None:
+                return None
+            build = (await http.get(f"{base}/api/v1/status/buildinfo")).json()
+        except (httpx.HTTPError, ValueError):
+            return None
+    version = _dig(build, ("data", "version"))
+    return PrometheusInfo(str(version) if version else "?", window)
+
+
+async def diagnose(
+    config: Config,
+    groups: Sequence[Group],
+    *,
+    longest_request: float = DEFAULT_LONGEST_REQUEST,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[Finding]:
+    """Every finding about Tempo, then about the receiver."""
+    redact = _Redactor(config)
+    findings = await _check_tempo(config, groups, longest_request, redact, transport)
+    findings += await _check_receiver(config, redact, transport)
+    return findings
