@@ -1,0 +1,6 @@
+"""Benchmarks of tempo-bridge: encode, evaluate, catch-up (against a naive evaluator), idle.
+
+Run them all with ``uv run --frozen python -m bench`` (``--quick`` for small sizes), or one
+with ``uv run --frozen python -m bench.<name>``. Each prints figure lines (see
+``bench.common.Report``); ``docs/performance.md`` records a run against the targets.
+"""

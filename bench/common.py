@@ -1,0 +1,375 @@
+"""Shared pieces of the benchmarks: figure lines, memory readings, spans, a Tempo double server.
+
+Every benchmark prints its results as figure lines, one per figure, in one format that a
+person can read and ``tests/test_bench.py`` can parse::
+
+    [evaluate] wall time ........................ 0.812 s      target <= 1.0 s: met
+
+``FIGURE`` is that line's regular expression. A benchmark whose correctness check fails
+(catch-up totals differing from a run that never stopped, ...) exits with status 1; a
+missed target is only reported (``MISSED``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
+EXAMPLE_CONFIG = ROOT / "examples" / "bridge.yaml"
+
+FIGURE = re.compile(
+    r"^\[(?P<bench>[a-z-]+)\] (?P<label>.+?) \.+ (?P<value>-?[\d,]+(?:\.\d+)?%?|yes|no)"
+    r"(?: (?P<unit>[^\s(]+))?(?: \((?P<share>[\d.]+)%\))?"
+    r"(?: +target (?P<target>[<>=]+ \S+(?: \S+)?): (?P<verdict>met|MISSED))?$"
+)
+"""A figure line: ``[bench] label ..... value [unit] [(share%)] [target <= 1.0 s: met]``."""
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+class Report:
+    """Prints one benchmark's figure lines and remembers whether a correctness check failed."""
+
+    def __init__(self, bench: str) -> None:
+        self.bench = bench
+        self.failures: list[str] = []
+
+    def figure(
+        self,
+        label: str,
+        value: float | str,
+        unit: str = "",
+        *,
+        at_most: float | None = None,
+        at_least: float | None = None,
+        digits: int = 3,
+        share: float | None = None,
+    ) -> None:
+        """Print one figure, its share of a whole (a fraction), and its target when it has
+        one (``at_most`` or ``at_least``)."""
+        text = _format(value, digits)
+        line = f"[{self.bench}] {label} {'.' * max(2, 44 - len(label))} {text}"
+        if unit:
+            line += f" {unit}"
+        if share is not None:
+            line += f" ({share:.1%})"
+        if at_most is not None or at_least is not None:
+            bound = at_most if at_most is not None else at_least
+            assert bound is not None
+            assert isinstance(value, int | float)
+            met = value <= bound if at_most is not None else value >= bound
+            sign = "<=" if at_most is not None else ">="
+            target = f"{sign} {_format(bound, digits)}" + (f" {unit}" if unit else "")
+            line = f"{line:<68} target {target}: {'met' if met else 'MISSED'}"
+        print(line, flush=True)
+
+    def check(self, label: str, ok: bool, detail: str = "") -> None:
+        """A correctness check: printed as ``yes``/``no``; ``no`` makes the benchmark fail."""
+        self.figure(label, "yes" if ok else "no")
+        if not ok:
+            self.failures.append(f"{label}: {detail}" if detail else label)
+            print(f"[{self.bench}] check failed: {label} {detail}", file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        """A line of context that is not a figure (what was measured, how)."""
+        print(f"[{self.bench}] # {text}", flush=True)
+
+    def exit_status(self) -> int:
+        return 1 if self.failures else 0
+
+
+def _format(value: float | str, digits: int) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+@dataclass
+class Stopwatch:
+    """Time spent per stage, summed over calls; see :func:`timed`."""
+
+    seconds: dict[str, float]
+
+    def __init__(self) -> None:
+        self.seconds = defaultdict(float)
+
+
+def timed(stopwatch: Stopwatch, owner: Any, name: str, stage: str) -> None:
+    """Replace ``owner.name`` (a function or method, sync or async) by one that adds its
+    time to ``stopwatch.seconds[stage]``. Raises AttributeError when ``owner`` has no
+    ``name``, so a renamed function is noticed rather than silently not measured."""
+    import inspect
+
+    original = getattr(owner, name)
+    if inspect.iscoroutinefunction(original):
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                stopwatch.seconds[stage] += time.perf_counter() - started
+
+        setattr(owner, name, async_wrapper)
+    else:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                stopwatch.seconds[stage] += time.perf_counter() - started
+
+        setattr(owner, name, wrapper)
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far (``ru_maxrss``, KiB on Linux), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def proc_status_mb(pid: int | str = "self") -> dict[str, float]:
+    """``VmRSS`` (resident now), ``VmHWM`` (peak), ``RssAnon``... of a process, in MB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith(" kB"):
+            out[key] = int(rest.split()[0]) / 1024
+    return out
+
+
+def machine() -> str:
+    """``nproc`` and the CPU model, for the record."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} CPUs, {model}, Python {sys.version.split()[0]}"
+
+
+# -- OpenRouter spans -------------------------------------------------------------------------
+
+MODELS = ("openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001")
+PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
+             "google/gemini-2.0-flash-001": "google"}
+KEYS = ("prod-backend", "dev-laptop", None)
+
+Key = tuple[tuple[str, str], ...]
+
+
+def summed_attributes(rules: Sequence[Any]) -> dict[str, str | None]:
+    """Record name -> the span attribute its ``sum_over_time`` sums, or None for a
+    ``count_over_time``, for rules shaped like the default ones."""
+    out: dict[str, str | None] = {}
+    for rule in rules:
+        match = re.search(r"sum_over_time\(span\.([\w.]+)\)", rule.expr)
+        if match is None and "count_over_time()" not in rule.expr:
+            raise ValueError(f"{rule.record}: neither sum_over_time(span.x) nor count_over_time()")
+        out[rule.record] = match.group(1) if match else None
+    return out
+
+
+def make_spans(start: float, seconds: float, mean_gap: float, seed: int) -> list[Any]:
+    """OpenRouter ``LLM Generation`` spans about ``mean_gap`` seconds apart over
+    ``(start, start + seconds)``, each with its ``Provider Attempt`` child span, and now and
+    then a span of another service: the same stream as ``tests/test_e2e.py`` makes, sparser.
+
+    Deterministic in its arguments, so a Tempo double in another process and the benchmark
+    computing the truth make the same spans.
+    """
+    from tests.doubles.tempo import Span
+
+    rng = random.Random(seed)
+    spans = []
+    t = start
+    while True:
+        t += rng.uniform(0.2 * mean_gap, 1.8 * mean_gap)
+        if t >= start + seconds:
+            break
+        model = rng.choice(MODELS)
+        key = rng.choice(KEYS)
+        input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
+        input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
+        output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
+        attributes: dict[str, str | int | float | bool] = {
+            "gen_ai.request.model": model,
+            "gen_ai.provider.name": PROVIDERS[model],
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "gen_ai.usage.input_cost": input_cost,
+            "gen_ai.usage.output_cost": output_cost,
+            "gen_ai.usage.total_cost": input_cost + output_cost,
+        }
+        if key is not None:
+            attributes["trace.metadata.openrouter.api_key_name"] = key
+        if rng.random() < 0.6:  # prompt caching: some requests only, part of the input
+            attributes["gen_ai.usage.cache_read.input_tokens"] = rng.randint(0, input_tokens)
+        # whole seconds sometimes: a span exactly on a window end belongs to that window
+        start_ns = round(t) * 10**9 if rng.random() < 0.1 else int(t * 1e9)
+        resource = {"service.name": "openrouter"}
+        spans.append(Span(start_ns=start_ns, attributes=attributes, resource=resource))
+        spans.append(Span(start_ns=start_ns + 1000, name="Provider Attempt",
+                          attributes=attributes, resource=resource))
+        if rng.random() < 0.2:
+            spans.append(Span(start_ns=start_ns, attributes=attributes,
+                              resource={"service.name": "other"}))
+    return spans
+
+
+def span_truth(
+    spans: Sequence[Any], metrics: Mapping[str, str | None], after: int, upto: int
+) -> dict[str, dict[Key, float]]:
+    """Expected counter totals per record and label set (``__name__`` left out) for the
+    spans the default rules count that start in ``(after, upto]``; ``metrics`` is what
+    :func:`summed_attributes` gives."""
+    result: dict[str, dict[Key, float]] = {r: defaultdict(float) for r in metrics}
+    for span in spans:
+        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
+            continue
+        if not after * 10**9 < span.start_ns <= upto * 10**9:
+            continue
+        a = span.attributes
+        labels = {"model": str(a["gen_ai.request.model"]),
+                  "provider": str(a["gen_ai.provider.name"])}
+        if "trace.metadata.openrouter.api_key_name" in a:
+            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
+        key = tuple(sorted(labels.items()))
+        for record, attribute in metrics.items():
+            if attribute is None:
+                result[record][key] += 1
+            elif attribute in a:  # sum_over_time skips spans without the attribute
+                result[record][key] += float(a[attribute])
+    return result
+
+
+def totals_differences(
+    got: Mapping[str, Mapping[Key, float]], want: Mapping[str, Mapping[Key, float]]
+) -> list[str]:
+    """How two sets of totals differ: token and request counts must be equal, costs within
+    1e-9 relative (Tempo's float sums may differ from an exact sum in the last bits)."""
+    problems = []
+    for record in sorted(set(got) | set(want)):
+        mine, theirs = got.get(record, {}), want.get(record, {})
+        for key in sorted(set(mine) | set(theirs)):
+            a, b = mine.get(key, 0.0), theirs.get(key, 0.0)
+            exact = "cost" not in record
+            if (a != b) if exact else abs(a - b) > 1e-9 * max(abs(a), abs(b), 1e-12):
+                problems.append(f"{record}{dict(key)}: {a!r} != {b!r}")
+    return problems
+
+
+def without_name(labels: Key) -> Key:
+    """A series' labels without ``__name__``."""
+    return tuple(pair for pair in labels if pair[0] != "__name__")
+
+
+# -- the Tempo double, in a process of its own ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpanSpec:
+    """The arguments of :func:`make_spans`: what a Tempo server process holds."""
+
+    start: float
+    seconds: float
+    mean_gap: float
+    seed: int
+
+    def spans(self) -> list[Any]:
+        return make_spans(self.start, self.seconds, self.mean_gap, self.seed)
+
+    def args(self) -> list[str]:
+        return ["--start", repr(self.start), "--seconds", repr(self.seconds),
+                "--mean-gap", repr(self.mean_gap), "--seed", str(self.seed)]
+
+
+class TempoServer:
+    """``python -m bench.tempo_server``: the Tempo double over HTTP in a child process, so
+    that its TraceQL evaluation does not share the benchmarked process's CPU time."""
+
+    def __init__(self, spec: SpanSpec, *, query_end_cutoff: float) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.tempo_server", *spec.args(),
+             "--query-end-cutoff", repr(query_end_cutoff)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the Tempo double server did not start: {line!r}")
+        self.url = line
+
+    def queries(self) -> list[Query]:
+        """The metrics queries it answered so far, in order."""
+        response = httpx.get(f"{self.url}/bench/queries", timeout=30)
+        response.raise_for_status()
+        return [Query(**q) for q in response.json()]
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@dataclass(frozen=True)
+class Query:
+    """A metrics query the Tempo double server answered."""
+
+    kind: Literal["instant", "range"]
+    start: str
+    end: str
+
+
+@contextlib.contextmanager
+def tempo_server(spec: SpanSpec, *, query_end_cutoff: float) -> Iterator[TempoServer]:
+    server = TempoServer(spec, query_end_cutoff=query_end_cutoff)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def spans_between(spans: Sequence[Any], low_ns: int, high_ns: int) -> Sequence[Any]:
+    """The spans (sorted by start) starting in ``[low_ns, high_ns]``."""
+    key: Callable[[Any], int] = lambda span: span.start_ns  # noqa: E731
+    return spans[bisect.bisect_left(spans, low_ns, key=key):
+                 bisect.bisect_right(spans, high_ns, key=key)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it holds; RuntimeError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)

@@ -1,0 +1,84 @@
+"""The benchmarks run in quick mode and print their figures: ``python -m bench --quick``.
+
+No timing is asserted, only that each benchmark ran, printed the figures it promises in
+the format of ``bench.common.FIGURE`` (with a met/MISSED verdict where there is a target),
+and passed its correctness checks (catch-up totals equal a run that never stopped, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.common import FIGURE
+
+pytestmark = pytest.mark.prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# benchmark -> figures it must print; those with a target must show a verdict
+EXPECTED = {
+    "encode": {"encode_write_request, median": True, "protobuf size": False},
+    "evaluate": {"steady: wall time": True, "first: wall time": False, "peak RSS": True,
+                 "steady: Tempo query: HTTP + JSON parse": False,
+                 "steady: commit state + fill outbox": False},
+    "catchup": {"Tempo queries per rule": True, "Tempo queries": False, "wall time": False,
+                "samples written to the outbox": False, "naive Tempo queries": False,
+                "naive wall time": False},
+    "idle": {"idle RSS (VmRSS, highest reading)": True, "windows recorded per rule": False},
+}
+CHECKS = {
+    "encode": ["same bytes as the protobuf API"],
+    "evaluate": ["both evaluations succeeded", "every series has a total",
+                 "every sample was sent", "Prometheus holds every series"],
+    "catchup": ["totals equal a run that never stopped", "totals equal the spans' truth",
+                "Prometheus holds the totals", "every rule caught up"],
+    "idle": ["the daemon stopped cleanly on SIGTERM", "Prometheus received the samples"],
+}
+
+
+@pytest.fixture(scope="module")
+def output() -> tuple[int, str, str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )
+    return run.returncode, run.stdout, run.stderr
+
+
+def figures(stdout: str, bench: str) -> dict[str, re.Match[str]]:
+    found = {}
+    for line in stdout.splitlines():
+        if not line.startswith(f"[{bench}] ") or line.startswith(f"[{bench}] # "):
+            continue
+        match = FIGURE.match(line)
+        assert match, f"not a figure line: {line!r}"
+        found[match["label"]] = match
+    return found
+
+
+def test_the_single_command_succeeds(output: tuple[int, str, str]) -> None:
+    code, stdout, stderr = output
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    for bench in EXPECTED:
+        assert f"[{bench}] # finished in " in stdout
+
+
+@pytest.mark.parametrize("bench", list(EXPECTED))
+def test_prints_its_figures(output: tuple[int, str, str], bench: str) -> None:
+    found = figures(output[1], bench)
+    for label, has_target in EXPECTED[bench].items():
+        assert label in found, f"{bench} did not print {label!r}: {sorted(found)}"
+        assert bool(found[label]["verdict"]) == has_target, found[label].string
+
+
+@pytest.mark.parametrize("bench", list(CHECKS))
+def test_passes_its_checks(output: tuple[int, str, str], bench: str) -> None:
+    found = figures(output[1], bench)
+    for label in CHECKS[bench]:
+        assert label in found, f"{bench} did not check {label!r}"
+        assert found[label]["value"] == "yes", found[label].string
