@@ -16,10 +16,10 @@ from bridge.logs import SyslogPrefixRenderer, configure, writes_to_journal
 
 
 @pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    saved = structlog.get_config()
+def _reset_logging() -> Iterator[None]:
+    """These tests configure structlog for their streams; later tests get the defaults back."""
     yield
-    structlog.configure(**saved)
+    structlog.reset_defaults()
 
 
 def journal_stream_of(stream: TextIO) -> str:
