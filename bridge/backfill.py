@@ -9,6 +9,11 @@ backfilled history joins the series the daemon writes.
 
 A window is only evaluated once its group's ``query_offset`` has passed, as the daemon
 does: blocks cannot be amended, and a younger window could still be missing spans.
+
+With ``--seed-state`` the daemon's state is given each rule's final totals and last window,
+as if the daemon had recorded the range itself: started afterwards, it continues the same
+counters from there, so the blocks and the remote-written samples form one counter per
+series, with no reset at the boundary. A rule that already has state is refused.
 """
 
 from __future__ import annotations
@@ -20,13 +25,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import Config
+from bridge.daemon import STATE_FILE
 from bridge.engine import dry_run
 from bridge.errors import BridgeError
-from bridge.evaluation import Sample
+from bridge.evaluation import Labels, Sample
 from bridge.openmetrics import Family, format_openmetrics
 from bridge.remote_write import add_external_labels, is_stale_nan
-from bridge.rules import Group
+from bridge.rules import Group, Rule
+from bridge.state import State
 from bridge.tempo import TempoClient
+from bridge.windows import align_down
+
+
+@dataclass(frozen=True)
+class RuleSamples:
+    """What one rule wrote over the range, from zero."""
+
+    group: Group
+    rule: Rule
+    samples: list[Sample]
+    checkpoint: int | None
+    """End of the last window evaluated; None when the range held no whole window."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ def tempo_client(config: Config) -> TempoClient:
     )
 
 
-async def evaluate_range(
+async def dry_run_rules(
     tempo: TempoClient,
     groups: Sequence[Group],
     start: float,
@@ -60,23 +79,37 @@ async def evaluate_range(
     max_duration: int,
     *,
     end_for: Callable[[Group], float] | None = None,
-) -> list[Family]:
+) -> list[RuleSamples]:
     """Dry-run every rule (or those recorded as one of ``only``) over ``(start, end]``.
 
     ``end_for`` may move a group's end earlier (it is never moved later).
     """
-    families: list[Family] = []
+    runs = []
     for group in groups:
         group_end = end if end_for is None else min(end, end_for(group))
+        last = align_down(group_end, group.interval)
+        checkpoint = last if last > align_down(start, group.interval) else None
         for rule in group.rules:
             if only and rule.record not in only:
                 continue
-            if group_end <= start:
-                samples: list[Sample] = []
-            else:
+            samples: list[Sample] = []
+            if checkpoint is not None:
                 samples = await dry_run(tempo, group, rule, start, group_end, max_duration)
-            families.append((rule.record, rule.kind, samples))
-    return families
+            runs.append(RuleSamples(group, rule, samples, checkpoint))
+    return runs
+
+
+async def evaluate_range(
+    tempo: TempoClient,
+    groups: Sequence[Group],
+    start: float,
+    end: float,
+    only: Sequence[str] | None,
+    max_duration: int,
+) -> list[Family]:
+    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero."""
+    runs = await dry_run_rules(tempo, groups, start, end, only, max_duration)
+    return [(run.rule.record, run.rule.kind, run.samples) for run in runs]
 
 
 async def backfill(
@@ -87,13 +120,16 @@ async def backfill(
     only: Sequence[str] | None,
     out: Path,
     *,
+    seed_state: bool = False,
     clock: Callable[[], float] = time.time,
 ) -> Summary:
     """Evaluate the rules over ``(start, end]`` and write OpenMetrics to ``out``.
 
     ``out`` is replaced atomically: it holds either the previous content or the whole
-    new text. Raises :class:`BridgeError` for a bad range or an unknown ``only`` name,
-    and :class:`bridge.errors.TempoError` when Tempo does not answer completely.
+    new text. ``seed_state``: then store each rule's totals and last window in the
+    daemon's state (see the module's docstring). Raises :class:`BridgeError` for a bad
+    range, an unknown ``only`` name or a rule that already has state, and
+    :class:`bridge.errors.TempoError` when Tempo does not answer completely.
     """
     if end <= start:
         raise BridgeError(f"backfill: --to ({end:.0f}) must be after --from ({start:.0f})")
@@ -101,6 +137,8 @@ async def backfill(
     unknown = sorted(set(only or ()) - records)
     if unknown:
         raise BridgeError(f"backfill: no rule records {', '.join(unknown)}")
+    if seed_state:
+        _refuse_known_rules(config, groups, only)
     now = clock()
     notes = []
     for group in groups:
@@ -117,7 +155,7 @@ async def backfill(
             )
     tempo = tempo_client(config)
     try:
-        families = await evaluate_range(
+        runs = await dry_run_rules(
             tempo, groups, start, end, only, int(config.tempo.max_duration),
             end_for=lambda g: now - g.query_offset,
         )
@@ -125,12 +163,14 @@ async def backfill(
         await tempo.aclose()
     external = dict(config.remote_write.external_labels)
     labelled: list[Family] = [
-        (record, kind, [(add_external_labels(labels, external), ts, value)
-                        for labels, ts, value in samples])
-        for record, kind, samples in families
+        (run.rule.record, run.rule.kind,
+         [(add_external_labels(labels, external), ts, value) for labels, ts, value in run.samples])
+        for run in runs
     ]
     text = format_openmetrics(labelled)
     _write_atomically(out, text)
+    if seed_state:
+        _seed(config, runs)
     written = [s for _r, _k, samples in labelled for s in samples if not is_stale_nan(s[2])]
     times = [ts for _labels, ts, _value in written]
     return Summary(
@@ -141,6 +181,52 @@ async def backfill(
         last_ms=max(times, default=None),
         notes=tuple(notes),
     )
+
+
+def _refuse_known_rules(
+    config: Config, groups: Sequence[Group], only: Sequence[str] | None
+) -> None:
+    state = State(config.state_dir / STATE_FILE)
+    try:
+        known = sorted(
+            f"{group.name}/{rule.record}" for group in groups for rule in group.rules
+            if (not only or rule.record in only)
+            and state.rule_state(rule.rule_id(group.name)) is not None
+        )
+    finally:
+        state.close()
+    if known:
+        raise BridgeError(
+            f"backfill --seed-state: the state in {config.state_dir} already has "
+            f"{', '.join(known)}; its counters cannot be continued from a backfill (seed "
+            "before the daemon first runs these rules, or backfill without --seed-state)"
+        )
+
+
+def _seed(config: Config, runs: Sequence[RuleSamples]) -> None:
+    """Store each rule's totals (or live gauges) and checkpoint as the daemon would."""
+    state = State(config.state_dir / STATE_FILE)
+    try:
+        for run in runs:
+            if run.checkpoint is None:
+                continue
+            last_ms = run.checkpoint * 1000
+            final: dict[Labels, float] = {
+                labels: value for labels, ts, value in run.samples if ts == last_ms
+            }
+            counter = run.rule.kind == "counter"
+            state.commit_evaluation(
+                rule_id=run.rule.rule_id(run.group.name), group=run.group.name,
+                record=run.rule.record, expr=run.rule.expr, kind=run.rule.kind,
+                checkpoint=run.checkpoint,
+                totals=final if counter else None,
+                live_gauges=None if counter else
+                {labels for labels, value in final.items() if not is_stale_nan(value)},
+                # the backfilled windows are in blocks, which settling could not amend
+                settled={age: run.checkpoint for age in run.group.settle} or None,
+            )
+    finally:
+        state.close()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--to", dest="end", required=True, help="end of the range")
     bf.add_argument("--out", type=Path, required=True, help="OpenMetrics file to write")
     bf.add_argument("--rule", action="append", help="only this record name (repeatable)")
+    bf.add_argument(
+        "--seed-state", action="store_true",
+        help="store the final totals in the state, so the daemon continues these counters",
+    )
 
     doc = sub.add_parser(
         "doctor", help="reach Tempo and the receiver and warn about settings that lose data"
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if problems(findings) else 0
         start, end = parse_time(args.start), parse_time(args.end)
         if args.command == "backfill":
-            return _backfill(config, groups, start, end, args.rule, args.out)
+            return _backfill(config, groups, start, end, args.rule, args.out, args.seed_state)
         asyncio.run(_eval(config, groups, start, end, args.rule, args.format, sys.stdout))
         return 0
     except BridgeError as exc:
@@ -171,8 +175,11 @@ def _backfill(
     end: float,
     only: list[str] | None,
     out: Path,
+    seed_state: bool,
 ) -> int:
-    summary = asyncio.run(backfill(config, groups, start, end, only, out))
+    summary = asyncio.run(
+        backfill(config, groups, start, end, only, out, seed_state=seed_state)
+    )
     for note in summary.notes:
         print(f"tempo-bridge backfill: note: {note}", file=sys.stderr)
     span = ""

@@ -19,6 +19,9 @@ import pytest
 import structlog
 
 from bridge.cli import main
+from bridge.daemon import STATE_FILE
+from bridge.rules import load_rule_files
+from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import start_prometheus
 from tests.promtool import promtool
@@ -28,9 +31,13 @@ from tests.test_e2e import (
     MODELS,
     Env,
     assert_totals_match,
+    checkpoints,
     make_spans,
+    run_daemon_until,
     truth,
+    write_rules,
 )
+from tests.test_e2e import write_config as write_e2e_config
 
 pytestmark = pytest.mark.prometheus
 
@@ -248,4 +255,67 @@ def test_refuses_an_unknown_rule_and_an_empty_range(
     assert "no rule records nope_total" in capsys.readouterr().err
     assert main([*args, "--from", "1h", "--to", "2h"]) == 1
     assert "must be after --from" in capsys.readouterr().err
+    assert not out.exists()
+
+
+async def test_seeded_state_continues_the_counters_across_the_boundary(tmp_path: Path) -> None:
+    """Backfill with --seed-state, blocks into Prometheus, then the daemon: one counter."""
+    name = "seeded"
+    now = time.time()
+    spans = make_spans(now - 60, 70, seed=13)
+    double = TempoDouble(spans, query_end_cutoff=0.0)
+    url = await double.start()
+    try:
+        config = tmp_path / "bridge.yaml"
+        write_e2e_config(config, url, "http://127.0.0.1:9/api/v1/write", name)
+        write_rules(tmp_path / "rules.yaml", 1, 1, "0s")  # one-second windows
+        start = int(now) - 50
+        out = tmp_path / "backfill.om"
+        code = await run_cli("backfill", "--config", config, "--from", str(start),
+                             "--to", "now", "--out", out, "--seed-state")
+        assert code == 0
+        (seeded,) = checkpoints(tmp_path / "state")
+        assert seeded >= int(now) - 1
+        blocks = tmp_path / "blocks"
+        promtool("tsdb", "create-blocks-from", "openmetrics", out, blocks)
+        backfill_queries = len(double.requests)
+
+        with start_prometheus(tmp_path / "prometheus", storage_dir=blocks) as prom:
+            write_e2e_config(config, url, prom.write_url, name)
+            env = Env(tmp_path, prom, double, config, name)
+            await run_daemon_until(env, seeded + 4)
+            (end,) = checkpoints(tmp_path / "state")
+            # the daemon went on from the seeded checkpoint, not from its own start
+            daemon_starts = {int(r.params["start"]) for r in double.requests[backfill_queries:]}
+            assert min(daemon_starts) == seeded
+            for t in [start + 10, start + 30, seeded, seeded + 1, end]:
+                assert_totals_match(env, truth(spans, start, t), at=t)
+            selector = f'openrouter_requests_total{{test="{name}"}}'
+            assert prom.query(f"resets({selector}[5m]) > 0", time=end) == []
+            # the dashboard's exact difference, across the boundary
+            span_s = end - seeded + 10
+            (answer,) = prom.query(
+                f"sum({selector} - ({selector} offset {span_s}s or {selector} * 0))", time=end)
+            expected = truth(spans, end - span_s, end)["openrouter_requests_total"]
+            assert float(answer["value"][1]) == sum(expected.values()) > 0
+    finally:
+        await double.stop()
+
+
+def test_seed_state_refuses_a_rule_the_daemon_already_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bridge.yaml"
+    write_e2e_config(config, "http://127.0.0.1:9", "http://127.0.0.1:9/api/v1/write", "x")
+    write_rules(tmp_path / "rules.yaml", 1, 1, "0s")
+    (group,) = load_rule_files([str(tmp_path / "rules.yaml")], min_query_offset=0)
+    rule = group.rules[0]
+    state = State(tmp_path / "state" / STATE_FILE)
+    state.commit_evaluation(rule_id=rule.rule_id(group.name), group=group.name,
+                            record=rule.record, expr=rule.expr, kind=rule.kind, checkpoint=60)
+    state.close()
+    out = tmp_path / "out.om"
+    assert main(["backfill", "--config", str(config), "--from", "2h", "--to", "1h",
+                 "--out", str(out), "--seed-state"]) == 1
+    assert f"already has openrouter/{rule.record}" in capsys.readouterr().err
     assert not out.exists()
