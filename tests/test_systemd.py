@@ -280,7 +280,7 @@ async def test_daemon_notifies_ready_watchdog_reloading_and_stopping(
         assert len(pings) >= 5
         gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert 0.08 <= statistics.median(gaps) <= 0.13, gaps
-        assert max(gaps) < 0.3, gaps
+        assert max(gaps) < 0.5, gaps  # a loaded machine may delay one
 
         # a blocked event loop sends no ping while blocked, and pings again right after
         blocked: list[float] = []
