@@ -1,0 +1,910 @@
+"""Fault injection: the real daemon against a failing Tempo, a failing receiver and SIGKILL.
+
+Not a unit test: a measurement anyone can run, with a real ``tempo-bridge run`` process and
+a real Prometheus (Debian's ``/usr/bin/prometheus``, or ``$PROMETHEUS_BIN``)::
+
+    uv run --frozen python bench/faults.py [--quick] [--scenario NAME ...] [--seed N] [--keep DIR]
+
+Each scenario starts a fresh daemon (``python -m bridge run``, a subprocess that can be
+SIGKILLed) on the shipped default rules (``rules/openrouter.yaml``) with one-second windows,
+``query_offset: 1s`` and settle passes a few seconds later. The daemon reads a Tempo double
+(``tests/doubles/tempo.py``) served over HTTP from this process, and writes through a
+remote-write proxy in this process to Prometheus. The scenarios break one thing each:
+
+``tempo-down``       the double stops listening for some windows (connection refused)
+``tempo-faults``     random 5xx/429, timeouts, dropped connections, PARTIAL and garbage answers
+``receiver-down``    the proxy stops listening for some windows
+``receiver-faults``  random 429 with Retry-After, 5xx, resets, lost acknowledgements, and a
+                     400 "out of order sample" for every request holding one poison series
+``sigkill``          the daemon is SIGKILLed at random moments and restarted at once
+``late-spans``       spans are added to windows already recorded, before their settle ages
+
+How a lost or double-counted window is seen: every window ``(W-1, W]`` holds one *probe*
+span, an ``LLM Generation`` span like the others but with the model ``probe/window-W``, so
+every default rule keeps one counter series per window whose final value is known exactly
+(1 request, 1 input token, 2 output tokens, 0.25 + 0.5 USD per probe span; binary fractions,
+so sums are exact). Read back from Prometheus, a probe series below its truth means the
+window was lost (for that rule), above it means it was counted twice. The ordinary traffic
+(random models, keys, tokens and costs, some spans exactly on a window end, child spans and
+another service's spans that the rules must not count) is compared series by series with
+the truth computed from the spans: the largest relative error over every counter is
+reported. See ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from aiohttp import web
+
+from bridge.daemon import STATE_FILE
+from bridge.remote_write import decode_write_request
+from bridge.rules import load_rule_files
+from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble
+from tests.prometheus_server import PrometheusServer, start_prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
+
+INTERVAL = 1  # seconds: window length of the rewritten default rules
+QUERY_OFFSET = 1  # seconds: a window is read 1 s after it ends
+START_BACK = 20  # seconds: a new rule starts this far back, before the first span
+TEMPO_TIMEOUT = 0.5  # seconds: tempo.timeout of the daemon
+RECEIVER_TIMEOUT = 1.0  # seconds: remote_write.timeout of the daemon
+FEED_AHEAD = 20  # seconds: spans are handed to the double this far ahead of now
+TOLERANCE = 1e-9  # relative: Tempo's float sums may differ from the exact sum in the last bits
+
+MODELS = ("openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001")
+PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
+             "google/gemini-2.0-flash-001": "google"}
+KEYS = ("prod-backend", "dev-laptop", None)
+PROBE_PREFIX = "probe/window-"
+#: What a probe span holds of each attribute a rule sums (1 for any other): binary fractions,
+#: so that sums of them are exact.
+PROBE_VALUES: Mapping[str, int | float] = {
+    "gen_ai.usage.input_tokens": 1,
+    "gen_ai.usage.output_tokens": 2,
+    "gen_ai.usage.input_cost": 0.25,
+    "gen_ai.usage.output_cost": 0.5,
+    "gen_ai.usage.total_cost": 0.75,
+}
+
+#: The series the receiver refuses in ``receiver-faults`` (external label added by the daemon).
+POISON: Mapping[str, str] = {
+    "__name__": "openrouter_output_tokens_total",
+    "model": "anthropic/claude-3.5-sonnet",
+    "provider": "anthropic",
+    "api_key_name": "dev-laptop",
+}
+
+Metrics = Mapping[str, str | None]
+"""Record of each rule -> the span attribute it sums, or None for a count."""
+Labels = tuple[tuple[str, str], ...]
+SeriesKey = tuple[str, Labels]  # (record, labels without __name__ and the scenario label)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much of each fault a run injects; ``FULL`` for the table, ``QUICK`` for CI."""
+
+    down_windows: int  # tempo-down, receiver-down: windows the service is away
+    fault_seconds: float  # tempo-faults, receiver-faults: how long faults are injected
+    kills: int  # sigkill: how many SIGKILLs
+    late_seconds: float  # late-spans: how long late spans are added
+    settle: tuple[int, int]  # settle ages of the rules, seconds
+    tail_windows: int  # windows recorded after the faults end, before measuring
+
+
+FULL = Sizes(down_windows=10, fault_seconds=20, kills=30, late_seconds=15, settle=(5, 10),
+             tail_windows=3)
+QUICK = Sizes(down_windows=3, fault_seconds=4, kills=3, late_seconds=4, settle=(2, 4),
+              tail_windows=2)
+
+
+# -- rules, spans and the truth ----------------------------------------------------------------
+
+_FUNCTION = re.compile(r"\|\s*(count_over_time|sum_over_time)\(\s*(?:span\.([\w.]+))?\s*\)")
+
+
+def write_rules(path: Path, settle: Sequence[int]) -> Metrics:
+    """The shipped default rules with one-second windows and ``settle`` ages, at ``path``;
+    returns what each of its rules counts or sums."""
+    text = DEFAULT_RULES.read_text()
+    text = re.sub(r"(?m)^(\s+)interval: .*$", rf"\1interval: {INTERVAL}s", text)
+    text = re.sub(r"(?m)^(\s+)query_offset: .*$",
+                  rf"\1query_offset: {QUERY_OFFSET}s\n\1start: {START_BACK}s", text)
+    ages = ", ".join(f"{a}s" for a in settle)
+    text = re.sub(r"(?m)^(\s+)settle: .*$", rf"\1settle: [{ages}]", text)
+    path.write_text(text)
+    metrics: dict[str, str | None] = {}
+    for group in load_rule_files([str(path)], min_query_offset=0):
+        for rule in group.rules:
+            match = _FUNCTION.search(rule.expr)
+            if rule.kind != "counter" or match is None:
+                raise ScenarioError(f"{rule.record}: the bench knows counters of "
+                                    f"count_over_time() and sum_over_time(span.x) only")
+            metrics[rule.record] = match.group(2)
+    return metrics
+
+
+
+def window_spans(end: int, rng: random.Random, metrics: Metrics) -> list[Span]:
+    """The spans of window ``(end - 1, end]``: its probe span and random OpenRouter traffic.
+
+    Traffic spans sometimes start exactly on the window end (which belongs to the window),
+    each has a ``Provider Attempt`` child span and some a twin in another service: spans the
+    default rules must not count.
+    """
+    spans = [probe_span(end, metrics)]
+    for _ in range(rng.randint(0, 4)):
+        offset_ns = 0 if rng.random() < 0.1 else rng.randrange(1, 10**9)
+        start_ns = end * 10**9 - offset_ns
+        spans.extend(traffic_span(start_ns, rng))
+    return spans
+
+
+def traffic_span(start_ns: int, rng: random.Random, model: str | None = None) -> list[Span]:
+    """One ``LLM Generation`` span with random attributes, its child, maybe a foreign twin."""
+    model = model or rng.choice(MODELS)
+    key = rng.choice(KEYS)
+    input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
+    input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
+    output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
+    attributes: dict[str, str | int | float | bool] = {
+        "gen_ai.request.model": model,
+        "gen_ai.provider.name": PROVIDERS.get(model, model.split("/")[0]),
+        "gen_ai.usage.input_tokens": input_tokens,
+        "gen_ai.usage.output_tokens": output_tokens,
+        "gen_ai.usage.input_cost": input_cost,
+        "gen_ai.usage.output_cost": output_cost,
+        "gen_ai.usage.total_cost": input_cost + output_cost,
+    }
+    if key is not None:
+        attributes["trace.metadata.openrouter.api_key_name"] = key
+    if rng.random() < 0.6:  # prompt caching: some requests only, part of the input
+        attributes["gen_ai.usage.cache_read.input_tokens"] = rng.randint(0, input_tokens)
+    resource = {"service.name": "openrouter"}
+    spans = [
+        Span(start_ns=start_ns, attributes=attributes, resource=resource),
+        Span(start_ns=start_ns + 1000, name="Provider Attempt", attributes=attributes,
+             resource=resource),
+    ]
+    if rng.random() < 0.2:
+        spans.append(Span(start_ns=start_ns, attributes=attributes,
+                          resource={"service.name": "other"}))
+    return spans
+
+
+def probe_span(end: int, metrics: Metrics, copy: int = 0) -> Span:
+    """The signature of window ``end``: a span of its own model, with every attribute the
+    rules sum (``PROBE_VALUES``, exact in binary)."""
+    attributes: dict[str, str | int | float | bool] = {
+        "gen_ai.request.model": f"{PROBE_PREFIX}{end}",
+        "gen_ai.provider.name": "probe",
+    }
+    for attribute in metrics.values():
+        if attribute is not None:
+            attributes[attribute] = PROBE_VALUES.get(attribute, 1)
+    start_ns = end * 10**9 - 500_000_000 + copy * 1000
+    return Span(start_ns=start_ns, attributes=attributes, resource={"service.name": "openrouter"})
+
+
+def truth(
+    spans: Iterable[Span], metrics: Metrics, after: int, upto: int
+) -> dict[SeriesKey, float]:
+    """The counter totals the default rules must reach over the windows in ``(after, upto]``.
+
+    The rules count the ``LLM Generation`` spans of the ``openrouter`` service by model,
+    provider and API key name; ``sum_over_time`` skips a span without the attribute.
+    """
+    result: dict[SeriesKey, float] = defaultdict(float)
+    for span in spans:
+        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
+            continue
+        if not after * 10**9 < span.start_ns <= upto * 10**9:
+            continue
+        a = span.attributes
+        labels = {"model": str(a["gen_ai.request.model"]),
+                  "provider": str(a["gen_ai.provider.name"])}
+        if "trace.metadata.openrouter.api_key_name" in a:
+            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
+        key = tuple(sorted(labels.items()))
+        for record, attribute in metrics.items():
+            if attribute is None:
+                result[(record, key)] += 1
+            elif attribute in a:
+                result[(record, key)] += float(a[attribute])
+    return dict(result)
+
+
+def probe_window(labels: Labels) -> int | None:
+    """The window end a probe series stands for, or None for a traffic series."""
+    model = dict(labels).get("model", "")
+    return int(model[len(PROBE_PREFIX):]) if model.startswith(PROBE_PREFIX) else None
+
+
+def relative_error(got: float, want: float) -> float:
+    if got == want:
+        return 0.0
+    return math.inf if want == 0 else abs(got - want) / abs(want)
+
+
+# -- the receiver proxy -----------------------------------------------------------------------
+
+
+class ReceiverProxy:
+    """A remote-write receiver in front of Prometheus that fails on demand.
+
+    ``stop()``/``start()`` take it away and bring it back on the same port (connections
+    refused meanwhile). While ``fault_rate`` > 0, each request fails with that probability
+    in one of ``fault_kinds``: ``429`` (with ``Retry-After: 1``), ``500``, ``503``,
+    ``reset`` (connection dropped, no answer), ``ack-lost`` (forwarded, then answered 503:
+    the receiver has the samples, the sender thinks it does not) or ``slow`` (forwarded
+    after the sender's timeout, another lost acknowledgement). With ``poison`` set, every
+    request holding a series with those labels is refused with 400 ``out of order sample``,
+    as Prometheus refuses a whole request for one bad sample.
+    """
+
+    KINDS = ("429", "500", "503", "reset", "ack-lost", "slow")
+
+    def __init__(self, upstream: str, rng: random.Random) -> None:
+        self._upstream = upstream
+        self._rng = rng
+        self._runner: web.AppRunner | None = None
+        self._client = httpx.AsyncClient(timeout=10.0)
+        self.port = 0
+        self.fault_rate = 0.0
+        self.fault_kinds: Sequence[str] = self.KINDS
+        self.poison: Mapping[str, str] | None = None
+        self.served: Counter[str] = Counter()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1/write"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/api/v1/write", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        await self.stop()
+        await self._client.aclose()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if self.poison is not None and self._poisoned(body):
+            self.served["400 poison"] += 1
+            return web.Response(status=400, text="out of order sample\n")
+        kind = None
+        if self.fault_rate and self._rng.random() < self.fault_rate:
+            kind = self._rng.choice(self.fault_kinds)
+            self.served[kind] += 1
+        if kind == "429":
+            return web.Response(status=429, text="too many requests\n",
+                                headers={"Retry-After": "1"})
+        if kind in ("500", "503"):
+            return web.Response(status=int(kind), text="injected failure\n")
+        if kind == "reset":
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError()
+        if kind == "slow":
+            await asyncio.sleep(RECEIVER_TIMEOUT * 1.5)
+        status, answer = await self._forward(request, body)
+        if kind == "ack-lost":
+            return web.Response(status=503, text="injected failure after delivery\n")
+        return web.Response(status=status, body=answer)
+
+    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes]:
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "connection")}
+        response = await self._client.post(self._upstream, content=body, headers=headers)
+        return response.status_code, response.content
+
+    def _poisoned(self, body: bytes) -> bool:
+        assert self.poison is not None
+        wanted = self.poison.items()
+        return any(wanted <= dict(labels).items() for labels, _ in decode_write_request(body))
+
+
+# -- the daemon process -----------------------------------------------------------------------
+
+
+class DaemonProcess:
+    """``python -m bridge run --config FILE`` as a child process, its output in a log file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self._config = config
+        self.log = log
+        self._process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TEMPO_BRIDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env["PYTHONUNBUFFERED"] = "1"  # a SIGKILL must not eat the last log lines
+        with self.log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "bridge", "run", "--config", str(self._config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                env=env,
+            )
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL, no warning: whatever the daemon was doing is cut short."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait()
+            self.kills += 1
+
+    def exited(self) -> int | None:
+        """The exit status if the daemon ended by itself (not killed by us), else None."""
+        return None if self._process is None else self._process.poll()
+
+    async def stop(self) -> None:
+        """SIGTERM, as systemd stops it; SIGKILL after 10 s."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def events(self) -> Counter[str]:
+        """How many times each log event was written (a killed daemon's lines included)."""
+        counts: Counter[str] = Counter()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line[line.find("{"):])
+                    if isinstance(event, dict):
+                        counts[str(event.get("event"))] += 1
+        return counts
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no output)"
+
+
+# -- one scenario's world ---------------------------------------------------------------------
+
+
+class ScenarioError(Exception):
+    """The scenario could not be carried out (not a finding about the daemon's counters)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state database at one instant: checkpoint per record, outbox depth."""
+
+    checkpoints: Mapping[str, int]
+    outbox: int
+
+    def recorded_upto(self, records: Iterable[str]) -> int | None:
+        """The last window every rule has recorded, if all of them have started."""
+        if set(self.checkpoints) != set(records):
+            return None
+        return min(self.checkpoints.values())
+
+
+class Harness:
+    """A scenario's Tempo double, receiver proxy, daemon and spans, in ``directory``."""
+
+    def __init__(
+        self, name: str, directory: Path, prom: PrometheusServer, sizes: Sizes, seed: int
+    ) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.directory = directory
+        self.prom = prom
+        self.sizes = sizes
+        self.seed = seed
+        self.rng = random.Random(f"{seed}:{name}:faults")
+        self.tempo = TempoDouble(query_end_cutoff=0.0)
+        self.tempo_port = 0
+        self.proxy = ReceiverProxy(prom.write_url, random.Random(f"{seed}:{name}:proxy"))
+        self.config = directory / "bridge.yaml"
+        self.daemon = DaemonProcess(self.config, directory / "daemon.log")
+        self.state_path = directory / "state" / STATE_FILE
+        self.t0 = 0  # the first window with spans is (t0, t0 + 1]
+        self.metrics = write_rules(directory / "rules.yaml", sizes.settle)
+        self.spans: list[Span] = []
+        self._fed_upto = 0
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        url = await self.tempo.start()
+        self.tempo_port = int(url.rsplit(":", 1)[1])
+        await self.proxy.start()
+        self._write_config(url)
+        # spans begin a few windows back, after where the new rules start (START_BACK)
+        self.t0 = int(time.time()) // INTERVAL * INTERVAL - 5 * INTERVAL
+        self._fed_upto = self.t0
+        self._feed()
+        self._feeder = asyncio.create_task(self._feed_forever())
+        self.daemon.start()
+
+    async def close(self) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        await self.daemon.stop()
+        await self.tempo.stop()
+        await self.proxy.close()
+
+    def _write_config(self, tempo_url: str) -> None:
+        self.config.write_text(
+            f"""\
+# Written by bench/faults.py for the scenario {self.name}.
+tempo:
+  url: {tempo_url}
+  query_end_cutoff: 0s
+  ingest_delay: 0s
+  timeout: {int(TEMPO_TIMEOUT * 1000)}ms
+remote_write:
+  url: {self.proxy.url}
+  timeout: {int(RECEIVER_TIMEOUT * 1000)}ms
+  external_labels: {{scenario: {self.name}}}
+state_dir: state
+rule_files: [rules.yaml]
+web:
+  listen_address: 127.0.0.1:0
+"""
+        )
+
+    # spans ----------------------------------------------------------------------------------
+
+    def _feed(self) -> None:
+        """Hand the double the spans of every window up to ``FEED_AHEAD`` seconds from now.
+
+        Each window's spans come from a generator seeded by the window, so what a run holds
+        does not depend on when the feeder ran.
+        """
+        upto = (int(time.time()) + FEED_AHEAD) // INTERVAL * INTERVAL
+        new: list[Span] = []
+        for end in range(self._fed_upto + INTERVAL, upto + 1, INTERVAL):
+            rng = random.Random(f"{self.seed}:{self.name}:{end}")
+            new.extend(window_spans(end, rng, self.metrics))
+        self._fed_upto = max(self._fed_upto, upto)
+        self.add_spans(new)
+
+    async def _feed_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._feed()
+
+    def add_spans(self, spans: Sequence[Span]) -> None:
+        self.spans.extend(spans)
+        self.tempo.add_spans(spans)
+
+    # the daemon's progress ------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot | None:
+        """Checkpoints and outbox depth read in one transaction, or None before the daemon
+        has created its state."""
+        if not self.state_path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"file:{self.state_path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return None
+        try:
+            db.execute("BEGIN")
+            rows = db.execute("SELECT record, checkpoint FROM rules").fetchall()
+            (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            return None
+        finally:
+            db.close()
+        return Snapshot({str(r): int(c) for r, c in rows}, int(depth))
+
+    def check_alive(self) -> None:
+        status = self.daemon.exited()
+        if status is not None:
+            raise ScenarioError(f"the daemon exited by itself with status {status}:\n"
+                                f"{self.daemon.tail()}")
+
+    async def wait_recorded(self, end: int, *, drained: bool = False,
+                            within: float = 60.0) -> Snapshot:
+        """Wait until every rule has recorded the window ending at ``end`` (and, with
+        ``drained``, the outbox is empty in the same snapshot)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            self.check_alive()
+            snap = self.snapshot()
+            upto = snap.recorded_upto(self.metrics) if snap else None
+            if snap and upto is not None and upto >= end and (not drained or snap.outbox == 0):
+                return snap
+            await asyncio.sleep(0.1)
+        raise ScenarioError(f"the daemon did not record the window ending {end} "
+                            f"{'and drain its outbox ' if drained else ''}in {within:.0f} s "
+                            f"(last snapshot {self.snapshot()}):\n{self.daemon.tail()}")
+
+    async def warm_up(self) -> None:
+        """Wait until the daemon runs normally: the window due now is recorded."""
+        await self.wait_recorded(due_window())
+
+
+def due_window() -> int:
+    """The end of the latest window due now."""
+    return int(time.time() - QUERY_OFFSET) // INTERVAL * INTERVAL
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass
+class Injected:
+    """What a scenario did: a one-line description, and how long the settle passes need
+    after it before the windows it touched are final."""
+
+    description: str
+    settle_after: int = 0
+
+
+async def tempo_down(h: Harness) -> Injected:
+    """Tempo stops listening for ``down_windows`` windows, then comes back on its port."""
+    await h.warm_up()
+    windows = h.sizes.down_windows
+    await h.tempo.stop()
+    await asyncio.sleep(windows * INTERVAL)
+    await h.tempo.start(port=h.tempo_port)
+    return Injected(f"Tempo refused connections for {windows} windows")
+
+
+def tempo_fault(rng: random.Random) -> tuple[str, Fault]:
+    """One random Tempo failure, and its kind."""
+    kind = rng.choice(("5xx", "timeout", "dropped", "partial", "garbage"))
+    if kind == "5xx":
+        status = rng.choice((500, 502, 503, 504, 429))
+        return kind, Response.text(status, f"injected {status}\n")
+    if kind == "timeout":
+        return kind, Hang(rng.uniform(2, 4) * TEMPO_TIMEOUT)
+    if kind == "dropped":
+        return kind, CloseConnection()
+    if kind == "partial":
+        # a cut-off answer whose numbers are wrong: recording it would be seen
+        bogus = {"labels": [{"key": "span.gen_ai.request.model",
+                             "value": {"stringValue": "partial"}}],
+                 "value": 1000, "samples": [{"timestampMs": "0", "value": 1000}]}
+        return kind, Response.json({"status": "PARTIAL", "series": [bogus],
+                                    "message": "Response exceeds maximum series limit"})
+    bodies = [
+        b'{"series": [{"labels": [',  # cut off
+        b"<html><body>502 Bad Gateway</body></html>",
+        b"[]",
+        b"null",
+        b'"ok"',
+        b'{"status": "success", "data": {"resultType": "matrix", "result": []}}',
+        b'{"series": {"labels": []}}',
+        b'{"series": [{"labels": "model"}]}',
+        b'{"series": [{"labels": [], "samples": "none"}]}',
+        b'{"series": [{"labels": [{"key": "x", "value": 3}]}]}',
+        b"{}",
+    ]
+    return kind, Response(200, "application/json", rng.choice(bodies))
+
+
+async def tempo_faults(h: Harness) -> Injected:
+    """Random Tempo failures, a few per second, for ``fault_seconds``."""
+    await h.warm_up()
+    kinds: Counter[str] = Counter()
+    deadline = time.monotonic() + h.sizes.fault_seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(h.rng.uniform(0.05, 0.45))
+        kind, fault = tempo_fault(h.rng)
+        h.tempo.inject(fault)
+        kinds[kind] += 1
+    while h.tempo.pending_faults:  # every fault is served before measuring
+        h.check_alive()
+        await asyncio.sleep(0.1)
+    return Injected(f"{sum(kinds.values())} Tempo faults ({_counts(kinds)})")
+
+
+async def receiver_down(h: Harness) -> Injected:
+    """The receiver stops listening for ``down_windows`` windows, then comes back."""
+    await h.warm_up()
+    windows = h.sizes.down_windows
+    await h.proxy.stop()
+    await asyncio.sleep(windows * INTERVAL)
+    await h.proxy.start()
+    return Injected(f"receiver refused connections for {windows} windows")
+
+
+async def receiver_faults(h: Harness) -> Injected:
+    """A third of the writes fail for ``fault_seconds``; one series is refused throughout."""
+    h.proxy.poison = POISON
+    await h.warm_up()
+    h.proxy.fault_rate = 1 / 3
+    await asyncio.sleep(h.sizes.fault_seconds)
+    h.proxy.fault_rate = 0.0
+    served = Counter(h.proxy.served)
+    poison = served.pop("400 poison", 0)
+    return Injected(f"{sum(served.values())} receiver faults ({_counts(served)}); "
+                    f"{poison} requests refused for the poison series")
+
+
+async def sigkill(h: Harness) -> Injected:
+    """SIGKILL the daemon ``kills`` times at random moments, restarting it at once."""
+    await h.warm_up()
+    for _ in range(h.sizes.kills):
+        await asyncio.sleep(h.rng.uniform(0.05, 2.5))
+        h.check_alive()
+        h.daemon.kill()
+        h.daemon.start()
+    return Injected(f"{h.daemon.kills} SIGKILLs")
+
+
+async def late_spans(h: Harness) -> Injected:
+    """For ``late_seconds``, add spans to windows already recorded: young ones (before the
+    first settle age) and older ones (between the two ages), so both passes find growth.
+
+    Each late batch holds a second probe span (the window's truth becomes 2 requests), a
+    few traffic spans, and sometimes a span of a model never seen before (a new series
+    born in a settle pass).
+    """
+    await h.warm_up()
+    first, second = h.sizes.settle
+    margin = 0.4
+    added: Counter[str] = Counter()
+    copies: Counter[int] = Counter()
+    deadline = time.monotonic() + h.sizes.late_seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(h.rng.uniform(0.2, 0.5))
+        snap = h.snapshot()
+        recorded = snap.recorded_upto(h.metrics) if snap else None
+        if recorded is None:
+            continue
+        now = time.time()
+        if h.rng.random() < 0.5:
+            kind, oldest, youngest = "before the first settle age", first - margin, 0.0
+        else:
+            kind, oldest, youngest = "between the settle ages", second - margin, first + margin
+        ends = [end for end in range(recorded, h.t0, -INTERVAL)
+                if youngest <= now - end <= oldest]
+        if not ends:
+            continue
+        end = h.rng.choice(ends)
+        copies[end] += 1
+        spans = [probe_span(end, h.metrics, copies[end])]
+        for _ in range(h.rng.randint(0, 3)):
+            start_ns = end * 10**9 - (0 if h.rng.random() < 0.2 else h.rng.randrange(1, 10**9))
+            model = f"late/model-{h.rng.randint(1, 1000)}" if h.rng.random() < 0.2 else None
+            spans.extend(traffic_span(start_ns, h.rng, model))
+        h.add_spans(spans)
+        added[kind] += 1
+    return Injected(f"{sum(added.values())} late batches ({_counts(added)})",
+                    settle_after=second)
+
+
+Scenario = Callable[[Harness], Awaitable[Injected]]
+
+SCENARIOS: Mapping[str, Scenario] = {
+    "tempo-down": tempo_down,
+    "tempo-faults": tempo_faults,
+    "receiver-down": receiver_down,
+    "receiver-faults": receiver_faults,
+    "sigkill": sigkill,
+    "late-spans": late_spans,
+}
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda i: -i[1]))
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One scenario's result: one line of the table."""
+
+    scenario: str
+    injected: str = ""
+    daemon_saw: str = ""
+    expected: int = 0
+    recorded: int = 0
+    lost: int = 0
+    double_counted: int = 0
+    max_error: float = math.inf
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (not self.problems and self.expected > 0 and self.recorded == self.expected
+                and self.lost == 0 and self.double_counted == 0 and self.max_error <= TOLERANCE)
+
+
+def prometheus_totals(prom: PrometheusServer, scenario: str, at: int) -> dict[SeriesKey, float]:
+    """The value of every counter of ``scenario`` at ``at``, read back with PromQL."""
+    result = {}
+    for item in prom.query(f'{{__name__=~"openrouter_.+", scenario="{scenario}"}}', time=at):
+        metric = dict(item["metric"])
+        record = metric.pop("__name__")
+        metric.pop("scenario")
+        result[(record, tuple(sorted(metric.items())))] = float(item["value"][1])
+    return result
+
+
+def compare(row: Row, got: Mapping[SeriesKey, float], want: Mapping[SeriesKey, float],
+            t0: int, upto: int, excluded: Sequence[SeriesKey] = ()) -> None:
+    """Fill ``row``'s window counts and largest error from PromQL totals and the truth."""
+    windows = range(t0 + INTERVAL, upto + 1, INTERVAL)
+    lost: set[int] = set()
+    doubled: set[int] = set()
+    missing: set[int] = set()
+    row.max_error = 0.0
+    for key in sorted(set(got) | set(want)):
+        if key in excluded:
+            continue
+        have, expect = got.get(key, 0.0), want.get(key, 0.0)
+        error = relative_error(have, expect)
+        row.max_error = max(row.max_error, error)
+        end = probe_window(key[1])
+        if end is None:
+            continue
+        if have == 0:
+            missing.add(end)
+        if error > TOLERANCE:
+            (lost if have < expect else doubled).add(end)
+    row.expected = len(windows)
+    row.recorded = sum(1 for end in windows if end not in missing)
+    row.lost = len(lost)
+    row.double_counted = len(doubled)
+    strays = sorted((lost | doubled | missing) - set(windows))
+    if strays:
+        row.problems.append(f"probe series outside the measured windows: {strays[:5]}")
+
+
+def daemon_saw(events: Mapping[str, int]) -> str:
+    """The failures the daemon logged, so that a row shows its faults were felt."""
+    parts = []
+    restarts = events.get("started", 0) - 1
+    if restarts > 0:
+        parts.append(f"{restarts} restarts")
+    failed = events.get("evaluation failed", 0) + events.get("settle failed", 0)
+    if failed:
+        parts.append(f"{failed} failed queries")
+    if settles := events.get("settle", 0):
+        parts.append(f"{settles} settle reads")
+    if retries := events.get("remote write failed, retrying", 0):
+        parts.append(f"{retries} send retries")
+    if rejected := events.get("remote write rejected", 0):
+        parts.append(f"{rejected} rejected sends")
+    return ", ".join(parts) or "nothing"
+
+
+async def run_scenario(
+    name: str, sizes: Sizes, prom: PrometheusServer, directory: Path, seed: int = 1
+) -> Row:
+    """Run one scenario against a fresh daemon; the row says what Prometheus ended with."""
+    row = Row(name)
+    started = time.monotonic()
+    h = Harness(name, directory, prom, sizes, seed)
+    try:
+        await h.start()
+        injected = await SCENARIOS[name](h)
+        row.injected = injected.description
+        target = due_window() + (injected.settle_after + sizes.tail_windows) * INTERVAL
+        await h.wait_recorded(target, drained=True, within=60 + target - time.time())
+        got = await asyncio.to_thread(prometheus_totals, prom, name, target)
+        want = truth(h.spans, h.metrics, h.t0, target)
+        poison = [k for k in want if name == "receiver-faults" and _is_poison(k)]
+        if poison and any(k in got for k in poison):
+            row.problems.append("the poison series reached Prometheus")
+        compare(row, got, want, h.t0, target, excluded=poison)
+    except ScenarioError as exc:
+        row.problems.append(str(exc))
+    finally:
+        await h.close()
+        row.daemon_saw = daemon_saw(h.daemon.events())
+        row.seconds = time.monotonic() - started
+    return row
+
+
+def _is_poison(key: SeriesKey) -> bool:
+    record, labels = key
+    return {"__name__": record, **dict(labels)}.items() >= POISON.items()
+
+
+# -- the table --------------------------------------------------------------------------------
+
+COLUMNS = ("scenario", "faults injected", "the daemon logged", "windows expected",
+           "recorded", "lost", "double-counted", "max relative error", "time")
+
+
+def table_header() -> str:
+    return "| " + " | ".join(COLUMNS) + " |\n|" + "|".join(
+        "---" if i < 3 else "---:" for i in range(len(COLUMNS))) + "|"
+
+
+def table_row(row: Row) -> str:
+    error = "-" if math.isinf(row.max_error) and not row.expected else f"{row.max_error:.1e}"
+    if row.max_error == 0:
+        error = "0"
+    cells = (row.scenario, row.injected, row.daemon_saw, str(row.expected), str(row.recorded),
+             str(row.lost), str(row.double_counted), error, f"{row.seconds:.0f} s")
+    return "| " + " | ".join(cells) + " |"
+
+
+async def run_all(names: Sequence[str], sizes: Sizes, prom: PrometheusServer, directory: Path,
+                  seed: int) -> list[Row]:
+    rows = []
+    print(table_header(), flush=True)
+    for name in names:
+        row = await run_scenario(name, sizes, prom, directory / name, seed)
+        rows.append(row)
+        print(table_row(row), flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true",
+                        help="CI sizes: 3 windows down, 4 s of faults, 3 kills")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
+                        help="run only this scenario (repeatable; default: all)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the spans and faults")
+    parser.add_argument("--keep", type=Path,
+                        help="keep logs, configs and state in this directory")
+    args = parser.parse_args(argv)
+    names: list[str] = args.scenario or list(SCENARIOS)
+    sizes = QUICK if args.quick else FULL
+    with contextlib.ExitStack() as stack:
+        directory = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        directory.mkdir(parents=True, exist_ok=True)
+        prom = stack.enter_context(start_prometheus(directory / "prometheus"))
+        print(f"# bench/faults.py {'--quick ' if args.quick else ''}--seed {args.seed}: "
+              f"{sizes}, Prometheus {prom.url}", flush=True)
+        rows = asyncio.run(run_all(names, sizes, prom, directory, args.seed))
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        print(f"FAILED {row.scenario}: lost {row.lost}, double-counted {row.double_counted}, "
+              f"recorded {row.recorded}/{row.expected}, max error {row.max_error:.3g}",
+              file=sys.stderr)
+        for problem in row.problems:
+            print(f"  {problem}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
