@@ -384,7 +384,8 @@ class DaemonProcess:
             process.wait()
 
     def events(self) -> Counter[str]:
-        """How many times each log event was written (a killed daemon's lines included)."""
+        """How many times each log event was written (a killed daemon's lines included);
+        ``settle growth`` sums the series that settle passes found grown."""
         counts: Counter[str] = Counter()
         with contextlib.suppress(FileNotFoundError):
             for line in self.log.read_text(errors="replace").splitlines():
@@ -392,7 +393,19 @@ class DaemonProcess:
                     event = json.loads(line[line.find("{"):])
                     if isinstance(event, dict):
                         counts[str(event.get("event"))] += 1
+                        if event.get("event") == "settle":
+                            counts["settle growth"] += int(event.get("grown", 0))
         return counts
+
+    async def wait_started(self, within: float = 30.0) -> None:
+        """Wait until the latest start has logged ``started`` (it serves and evaluates)."""
+        deadline = time.monotonic() + within
+        while self.events()["started"] < self.starts:
+            status = self.exited()
+            if status is not None or time.monotonic() > deadline:
+                raise ScenarioError(f"the daemon did not start (status {status}):\n"
+                                    f"{self.tail()}")
+            await asyncio.sleep(0.05)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -662,14 +675,25 @@ async def receiver_faults(h: Harness) -> Injected:
 
 
 async def sigkill(h: Harness) -> Injected:
-    """SIGKILL the daemon ``kills`` times at random moments, restarting it at once."""
+    """SIGKILL the daemon ``kills`` times at random moments, restarting it at once.
+
+    Four kills in five hit a daemon at work (up to 1.5 s after it logged ``started``:
+    catching up, committing, sending); the others hit it while it starts.
+    """
     await h.warm_up()
+    at_work = 0
     for _ in range(h.sizes.kills):
-        await asyncio.sleep(h.rng.uniform(0.05, 2.5))
+        if h.rng.random() < 0.8:
+            await h.daemon.wait_started()
+            await asyncio.sleep(h.rng.uniform(0.0, 1.5))
+            at_work += 1
+        else:
+            await asyncio.sleep(h.rng.uniform(0.0, 0.8))
         h.check_alive()
         h.daemon.kill()
         h.daemon.start()
-    return Injected(f"{h.daemon.kills} SIGKILLs")
+    return Injected(f"{h.daemon.kills} SIGKILLs ({at_work} at work, "
+                    f"{h.daemon.kills - at_work} in start-up)")
 
 
 async def late_spans(h: Harness) -> Injected:
@@ -805,7 +829,7 @@ def daemon_saw(events: Mapping[str, int]) -> str:
     if failed:
         parts.append(f"{failed} failed queries")
     if settles := events.get("settle", 0):
-        parts.append(f"{settles} settle reads")
+        parts.append(f"{settles} settle reads ({events.get('settle growth', 0)} grown series)")
     if retries := events.get("remote write failed, retrying", 0):
         parts.append(f"{retries} send retries")
     if rejected := events.get("remote write rejected", 0):
