@@ -155,7 +155,8 @@ class _NotStreamableError(Exception):
 
 def _parse_answer(text: str, query: str, convert: _Convert[_S]) -> list[_S]:
     """The series of an answer, or the TempoError that ``json.loads`` and the checks below
-    would give: status first, then the shape of ``series``, then the first bad series."""
+    would give: status first, then the shape of ``series``, then the first bad series, then
+    a missing ``metrics`` object."""
     try:
         streamed = _stream_answer(text, query, convert)
     except (ValueError, _NotStreamableError):  # json.JSONDecodeError is a ValueError
@@ -166,6 +167,7 @@ def _parse_answer(text: str, query: str, convert: _Convert[_S]) -> list[_S]:
     _check_status(body, query)
     if problem is not None:
         raise problem
+    _check_metrics(body, query)
     return series
 
 
@@ -179,7 +181,9 @@ def _parse_whole(text: str, query: str, convert: _Convert[_S]) -> list[_S]:
         raise _malformed(query, "body is not a JSON object")
     _check_status(body, query)
     strings: dict[str, str] = {}
-    return [convert(s, query, strings) for s in _series(body, query)]
+    series = [convert(s, query, strings) for s in _series(body, query)]
+    _check_metrics(body, query)
+    return series
 
 
 def _stream_answer(
@@ -259,6 +263,14 @@ def _expect(text: str, i: int, char: str) -> int:
     if text[i:i + 1] != char:
         raise _NotStreamableError
     return _skip(text, i + 1)
+
+
+def _check_metrics(body: Mapping[str, Any], query: str) -> None:
+    """Every answer of Tempo's metrics API has a ``metrics`` object (jobs, bytes inspected),
+    even one without series. A 200 body without it (``{}``) comes from something else, a
+    proxy, a cache or a wrong URL: taken as "no spans", it would lose the window."""
+    if not isinstance(body.get("metrics"), dict):
+        raise _malformed(query, "no metrics object, so not an answer of Tempo's metrics API")
 
 
 def _check_status(body: Mapping[str, Any], query: str) -> None:
