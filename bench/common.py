@@ -147,7 +147,11 @@ def timed(stopwatch: Stopwatch, owner: Any, name: str, stage: str) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (``ru_maxrss``, KiB on Linux), in MB."""
+    """This process's peak resident set size so far, in MB: ``VmHWM`` where there is a
+    ``/proc``, else ``ru_maxrss``. (On Linux ``ru_maxrss`` also counts the parent's memory
+    that a forked child held before it ran ``exec``, so it can overstate a child's peak.)"""
+    with contextlib.suppress(OSError, KeyError):
+        return proc_status_mb()["VmHWM"]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

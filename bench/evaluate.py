@@ -162,6 +162,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
         result["evaluations"].append({
             "ok": ok, "wall": wall, "stages": dict(watch.seconds),
             "samples": int(sent - sent_before), "outbox": state.outbox_depth(),
+            "peak_rss": peak_rss_mb(),
         })
     stored = state.rule_state(rule.rule_id(group.name))
     result["series"] = len(stored.totals) if stored else 0
@@ -231,6 +232,7 @@ async def run(series: int, profile: bool) -> int:
         report.figure(f"{name}: other", other, "s", share=other / evaluation["wall"])
         report.figure(f"{name}: wall time", evaluation["wall"], "s",
                       at_most=1.0 if evaluation is steady else None)
+        report.figure(f"{name}: peak RSS so far", evaluation["peak_rss"], "MB", digits=1)
     report.figure("RSS before the evaluations", result["rss_before"], "MB", digits=1)
     report.figure("peak RSS", result["peak_rss"], "MB", digits=1, at_most=250)
     report.check("both evaluations succeeded", first["ok"] and steady["ok"])

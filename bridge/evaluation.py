@@ -38,9 +38,19 @@ class Window:
     values: Mapping[Labels, float]
 
 
-def series_labels(rule: Rule, group: Group, tempo_labels: Mapping[str, str]) -> Labels:
-    """Prometheus labels of one Tempo series: mapped names, group and rule labels, record."""
-    return tuple(sorted(rule.map_labels(tempo_labels, group.labels).items()))
+def series_labels(
+    rule: Rule, group: Group, tempo_labels: Mapping[str, str],
+    pairs: dict[tuple[str, str], tuple[str, str]] | None = None,
+) -> Labels:
+    """Prometheus labels of one Tempo series: mapped names, group and rule labels, record.
+
+    ``pairs`` interns the (name, value) pairs: the series of one answer share most of
+    them, and a label set is kept for as long as its series lives.
+    """
+    items = sorted(rule.map_labels(tempo_labels, group.labels).items())
+    if pairs is None:
+        return tuple(items)
+    return tuple([pairs.setdefault(pair, pair) for pair in items])
 
 
 def windows_from_answer(
@@ -56,8 +66,9 @@ def windows_from_answer(
     are kept, so no window is counted twice.
     """
     per_window: dict[int, dict[Labels, float]] = {end: {} for end in query.window_ends}
+    pairs: dict[tuple[str, str], tuple[str, str]] = {}
     for series in answer:
-        labels = series_labels(rule, group, series.labels)
+        labels = series_labels(rule, group, series.labels, pairs)
         if isinstance(series, InstantSeries):
             points: Iterable[tuple[int, float]] = [(query.end * 1000, series.value)]
         else:

@@ -68,6 +68,8 @@ def add_external_labels(labels: Labels, external: Mapping[str, str]) -> Labels:
 
     External labels with an empty value are ignored, as Prometheus does.
     """
+    if not external:
+        return labels
     present = {name for name, _ in labels}
     extra = [(n, v) for n, v in external.items() if v and n not in present]
     if not extra:

@@ -273,8 +273,10 @@ class State:
     ) -> None:
         """Remove sent rows, advancing each delivered series' last sent timestamp."""
         with self._transaction("update the outbox"):
+            # The rows of a batch have consecutive ids: delete runs of ids, not each id.
             self._db.executemany(
-                "DELETE FROM outbox WHERE id = ?", [(r.id,) for r in (*delivered, *dropped)]
+                "DELETE FROM outbox WHERE id BETWEEN ? AND ?",
+                _runs(sorted({r.id for r in (*delivered, *dropped)})),
             )
             newest: dict[int, int] = {}
             for r in delivered:
@@ -324,6 +326,17 @@ class State:
                 raise StateError(f"cannot {what}: {exc}") from exc
             raise
         self._pending.clear()
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``(first, last)`` of each run of consecutive integers in ``ids`` (sorted, unique)."""
+    runs: list[tuple[int, int]] = []
+    for i in ids:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 _BITS = struct.Struct("<q")
