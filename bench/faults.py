@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
@@ -338,6 +337,10 @@ class ReceiverProxy:
 # -- the daemon process -----------------------------------------------------------------------
 
 
+_EVENT = re.compile(r'"event": "([^"]*)"')
+_GROWN = re.compile(r'"grown": (\d+)')
+
+
 class DaemonProcess:
     """``python -m bridge run --config FILE`` as a child process, its output in a log file."""
 
@@ -345,10 +348,11 @@ class DaemonProcess:
         self._config = config
         self.log = log
         self._process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self.kills = 0
+        self._started_before = 0
 
     def start(self) -> None:
+        self._started_before = self._started_count()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TEMPO_BRIDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
         env["PYTHONUNBUFFERED"] = "1"  # a SIGKILL must not eat the last log lines
@@ -358,7 +362,6 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                 env=env,
             )
-        self.starts += 1
 
     def kill(self) -> None:
         """SIGKILL, no warning: whatever the daemon was doing is cut short."""
@@ -384,23 +387,30 @@ class DaemonProcess:
             process.wait()
 
     def events(self) -> Counter[str]:
-        """How many times each log event was written (a killed daemon's lines included);
-        ``settle growth`` sums the series that settle passes found grown."""
-        counts: Counter[str] = Counter()
-        with contextlib.suppress(FileNotFoundError):
-            for line in self.log.read_text(errors="replace").splitlines():
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line[line.find("{"):])
-                    if isinstance(event, dict):
-                        counts[str(event.get("event"))] += 1
-                        if event.get("event") == "settle":
-                            counts["settle growth"] += int(event.get("grown", 0))
+        """How many times each log event was written, a killed daemon's included;
+        ``settle growth`` sums the series that settle passes found grown.
+
+        Matched in the raw text, not line by line: a SIGKILL can cut a line before its
+        newline, and the next start's first line then follows it on the same line.
+        """
+        text = self._read_log()
+        counts = Counter(_EVENT.findall(text))
+        counts["settle growth"] = sum(int(n) for n in _GROWN.findall(text))
         return counts
+
+    def _started_count(self) -> int:
+        return self._read_log().count('"event": "started"')
+
+    def _read_log(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     async def wait_started(self, within: float = 30.0) -> None:
         """Wait until the latest start has logged ``started`` (it serves and evaluates)."""
         deadline = time.monotonic() + within
-        while self.events()["started"] < self.starts:
+        while self._started_count() <= self._started_before:
             status = self.exited()
             if status is not None or time.monotonic() > deadline:
                 raise ScenarioError(f"the daemon did not start (status {status}):\n"
