@@ -779,6 +779,7 @@ class Row:
     lost: int = 0
     double_counted: int = 0
     max_error: float = math.inf
+    gaps: int = 0  # reported, not a failure: a later sample of the series carries the total
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -797,6 +798,20 @@ def prometheus_totals(prom: PrometheusServer, scenario: str, at: int) -> dict[Se
         metric.pop("scenario")
         result[(record, tuple(sorted(metric.items())))] = float(item["value"][1])
     return result
+
+
+def prometheus_gaps(prom: PrometheusServer, scenario: str, t0: int, at: int) -> int:
+    """Window ends without a sample in Prometheus, from each series' first sample to ``at``.
+
+    The daemon writes every known series at every window end (a new series from the end
+    before its first window), so any missing one is a sample that never arrived.
+    """
+    selector = f'{{__name__=~"openrouter_.+", scenario="{scenario}"}}[{at - t0 + 5}s]'
+    missing = 0
+    for item in prom.query(selector, time=at):
+        first = min(int(float(ts)) for ts, _ in item["values"])
+        missing += (at - first) // INTERVAL + 1 - len(item["values"])
+    return missing
 
 
 def compare(row: Row, got: Mapping[SeriesKey, float], want: Mapping[SeriesKey, float],
@@ -866,6 +881,7 @@ async def run_scenario(
         if poison and any(k in got for k in poison):
             row.problems.append("the poison series reached Prometheus")
         compare(row, got, want, h.t0, target, excluded=poison)
+        row.gaps = await asyncio.to_thread(prometheus_gaps, prom, name, h.t0, target)
     except ScenarioError as exc:
         row.problems.append(str(exc))
     finally:
@@ -883,7 +899,8 @@ def _is_poison(key: SeriesKey) -> bool:
 # -- the table --------------------------------------------------------------------------------
 
 COLUMNS = ("scenario", "faults injected", "the daemon logged", "windows expected",
-           "recorded", "lost", "double-counted", "max relative error", "time")
+           "recorded", "lost", "double-counted", "max relative error", "samples missing",
+           "time")
 
 
 def table_header() -> str:
@@ -896,7 +913,8 @@ def table_row(row: Row) -> str:
     if row.max_error == 0:
         error = "0"
     cells = (row.scenario, row.injected, row.daemon_saw, str(row.expected), str(row.recorded),
-             str(row.lost), str(row.double_counted), error, f"{row.seconds:.0f} s")
+             str(row.lost), str(row.double_counted), error, str(row.gaps),
+             f"{row.seconds:.0f} s")
     return "| " + " | ".join(cells) + " |"
 
 
