@@ -103,7 +103,8 @@ class State:
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state database {path}: {exc}") from exc
-        self._pending: list[Labels] = []
+        self._pending: list[Labels] = []  # series given an id in the open transaction
+        self._next_id: int | None = None  # the next new series' id in the open transaction
         self._series_ids: dict[Labels, int] = {}
         self._labels_by_id: dict[int, Labels] = {}
         for series_id, text in self._db.execute("SELECT series_id, labels FROM series"):
@@ -290,16 +291,24 @@ class State:
     # internals ---------------------------------------------------------------
 
     def _series_id(self, labels: Labels) -> int:
+        """The id of a series; a new one is given the next id, and is stored with the
+        others of the transaction when it commits (one statement for them all)."""
         series_id = self._series_ids.get(labels)
         if series_id is None:
-            cursor = self._db.execute(
-                "INSERT INTO series (labels) VALUES (?)", (_encode_labels(labels),)
-            )
-            series_id = int(cursor.lastrowid or 0)
+            if self._next_id is None:
+                row = self._db.execute("SELECT coalesce(max(series_id), 0) + 1 FROM series")
+                self._next_id = int(row.fetchone()[0])
+            series_id, self._next_id = self._next_id, self._next_id + 1
             self._series_ids[labels] = series_id
             self._labels_by_id[series_id] = labels
             self._pending.append(labels)
         return series_id
+
+    def _store_new_series(self) -> None:
+        # in the order of the labels index: inserting at random places is 3 times slower
+        ids = self._series_ids
+        rows = sorted((_encode_labels(labels), ids[labels]) for labels in self._pending)
+        self._db.executemany("INSERT INTO series (labels, series_id) VALUES (?, ?)", rows)
 
     def _forget_uncommitted_series(self) -> None:
         for labels in self._pending:
@@ -307,6 +316,7 @@ class State:
             if series_id is not None:
                 self._labels_by_id.pop(series_id, None)
         self._pending.clear()
+        self._next_id = None
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
@@ -317,6 +327,8 @@ class State:
             raise StateError(f"cannot {what}: {exc}") from exc
         try:
             yield
+            if self._pending:
+                self._store_new_series()
             self._db.execute("COMMIT")
         except BaseException as exc:
             if self._db.in_transaction:
@@ -326,6 +338,7 @@ class State:
                 raise StateError(f"cannot {what}: {exc}") from exc
             raise
         self._pending.clear()
+        self._next_id = None  # looked up again in the next transaction, under its lock
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -355,8 +368,12 @@ def _nan(bits: int) -> float:
     return value
 
 
+_quote = json.encoder.encode_basestring  # a str as JSONEncoder(ensure_ascii=False) writes it
+
+
 def _encode_labels(labels: Labels) -> str:
-    return json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
+    """``json.dumps(labels, separators=(",", ":"), ensure_ascii=False)``, 3 times faster."""
+    return "[" + ",".join([f"[{_quote(k)},{_quote(v)}]" for k, v in labels]) + "]"
 
 
 def _decode_labels(text: str) -> Labels:
