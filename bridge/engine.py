@@ -106,7 +106,8 @@ class Engine:
     async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
         run = self._load(group, rule, rule_id, now)
         if rule.kind == "counter":
-            for age in group.settle:
+            # oldest age first: after a downtime its read covers the younger ages' windows
+            for age in sorted(group.settle, reverse=True):
                 if not await self._settle(run, age, now):
                     return False
         return await self._record(run, now)
@@ -187,6 +188,10 @@ class Engine:
             )
             update = settle(run.totals, recorded, windows, run.checkpoint)
             run.settled[age] = query.window_ends[-1]
+            for other in group.settle:  # read at an age past theirs too: settled for them
+                run.settled[other] = _advance(
+                    run.settled[other], query, group.interval, now - other
+                )
             try:
                 self._commit(run, update.samples, totals=update.totals, values=update.values,
                              settled=run.settled)
