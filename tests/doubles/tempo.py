@@ -910,7 +910,10 @@ def evaluate(
             if bucket is None:
                 continue
             key += (bucket,)
-        cells.setdefault(key, [[] for _ in range(grid.size)])[index].append(span)
+        slots = cells.get(key)
+        if slots is None:  # not setdefault: its default would be built for every span
+            slots = cells[key] = [[] for _ in range(grid.size)]
+        slots[index].append(span)
 
     if not query.by and not histogram:
         # Tempo's ungrouped aggregator exists before any span is seen.
