@@ -19,6 +19,7 @@ from bridge.evaluation import (
     EvaluationError,
     Labels,
     Sample,
+    SettleUpdate,
     Window,
     accumulate,
     gauge_samples,
@@ -105,12 +106,20 @@ class Engine:
 
     async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
         run = self._load(group, rule, rule_id, now)
+        reread: list[int] = []
         if rule.kind == "counter":
+            catching_up = len(due_windows(run.checkpoint, now, group.interval,
+                                          group.query_offset)) > 1
             # oldest age first: after a downtime its read covers the younger ages' windows
             for age in sorted(group.settle, reverse=True):
+                due = self._settle_due(run, age, now)
+                if catching_up and due and due[-1] == run.checkpoint:
+                    # contiguous with the windows to catch up: read in the same queries
+                    reread = due
+                    break
                 if not await self._settle(run, age, now):
                     return False
-        return await self._record(run, now)
+        return await self._record(run, now, reread)
 
     def _load(self, group: Group, rule: Rule, rule_id: str, now: float) -> _Run:
         """The rule's state; a new rule's first checkpoint is stored at once, so a
@@ -129,30 +138,42 @@ class Engine:
             self._commit(run, settled=run.settled)
         return run
 
-    async def _record(self, run: _Run, now: float) -> bool:
-        """Read and record the windows due after the checkpoint."""
+    async def _record(self, run: _Run, now: float, reread: list[int]) -> bool:
+        """Read and record the windows due after the checkpoint.
+
+        ``reread`` are recorded windows (a counter's, up to the checkpoint) due for a
+        settle pass, read by the same queries: a catch-up then costs no extra query.
+        """
         group, rule = run.group, run.rule
         due = due_windows(run.checkpoint, now, group.interval, group.query_offset)
         names = (group.name, rule.record)
         self._metrics.windows_behind.labels(*names).set(len(due))
         # samples the receiver would refuse as too old are not even queued
         since_ms = int((now - self._max_sample_age) * 1000) if self._max_sample_age else 0
-        for query in plan_queries(due, group.interval, self._max_duration):
+        for query in plan_queries(reread + due, group.interval, self._max_duration):
             windows = await self._query(run, query, "evaluation")
             if windows is None:
                 return False
-            samples: list[Sample]
+            recorded = [w for w in windows if w.end <= run.checkpoint]
+            windows = windows[len(recorded):]
+            samples: list[Sample] = []
             try:
                 if rule.kind == "counter":
+                    values: dict[int, dict[Labels, float]] = {}
+                    if recorded:
+                        grown = self._settled(run, recorded)
+                        samples, values = grown.samples, grown.values
                     counter = accumulate(run.totals, windows, group.interval, since_ms)
-                    run.totals, samples = counter.totals, counter.samples
+                    run.totals = counter.totals
+                    samples += counter.samples
                     for age in group.settle:
                         run.settled[age] = _advance(
                             run.settled[age], query, group.interval, now - age
                         )
-                    kept = window_values(windows) if group.settle else None
-                    run.checkpoint = query.window_ends[-1]
-                    self._commit(run, samples, totals=run.totals, values=kept,
+                    if group.settle:
+                        values.update(window_values(windows))
+                    run.checkpoint = max(run.checkpoint, query.window_ends[-1])
+                    self._commit(run, samples, totals=run.totals, values=values or None,
                                  settled=run.settled)
                 else:
                     gauge = gauge_samples(run.live, windows, since_ms)
@@ -162,8 +183,8 @@ class Engine:
             except StateError as exc:
                 self._failed(run, query, "evaluation", "state", exc)
                 return False
-            self._metrics.windows_evaluated.labels(*names).inc(len(query.window_ends))
-            self._metrics.windows_behind.labels(*names).dec(len(query.window_ends))
+            self._metrics.windows_evaluated.labels(*names).inc(len(windows))
+            self._metrics.windows_behind.labels(*names).dec(len(windows))
             self._metrics.last_success.labels(*names).set(self._clock())
             self._metrics.checkpoint.labels(*names).set(run.checkpoint)
             self._log(run, query).info(
@@ -173,20 +194,34 @@ class Engine:
             self._on_commit()
         return True
 
+    def _settle_due(self, run: _Run, age: int, now: float) -> list[int]:
+        """Recorded windows that reached ``age`` since the last settle pass at it."""
+        interval = run.group.interval
+        upto = min(run.checkpoint, int((now - age) // interval) * interval)
+        return list(range(run.settled[age] + interval, upto + 1, interval))
+
+    def _settled(self, run: _Run, windows: list[Window]) -> SettleUpdate:
+        """Compare re-read windows with their recorded values; the totals grow by the gain."""
+        recorded = self._state.window_values(
+            run.rule_id, windows[0].end - run.group.interval, windows[-1].end
+        )
+        update = settle(run.totals, recorded, windows, run.checkpoint)
+        run.totals = update.totals
+        names = (run.group.name, run.rule.record)
+        self._metrics.windows_settled.labels(*names).inc(len(windows))
+        self._metrics.settle_growth.labels(*names).inc(update.grown)
+        return update
+
     async def _settle(self, run: _Run, age: int, now: float) -> bool:
         """Read again the recorded windows that reached ``age``; a counter grows by what
         they gained since (late spans)."""
         group = run.group
-        upto = min(run.checkpoint, int((now - age) // group.interval) * group.interval)
-        due = list(range(run.settled[age] + group.interval, upto + 1, group.interval))
-        for query in plan_queries(due, group.interval, self._max_duration):
+        for query in plan_queries(self._settle_due(run, age, now), group.interval,
+                                  self._max_duration):
             windows = await self._query(run, query, "settle")
             if windows is None:
                 return False
-            recorded = self._state.window_values(
-                run.rule_id, query.window_ends[0] - group.interval, query.window_ends[-1]
-            )
-            update = settle(run.totals, recorded, windows, run.checkpoint)
+            update = self._settled(run, windows)
             run.settled[age] = query.window_ends[-1]
             for other in group.settle:  # read at an age past theirs too: settled for them
                 run.settled[other] = _advance(
@@ -198,10 +233,6 @@ class Engine:
             except StateError as exc:
                 self._failed(run, query, "settle", "state", exc)
                 return False
-            run.totals = update.totals
-            names = (group.name, run.rule.record)
-            self._metrics.windows_settled.labels(*names).inc(len(query.window_ends))
-            self._metrics.settle_growth.labels(*names).inc(update.grown)
             self._log(run, query).info("settle", age=age, grown=update.grown)
             if update.samples:
                 self._on_commit()

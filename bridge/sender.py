@@ -88,7 +88,7 @@ class Sender:
         rejected = await self._deliver(batch) if batch else []
         rejected_ids = {r.id for s in rejected for r in s.rows}
         delivered = [r for r in keep if r.id not in rejected_ids]
-        self._metrics.samples_sent.inc(len(delivered))
+        self._metrics.samples_sent.inc(len(delivered) - sum(s.dropped for s in batch))
         self._state.remove_from_outbox(
             delivered=delivered, dropped=stale + [r for s in rejected for r in s.rows]
         )
@@ -109,6 +109,21 @@ class Sender:
             if exc.status == 400 and len(batch) > 1:
                 half = len(batch) // 2
                 return await self._deliver(batch[:half]) + await self._deliver(batch[half:])
+            if exc.status == 400 and len(batch[0].values) > 1:
+                # Most often a resend after a lost acknowledgement: the receiver has the
+                # older samples and refuses them as out of order. The newest carries on.
+                series = batch[0]
+                newest = max(series.values)
+                only = _Series(series.labels, {newest: series.values[newest]}, series.rows)
+                if not await self._deliver([only]):
+                    series.dropped = len(series.values) - 1
+                    self._metrics.samples_dropped.labels("out_of_order").inc(series.dropped)
+                    log.warning(
+                        "older samples refused, the newest accepted",
+                        series=_format(series.labels), samples=series.dropped, error=str(exc),
+                    )
+                    return []
+                return batch
             samples = sum(len(s.samples) for s in batch)
             self._metrics.samples_dropped.labels("rejected").inc(samples)
             log.error(
@@ -163,6 +178,8 @@ class _Series:
     labels: Labels
     values: dict[int, float]
     rows: list[OutboxRow]
+    dropped: int = 0
+    """Samples the receiver refused while it took the series' newest one."""
 
     @property
     def samples(self) -> list[tuple[int, float]]:

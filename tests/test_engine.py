@@ -286,17 +286,50 @@ async def test_windows_caught_up_late_are_not_read_again(tmp_path: Path) -> None
     engine, state, _ = make_engine(tmp_path, double, clock)
     group = load_settle_group(tmp_path, "[10m]")
     assert await engine.evaluate_group(group)
+    double.add_spans([span(T0 + 20, "a"), span(T0 + 70, "a")])  # one late, one new
     clock.now = T0 + 3600  # down for an hour
     before = len(double.requests)
     assert await engine.evaluate_group(group)
-    # the window recorded before is settled; the missed hour is one range query
-    assert [r.path for r in double.requests[before:]] == [
-        "/api/metrics/query", "/api/metrics/query_range"
-    ]
+    # the window recorded before is settled and the missed hour read: one range query
+    assert [r.path for r in double.requests[before:]] == ["/api/metrics/query_range"]
+    assert double.requests[-1].params["start"] == str(T0)
+    caught_up = state.rule_state(group.rules[0].rule_id("g"))
+    assert caught_up is not None
+    assert caught_up.totals == {(("__name__", "x"), ("model", "a")): 3.0}
     stored = state.rule_state(group.rules[0].rule_id("g"))
     assert stored is not None
     # windows older than 10 m when first read count as settled
     assert stored.settled[600] == T0 + 3600 - 600
     clock.now += 60
     assert await engine.evaluate_group(group)
-    assert len(double.requests) == before + 4  # one settle read, one new window
+    assert len(double.requests) == before + 3  # one settle read, one new window
+    stored = state.rule_state(group.rules[0].rule_id("g"))
+    assert stored is not None
+    assert stored.totals == {(("__name__", "x"), ("model", "a")): 3.0}
+
+
+async def test_one_settle_read_serves_every_age_after_a_downtime(tmp_path: Path) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
+    engine, state, _ = make_engine(tmp_path, double, clock)
+    group = load_settle_group(tmp_path, "[10m, 1h]")
+    assert await engine.evaluate_group(group)  # records (T0, T0+60]
+    double.add_spans([span(T0 + 20, "a"), span(T0 + 30, "late")])  # late arrivals
+    clock.now = T0 + 3 * 3600  # down for three hours
+    before = len(double.requests)
+    assert await engine.evaluate_group(group)
+    # the window recorded before the downtime is re-read with the catch-up: one query
+    # of 179 windows (the extra leading bucket keeps a range query under 24 h anyway)
+    assert [r.path for r in double.requests[before:]] == ["/api/metrics/query_range"]
+    stored = state.rule_state(group.rules[0].rule_id("g"))
+    assert stored is not None
+    assert stored.totals == {
+        (("__name__", "x"), ("model", "a")): 2.0,
+        (("__name__", "x"), ("model", "late")): 1.0,
+    }
+    # both ages have settled everything old enough for them, read once
+    assert stored.settled == {600: T0 + 3 * 3600 - 600, 3600: T0 + 2 * 3600}
+    clock.now += 60
+    before = len(double.requests)
+    assert await engine.evaluate_group(group)
+    assert len(double.requests) == before + 3  # a settle read per age, one new window

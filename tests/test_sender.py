@@ -155,3 +155,38 @@ async def test_outbox_gauges(tmp_path: Path, depth: int) -> None:
     assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == depth
     age = metrics.registry.get_sample_value("tempo_bridge_outbox_oldest_sample_age_seconds")
     assert age == (30.0 if depth else 0.0)
+
+
+@respx.mock
+async def test_a_resend_the_receiver_already_has_is_not_counted_as_rejected(
+    tmp_path: Path,
+) -> None:
+    """The acknowledgement of a stored request was lost: resent, its older samples are
+    refused as out of order; the newest is accepted and the series carries on."""
+    stored: dict[Labels, int] = {}
+
+    def prometheus(request: httpx.Request) -> httpx.Response:
+        batch = decode_write_request(request.content)
+        for labels, samples in batch:
+            if samples[0][0] < stored.get(labels, 0):
+                return httpx.Response(400, text="out of order sample\n")
+        for labels, samples in batch:
+            stored[labels] = samples[-1][0]
+        return httpx.Response(204)
+
+    respx.post(URL).mock(side_effect=prometheus)
+    sender, state, metrics = make_sender(tmp_path)
+    ts = int(NOW * 1000)
+    resent = [(series("a"), ts - 60_000, 1.0), (series("a"), ts, 2.0), (series("b"), ts, 5.0)]
+    fill(state, resent)
+    await sender.drain()
+    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 3
+    # a bridge whose acknowledgement was lost still has the same samples queued
+    (tmp_path / "again").mkdir()
+    sender, state, metrics = make_sender(tmp_path / "again")
+    fill(state, resent)
+    await sender.drain()
+    assert state.outbox_depth() == 0
+    assert dropped(metrics, "rejected") is None
+    assert dropped(metrics, "out_of_order") == 1
+    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 2
