@@ -33,13 +33,10 @@ from pathlib import Path
 
 from bench.common import (
     DEFAULT_RULES,
-    Key,
     Report,
     SpanSpec,
     Stopwatch,
     machine,
-    span_truth,
-    summed_attributes,
     tempo_server,
     timed,
     totals_differences,
@@ -56,6 +53,7 @@ from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Query, align_down
 from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.traffic import Key, span_truth, summed_attributes
 
 RAN_BEFORE = 2 * 3600  # how long the daemon ran before it stopped
 Totals = dict[str, dict[Key, float]]  # record -> labels without __name__ -> total

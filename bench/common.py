@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-import random
 import re
 import resource
 import signal
@@ -29,6 +28,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+
+from tests import traffic
+from tests.traffic import Key
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
@@ -178,97 +180,10 @@ def machine() -> str:
 
 # -- OpenRouter spans -------------------------------------------------------------------------
 
-MODELS = ("openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001")
-PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
-             "google/gemini-2.0-flash-001": "google"}
-KEYS = ("prod-backend", "dev-laptop", None)
-
-Key = tuple[tuple[str, str], ...]
-
-
-def summed_attributes(rules: Sequence[Any]) -> dict[str, str | None]:
-    """Record name -> the span attribute its ``sum_over_time`` sums, or None for a
-    ``count_over_time``, for rules shaped like the default ones."""
-    out: dict[str, str | None] = {}
-    for rule in rules:
-        match = re.search(r"sum_over_time\(span\.([\w.]+)\)", rule.expr)
-        if match is None and "count_over_time()" not in rule.expr:
-            raise ValueError(f"{rule.record}: neither sum_over_time(span.x) nor count_over_time()")
-        out[rule.record] = match.group(1) if match else None
-    return out
-
-
 def make_spans(start: float, seconds: float, mean_gap: float, seed: int) -> list[Any]:
-    """OpenRouter ``LLM Generation`` spans about ``mean_gap`` seconds apart over
-    ``(start, start + seconds)``, each with its ``Provider Attempt`` child span, and now and
-    then a span of another service: the same stream as ``tests/test_e2e.py`` makes, sparser.
-
-    Deterministic in its arguments, so a Tempo double in another process and the benchmark
-    computing the truth make the same spans.
-    """
-    from tests.doubles.tempo import Span
-
-    rng = random.Random(seed)
-    spans = []
-    t = start
-    while True:
-        t += rng.uniform(0.2 * mean_gap, 1.8 * mean_gap)
-        if t >= start + seconds:
-            break
-        model = rng.choice(MODELS)
-        key = rng.choice(KEYS)
-        input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
-        input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
-        output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
-        attributes: dict[str, str | int | float | bool] = {
-            "gen_ai.request.model": model,
-            "gen_ai.provider.name": PROVIDERS[model],
-            "gen_ai.usage.input_tokens": input_tokens,
-            "gen_ai.usage.output_tokens": output_tokens,
-            "gen_ai.usage.input_cost": input_cost,
-            "gen_ai.usage.output_cost": output_cost,
-            "gen_ai.usage.total_cost": input_cost + output_cost,
-        }
-        if key is not None:
-            attributes["trace.metadata.openrouter.api_key_name"] = key
-        if rng.random() < 0.6:  # prompt caching: some requests only, part of the input
-            attributes["gen_ai.usage.cache_read.input_tokens"] = rng.randint(0, input_tokens)
-        # whole seconds sometimes: a span exactly on a window end belongs to that window
-        start_ns = round(t) * 10**9 if rng.random() < 0.1 else int(t * 1e9)
-        resource = {"service.name": "openrouter"}
-        spans.append(Span(start_ns=start_ns, attributes=attributes, resource=resource))
-        spans.append(Span(start_ns=start_ns + 1000, name="Provider Attempt",
-                          attributes=attributes, resource=resource))
-        if rng.random() < 0.2:
-            spans.append(Span(start_ns=start_ns, attributes=attributes,
-                              resource={"service.name": "other"}))
-    return spans
-
-
-def span_truth(
-    spans: Sequence[Any], metrics: Mapping[str, str | None], after: int, upto: int
-) -> dict[str, dict[Key, float]]:
-    """Expected counter totals per record and label set (``__name__`` left out) for the
-    spans the default rules count that start in ``(after, upto]``; ``metrics`` is what
-    :func:`summed_attributes` gives."""
-    result: dict[str, dict[Key, float]] = {r: defaultdict(float) for r in metrics}
-    for span in spans:
-        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
-            continue
-        if not after * 10**9 < span.start_ns <= upto * 10**9:
-            continue
-        a = span.attributes
-        labels = {"model": str(a["gen_ai.request.model"]),
-                  "provider": str(a["gen_ai.provider.name"])}
-        if "trace.metadata.openrouter.api_key_name" in a:
-            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
-        key = tuple(sorted(labels.items()))
-        for record, attribute in metrics.items():
-            if attribute is None:
-                result[record][key] += 1
-            elif attribute in a:  # sum_over_time skips spans without the attribute
-                result[record][key] += float(a[attribute])
-    return result
+    """The synthetic OpenRouter traffic of ``tests/traffic.py``, requests about
+    ``mean_gap`` seconds apart over ``(start, start + seconds)``."""
+    return traffic.make_spans(start, seconds, seed, gap=(0.2 * mean_gap, 1.8 * mean_gap))
 
 
 def totals_differences(

@@ -47,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,7 @@ from bridge.remote_write import decode_write_request
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble
 from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.traffic import openrouter_spans, span_truth
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
@@ -72,10 +73,6 @@ RECEIVER_TIMEOUT = 1.0  # seconds: remote_write.timeout of the daemon
 FEED_AHEAD = 20  # seconds: spans are handed to the double this far ahead of now
 TOLERANCE = 1e-9  # relative: Tempo's float sums may differ from the exact sum in the last bits
 
-MODELS = ("openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001")
-PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
-             "google/gemini-2.0-flash-001": "google"}
-KEYS = ("prod-backend", "dev-laptop", None)
 PROBE_PREFIX = "probe/window-"
 #: What a probe span holds of each attribute a rule sums (1 for any other): binary fractions,
 #: so that sums of them are exact.
@@ -157,39 +154,7 @@ def window_spans(end: int, rng: random.Random, metrics: Metrics) -> list[Span]:
     for _ in range(rng.randint(0, 4)):
         offset_ns = 0 if rng.random() < 0.1 else rng.randrange(1, 10**9)
         start_ns = end * 10**9 - offset_ns
-        spans.extend(traffic_span(start_ns, rng))
-    return spans
-
-
-def traffic_span(start_ns: int, rng: random.Random, model: str | None = None) -> list[Span]:
-    """One ``LLM Generation`` span with random attributes, its child, maybe a foreign twin."""
-    model = model or rng.choice(MODELS)
-    key = rng.choice(KEYS)
-    input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
-    input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
-    output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
-    attributes: dict[str, str | int | float | bool] = {
-        "gen_ai.request.model": model,
-        "gen_ai.provider.name": PROVIDERS.get(model, model.split("/")[0]),
-        "gen_ai.usage.input_tokens": input_tokens,
-        "gen_ai.usage.output_tokens": output_tokens,
-        "gen_ai.usage.input_cost": input_cost,
-        "gen_ai.usage.output_cost": output_cost,
-        "gen_ai.usage.total_cost": input_cost + output_cost,
-    }
-    if key is not None:
-        attributes["trace.metadata.openrouter.api_key_name"] = key
-    if rng.random() < 0.6:  # prompt caching: some requests only, part of the input
-        attributes["gen_ai.usage.cache_read.input_tokens"] = rng.randint(0, input_tokens)
-    resource = {"service.name": "openrouter"}
-    spans = [
-        Span(start_ns=start_ns, attributes=attributes, resource=resource),
-        Span(start_ns=start_ns + 1000, name="Provider Attempt", attributes=attributes,
-             resource=resource),
-    ]
-    if rng.random() < 0.2:
-        spans.append(Span(start_ns=start_ns, attributes=attributes,
-                          resource={"service.name": "other"}))
+        spans.extend(openrouter_spans(start_ns, rng))
     return spans
 
 
@@ -210,29 +175,14 @@ def probe_span(end: int, metrics: Metrics, copy: int = 0) -> Span:
 def truth(
     spans: Iterable[Span], metrics: Metrics, after: int, upto: int
 ) -> dict[SeriesKey, float]:
-    """The counter totals the default rules must reach over the windows in ``(after, upto]``.
-
-    The rules count the ``LLM Generation`` spans of the ``openrouter`` service by model,
-    provider and API key name; ``sum_over_time`` skips a span without the attribute.
-    """
-    result: dict[SeriesKey, float] = defaultdict(float)
-    for span in spans:
-        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
-            continue
-        if not after * 10**9 < span.start_ns <= upto * 10**9:
-            continue
-        a = span.attributes
-        labels = {"model": str(a["gen_ai.request.model"]),
-                  "provider": str(a["gen_ai.provider.name"])}
-        if "trace.metadata.openrouter.api_key_name" in a:
-            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
-        key = tuple(sorted(labels.items()))
-        for record, attribute in metrics.items():
-            if attribute is None:
-                result[(record, key)] += 1
-            elif attribute in a:
-                result[(record, key)] += float(a[attribute])
-    return dict(result)
+    """The counter totals the default rules must reach over the windows in ``(after, upto]``
+    (``tests/traffic.py``: their ``LLM Generation`` spans of the ``openrouter`` service by
+    model, provider and API key name), keyed by record and labels."""
+    return {
+        (record, labels): total
+        for record, series in span_truth(spans, metrics, after, upto).items()
+        for labels, total in series.items()
+    }
 
 
 def probe_window(labels: Labels) -> int | None:
@@ -742,7 +692,7 @@ async def late_spans(h: Harness) -> Injected:
         for _ in range(h.rng.randint(0, 3)):
             start_ns = end * 10**9 - (0 if h.rng.random() < 0.2 else h.rng.randrange(1, 10**9))
             model = f"late/model-{h.rng.randint(1, 1000)}" if h.rng.random() < 0.2 else None
-            spans.extend(traffic_span(start_ns, h.rng, model))
+            spans.extend(openrouter_spans(start_ns, h.rng, model))
         h.add_spans(spans)
         added[kind] += 1
     return Injected(f"{sum(added.values())} late batches ({_counts(added)})",

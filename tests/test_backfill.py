@@ -28,16 +28,15 @@ from tests.promtool import promtool
 from tests.test_e2e import (
     DEFAULT_RULES,
     METRICS,
-    MODELS,
     Env,
     assert_totals_match,
     checkpoints,
-    make_spans,
     run_daemon_until,
     truth,
     write_rules,
 )
 from tests.test_e2e import write_config as write_e2e_config
+from tests.traffic import MODELS, make_spans
 
 pytestmark = pytest.mark.prometheus
 

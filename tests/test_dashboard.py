@@ -37,11 +37,11 @@ from tests.test_e2e import (
     Env,
     checkpoints,
     first_query_start,
-    make_spans,
     run_daemon_until,
     write_config,
     write_rules,
 )
+from tests.traffic import make_spans
 
 pytestmark = pytest.mark.prometheus
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import re
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +23,13 @@ from bridge.daemon import STATE_FILE, Daemon, load_rules
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.traffic import Key, make_spans, span_truth
 
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
 INTERVAL = 1
-MODELS = ["openai/gpt-4o", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash-001"]
-PROVIDERS = {"openai/gpt-4o": "openai", "anthropic/claude-3.5-sonnet": "anthropic",
-             "google/gemini-2.0-flash-001": "google"}
-KEYS = ["prod-backend", "dev-laptop", None]
 
 # record -> (span attribute summed, or None for a count)
 METRICS = {
@@ -48,77 +43,9 @@ METRICS = {
 }
 
 
-def make_spans(
-    start: float,
-    seconds: float,
-    seed: int,
-    *,
-    gap: tuple[float, float] = (0.05, 0.3),
-    models: Sequence[str] = MODELS,
-) -> list[Span]:
-    """A stream of OpenRouter spans, plus spans the default rules must not count.
-
-    Consecutive requests are ``gap`` seconds apart (uniformly drawn); a model without a
-    provider in ``PROVIDERS`` is served by the provider its name starts with.
-    """
-    rng = random.Random(seed)
-    spans = []
-    t = start
-    while t < start + seconds:
-        t += rng.uniform(*gap)
-        model = rng.choice(models)
-        key = rng.choice(KEYS)
-        input_tokens, output_tokens = rng.randint(1, 5000), rng.randint(1, 2000)
-        input_cost = round(input_tokens * rng.choice([2.5e-6, 3e-6, 1e-7]), 9)
-        output_cost = round(output_tokens * rng.choice([1e-5, 1.5e-5, 4e-7]), 9)
-        attributes: dict[str, str | int | float | bool] = {
-            "gen_ai.request.model": model,
-            "gen_ai.provider.name": PROVIDERS.get(model, model.split("/")[0]),
-            "gen_ai.usage.input_tokens": input_tokens,
-            "gen_ai.usage.output_tokens": output_tokens,
-            "gen_ai.usage.input_cost": input_cost,
-            "gen_ai.usage.output_cost": output_cost,
-            "gen_ai.usage.total_cost": input_cost + output_cost,
-        }
-        if key is not None:
-            attributes["trace.metadata.openrouter.api_key_name"] = key
-        if rng.random() < 0.6:  # prompt caching: some requests only, part of the input
-            attributes["gen_ai.usage.cache_read.input_tokens"] = rng.randint(0, input_tokens)
-        # whole seconds sometimes: a span exactly on a window end belongs to that window
-        start_ns = round(t) * 10**9 if rng.random() < 0.1 else int(t * 1e9)
-        resource = {"service.name": "openrouter"}
-        spans.append(Span(start_ns=start_ns, attributes=attributes, resource=resource))
-        # OpenRouter's child span per provider attempt, and another service's span
-        spans.append(Span(start_ns=start_ns + 1000, name="Provider Attempt",
-                          attributes=attributes, resource=resource))
-        spans.append(Span(start_ns=start_ns, attributes=attributes,
-                          resource={"service.name": "other"}))
-    return spans
-
-
-Key = tuple[tuple[str, str], ...]
-
-
 def truth(spans: list[Span], after: int, upto: int) -> dict[str, dict[Key, float]]:
-    """Expected totals per record and label set for spans starting in ``(after, upto]``."""
-    result: dict[str, dict[Key, float]] = {r: defaultdict(float) for r in METRICS}
-    for span in spans:
-        if span.name != "LLM Generation" or span.resource.get("service.name") != "openrouter":
-            continue
-        if not after * 10**9 < span.start_ns <= upto * 10**9:
-            continue
-        a = span.attributes
-        labels = {"model": str(a["gen_ai.request.model"]),
-                  "provider": str(a["gen_ai.provider.name"])}
-        if "trace.metadata.openrouter.api_key_name" in a:
-            labels["api_key_name"] = str(a["trace.metadata.openrouter.api_key_name"])
-        key = tuple(sorted(labels.items()))
-        for record, attribute in METRICS.items():
-            if attribute is None:
-                result[record][key] += 1
-            elif attribute in a:  # sum_over_time skips spans without the attribute
-                result[record][key] += float(a[attribute])
-    return result
+    """Expected totals of the default rules for spans starting in ``(after, upto]``."""
+    return span_truth(spans, METRICS, after, upto)
 
 
 def promql_totals(prom: PrometheusServer, selector: str, at: float) -> dict[Key, float]:
