@@ -33,6 +33,4 @@ def check(config_path: Path | None, rule_paths: Sequence[Path]) -> list[Issue]:
 
 def format_issues(issues: Iterable[Issue]) -> str:
     """One line per issue, ``file:line:col: message``; just ``file: message`` for a whole file."""
-    return "\n".join(
-        f"{i.file}: {i.message}" if i.line == 0 else str(i) for i in sorted(issues)
-    )
+    return "\n".join(str(i) for i in sorted(issues))

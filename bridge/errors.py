@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, order=True)
 class Issue:
-    """One problem in a config or rule file, located as ``file:line:col`` (1-based)."""
+    """One problem in a config or rule file, located as ``file:line:col`` (1-based);
+    line 0 means the whole file (missing, unreadable, empty) and is shown as ``file:``."""
 
     file: str
     line: int
@@ -15,6 +16,8 @@ class Issue:
     message: str
 
     def __str__(self) -> str:
+        if self.line == 0:
+            return f"{self.file}: {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.message}"
 
 

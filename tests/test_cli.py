@@ -131,3 +131,40 @@ async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
         assert len(tempo.requests) == 2  # one range query per eval
     finally:
         await tempo.stop()
+
+
+RULES_CORPUS = sorted((ROOT / "tests" / "fixtures" / "rules" / "bad").glob("*.yaml"))
+CONFIG_CORPUS = sorted((ROOT / "tests" / "fixtures" / "config" / "bad").glob("*.yaml"))
+
+
+def expected_lines(path: Path) -> list[str]:
+    """The corpus' ``line:col: message`` lines as the command prints them."""
+    text = path.with_suffix(".err").read_text().replace("{dir}", str(path.parent.absolute()))
+    lines = []
+    for line in text.splitlines():
+        where, _, message = line.partition(": ")
+        lines.append(f"{path}: {message}" if where == "0:0" else f"{path}:{line}")
+    return lines
+
+
+@pytest.mark.parametrize("path", RULES_CORPUS, ids=lambda p: p.stem)
+def test_check_prints_each_bad_rule_file_error_and_exits_1(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines() == expected_lines(path)
+
+
+@pytest.mark.parametrize("path", CONFIG_CORPUS, ids=lambda p: p.stem)
+def test_run_and_check_refuse_each_bad_config_with_exit_1(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    first, *rest = expected_lines(path)
+    assert err.splitlines() == [f"tempo-bridge: {first}", *rest]
+    assert main(["check", "--config", str(path)]) == 1
+    assert "Traceback" not in capsys.readouterr().err

@@ -245,7 +245,7 @@ def test_file_and_environment_errors_are_reported_together(tmp_path: Path) -> No
     path.write_text("tempo:\n  url: tempo\nrule_files: []\n")
     assert sorted(messages(path, {"TEMPO_BRIDGE_REMOTE_WRITE__URL": "ftp://x"})) == [
         f"{path}:2:8: tempo.url: 'tempo' has no scheme; write http://tempo",
-        "<environment>:0:0: TEMPO_BRIDGE_REMOTE_WRITE__URL: 'ftp://x' has the scheme ftp; "
+        "<environment>: TEMPO_BRIDGE_REMOTE_WRITE__URL: 'ftp://x' has the scheme ftp; "
         "use http or https",
     ]
 
@@ -262,11 +262,11 @@ def test_an_environment_value_hides_a_bad_file_value(tmp_path: Path) -> None:
 
 def test_a_missing_config_file(tmp_path: Path) -> None:
     assert messages(tmp_path / "bridge.yaml") == [
-        f"{tmp_path}/bridge.yaml:0:0: the file does not exist"]
+        f"{tmp_path}/bridge.yaml: the file does not exist"]
 
 
 def test_a_directory_as_config_file(tmp_path: Path) -> None:
-    assert messages(tmp_path) == [f"{tmp_path}:0:0: this is a directory, not a file"]
+    assert messages(tmp_path) == [f"{tmp_path}: this is a directory, not a file"]
 
 
 @pytest.mark.parametrize(
