@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.config import Config
-from bridge.daemon import STATE_FILE
+from bridge.daemon import STATE_FILE, tempo_client
 from bridge.engine import dry_run
 from bridge.errors import BridgeError
 from bridge.evaluation import Labels, Sample
@@ -58,16 +58,6 @@ class Summary:
     first_ms: int | None
     last_ms: int | None
     notes: tuple[str, ...]
-
-
-def tempo_client(config: Config) -> TempoClient:
-    """A Tempo client as the config describes it."""
-    return TempoClient(
-        config.tempo.url,
-        tenant=config.tempo.tenant,
-        headers=config.tempo.auth_headers(),
-        timeout=config.tempo.timeout,
-    )
 
 
 async def dry_run_rules(

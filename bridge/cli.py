@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TextIO
 
 from bridge import __version__
-from bridge.backfill import backfill, evaluate_range, tempo_client
+from bridge.backfill import backfill, evaluate_range
 from bridge.check import check, format_issues
 from bridge.config import Config, load_config
-from bridge.daemon import Daemon, load_rules
+from bridge.daemon import Daemon, load_rules, tempo_client
 from bridge.doctor import DEFAULT_LONGEST_REQUEST, diagnose, format_report, problems
 from bridge.durations import parse_duration
 from bridge.errors import BridgeError

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import structlog
 
 from bridge.config import Config, load_config
@@ -35,6 +36,19 @@ def load_rules(config: Config) -> list[Group]:
     return load_rule_files(config.rule_files, min_query_offset=min_offset)
 
 
+def tempo_client(
+    config: Config, transport: httpx.AsyncBaseTransport | None = None
+) -> TempoClient:
+    """A Tempo client with the config's URL, tenant, credentials and timeout."""
+    return TempoClient(
+        config.tempo.url,
+        tenant=config.tempo.tenant,
+        headers=config.tempo.auth_headers(),
+        timeout=config.tempo.timeout,
+        transport=transport,
+    )
+
+
 class Daemon:
     """One running tempo-bridge: evaluates rules on schedule until :meth:`stop`."""
 
@@ -54,12 +68,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._ready = False
         self.state = State(config.state_dir / STATE_FILE)
-        self.tempo = TempoClient(
-            config.tempo.url,
-            tenant=config.tempo.tenant,
-            headers=config.tempo.auth_headers(),
-            timeout=config.tempo.timeout,
-        )
+        self.tempo = tempo_client(config)
         self.receiver = RemoteWriteClient(
             config.remote_write.url,
             headers=config.remote_write.auth_headers(),

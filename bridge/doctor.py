@@ -32,6 +32,7 @@ from ruamel.yaml.error import YAMLError
 
 from bridge import __version__
 from bridge.config import Config
+from bridge.daemon import tempo_client
 from bridge.durations import DurationError, parse_duration
 from bridge.errors import ReceiverError, TempoError
 from bridge.remote_write import RemoteWriteClient, encode_write_request
@@ -398,10 +399,7 @@ async def _check_tempo(
     transport: httpx.AsyncBaseTransport | None,
 ) -> list[Finding]:
     url = _display_url(config.tempo.url)
-    tempo = TempoClient(
-        config.tempo.url, tenant=config.tempo.tenant, headers=config.tempo.auth_headers(),
-        timeout=config.tempo.timeout, transport=transport,
-    )
+    tempo = tempo_client(config, transport)
     findings = []
     try:
         try:
