@@ -195,7 +195,7 @@ def _refuse_known_rules(
 
 def _seed(config: Config, runs: Sequence[RuleSamples]) -> None:
     """Store each rule's totals (or live gauges) and checkpoint as the daemon would."""
-    state = State(config.state_dir / STATE_FILE)
+    state = State(config.state_dir / STATE_FILE, exclusive=True)
     try:
         for run in runs:
             if run.checkpoint is None:

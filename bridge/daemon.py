@@ -67,7 +67,7 @@ class Daemon:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._ready = False
-        self.state = State(config.state_dir / STATE_FILE)
+        self.state = State(config.state_dir / STATE_FILE, exclusive=True)
         self.tempo = tempo_client(config)
         self.receiver = RemoteWriteClient(
             config.remote_write.url,

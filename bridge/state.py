@@ -7,14 +7,17 @@ receiver accepts them; the sender reads it in insertion order.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import sqlite3
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bridge.errors import StateError
 from bridge.evaluation import Labels, Sample
@@ -93,15 +96,26 @@ class OutboxRow:
 class State:
     """The bridge's SQLite state (WAL mode), opened once per process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        """Open (or create) the database at ``path``.
+
+        ``exclusive``: hold a lock on ``path.lock`` while open, so that a second bridge
+        given the same state cannot evaluate the same windows again (double counting);
+        opening fails with a StateError naming the process that holds it.
+        """
         self.path = path
+        self._lock: IO[str] | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._lock = _lock(path.with_name(path.name + ".lock"))
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
+            if self._lock is not None:
+                self._lock.close()
             raise StateError(f"cannot open the state database {path}: {exc}") from exc
         self._pending: list[Labels] = []  # series given an id in the open transaction
         self._next_id: int | None = None  # the next new series' id in the open transaction
@@ -114,6 +128,9 @@ class State:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # rules -----------------------------------------------------------------
 
@@ -354,6 +371,26 @@ def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
 
 _BITS = struct.Struct("<q")
 _DOUBLE = struct.Struct("<d")
+
+
+def _lock(path: Path) -> IO[str]:
+    """Take the exclusive lock of the state (released when the file is closed or the
+    process dies); the file records the holder's pid for the error message."""
+    handle = open(path, "a+")  # noqa: SIM115 (held open for as long as the state is)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StateError(
+            f"the state database {path.with_suffix('')} is in use by another tempo-bridge "
+            f"(pid {holder}); two bridges on one state would count windows twice"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def _encode_value(value: float) -> tuple[float | None, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,14 @@ def test_stale_markers_keep_their_bits(tmp_path: Path) -> None:
     assert is_stale_nan(stale.value)
     assert math.isnan(nan.value)
     assert not is_stale_nan(nan.value)
+
+
+def test_an_exclusive_state_refuses_a_second_bridge(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    first = State(path, exclusive=True)
+    with pytest.raises(StateError, match=rf"in use by another tempo-bridge \(pid {os.getpid()}\)"):
+        State(path, exclusive=True)
+    reader = State(path)  # tests and tools may still read it
+    reader.close()
+    first.close()
+    State(path, exclusive=True).close()  # released on close
