@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from bridge.errors import ReceiverError
+from bridge.errors import ReceiverError, StateError
 from bridge.evaluation import Labels
 from bridge.metrics import Metrics
 from bridge.remote_write import (
@@ -64,7 +65,11 @@ class Sender:
         """Drain the outbox whenever woken (or every ``idle`` seconds), until cancelled."""
         while True:
             self._wake.clear()
-            await self.drain()
+            try:
+                await self.drain()
+            except (StateError, sqlite3.Error) as exc:
+                # the samples stay queued; try again at the next wake-up or after ``idle``
+                log.error("cannot read or update the outbox", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle)
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 import respx
 
+from bridge.errors import StateError
 from bridge.evaluation import Labels
 from bridge.metrics import Metrics
 from bridge.remote_write import RemoteWriteClient, decode_write_request
 from bridge.sender import Sender
-from bridge.state import State
+from bridge.state import OutboxRow, State
 
 URL = "http://receiver/api/v1/write"
 NOW = 1795780800.0
@@ -190,3 +193,32 @@ async def test_a_resend_the_receiver_already_has_is_not_counted_as_rejected(
     assert dropped(metrics, "rejected") is None
     assert dropped(metrics, "out_of_order") == 1
     assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 2
+
+
+@respx.mock
+async def test_a_failing_state_does_not_stop_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(204))
+    sender, state, _ = make_sender(tmp_path)
+    fill(state, [(series("a"), int(NOW * 1000), 1.0)])
+    real = state.remove_from_outbox
+    failures: list[int] = []
+
+    def failing_once(**kwargs: Sequence[OutboxRow]) -> None:
+        if not failures:
+            failures.append(1)
+            raise StateError("cannot update the outbox: disk I/O error")
+        real(**kwargs)
+
+    monkeypatch.setattr(state, "remove_from_outbox", failing_once)
+    task = asyncio.create_task(sender.run(idle=0.05))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if state.outbox_depth() == 0:
+                break
+    finally:
+        task.cancel()
+    assert failures == [1]
+    assert state.outbox_depth() == 0  # sent again (an identical resend) and removed
