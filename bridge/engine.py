@@ -7,6 +7,7 @@ rule at the last committed window; the next tick starts again from there.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,14 @@ class Engine:
         """
         rule_id = rule.rule_id(group.name)
         async with self._locks.setdefault(rule_id, asyncio.Lock()):
-            return await self._evaluate_rule(group, rule, rule_id, now)
+            try:
+                return await self._evaluate_rule(group, rule, rule_id, now)
+            except (StateError, sqlite3.Error) as exc:
+                # reading the state failed: nothing was recorded, the next tick retries
+                self._metrics.evaluation_failures.labels(group.name, rule.record, "state").inc()
+                log.error("evaluation failed", group=group.name, rule=rule.record,
+                          reason="state", error=str(exc))
+                return False
 
     async def retire(self, group: Group, rule: Rule) -> None:
         """A gauge rule was removed: end its live series with stale markers, now.

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bridge.engine import Engine, dry_run
+from bridge.errors import StateError
 from bridge.metrics import Metrics
 from bridge.remote_write import is_stale_nan
 from bridge.rules import Group, load_rule_files
@@ -333,3 +334,23 @@ async def test_one_settle_read_serves_every_age_after_a_downtime(tmp_path: Path)
     before = len(double.requests)
     assert await engine.evaluate_group(group)
     assert len(double.requests) == before + 3  # a settle read per age, one new window
+
+
+async def test_a_state_that_cannot_be_read_fails_the_evaluation_not_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(T0 + 120)
+    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
+    engine, state, metrics = make_engine(tmp_path, double, clock)
+    group = load_group(tmp_path, "counter", COUNT)
+
+    def broken(rule_id: str) -> None:
+        raise StateError("cannot read the state: database disk image is malformed")
+
+    monkeypatch.setattr(state, "rule_state", broken)
+    assert not await engine.evaluate_group(group)
+    assert metrics.registry.get_sample_value(
+        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "state"}
+    ) == 1
+    monkeypatch.undo()
+    assert await engine.evaluate_group(group)
