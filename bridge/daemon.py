@@ -123,7 +123,7 @@ class Daemon:
             self._ready = False
             log.info("stopping")
             self.notifier.stopping("stopping")
-            self.scheduler.shutdown()
+            await self.scheduler.stop()
             sender.cancel()
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

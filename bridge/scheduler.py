@@ -34,6 +34,7 @@ class Scheduler:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._groups: dict[str, Group] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._running: set[asyncio.Task[object]] = set()
 
     @property
     def groups(self) -> list[Group]:
@@ -58,8 +59,21 @@ class Scheduler:
         self._groups = new
 
     def shutdown(self) -> None:
+        """Stop ticking; evaluations under way go on (see :meth:`stop`)."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+
+    async def stop(self) -> None:
+        """Stop ticking and cancel the evaluations under way, waiting for them to end.
+
+        Cancelling is safe: an evaluation only awaits Tempo; it commits with no await,
+        so it stops either before or after a whole transaction.
+        """
+        self.shutdown()
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def _add(self, group: Group) -> None:
         now = self._clock()
@@ -88,5 +102,11 @@ class Scheduler:
 
     async def _run(self, group: Group) -> None:
         """Evaluate ``group``; runs of one group wait for each other, never overlap."""
-        async with self._locks.setdefault(group.name, asyncio.Lock()):
-            await self._evaluate(group)
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            async with self._locks.setdefault(group.name, asyncio.Lock()):
+                await self._evaluate(group)
+        finally:
+            self._running.discard(task)

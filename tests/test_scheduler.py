@@ -81,3 +81,23 @@ async def test_replace_keeps_unchanged_groups(tmp_path: Path) -> None:
         assert [g.name for g in scheduler.groups] == ["a"]
     finally:
         scheduler.shutdown()
+
+
+async def test_stop_cancels_evaluations_under_way(tmp_path: Path) -> None:
+    started = asyncio.Event()
+    cancelled = False
+
+    async def evaluate(group: Group) -> None:
+        nonlocal cancelled
+        started.set()
+        try:
+            await asyncio.sleep(60)  # a slow Tempo query
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+
+    scheduler = Scheduler(evaluate)
+    scheduler.start(groups(tmp_path)[:1])
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(scheduler.stop(), 5)
+    assert cancelled
