@@ -38,9 +38,9 @@ async def test_groups_run_at_once_then_on_their_phase(tmp_path: Path) -> None:
     assert len(a) in (4, 5, 6)
     assert len(b) in (2, 3, 4)
     for t in a[1:]:  # ticks fire just after a window becomes due, never before
-        assert TICK_MARGIN - 0.001 <= t % 1 < 0.3
+        assert TICK_MARGIN - 0.001 <= t % 1 < 0.6
     for t in b[1:]:
-        assert 1 + TICK_MARGIN - 0.001 <= t % 2 < 1.3
+        assert 1 + TICK_MARGIN - 0.001 <= t % 2 < 1.6
 
 
 async def test_a_slow_evaluation_is_not_run_twice_at_once(tmp_path: Path) -> None:
