@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bridge.errors import BridgeError
+
 Reload = Callable[[], Awaitable[str | None]]
 """Reloads the rules; returns None on success or the error to report."""
 
@@ -40,7 +42,12 @@ class WebServer:
         host, _, port = listen_address.rpartition(":")
         await self._runner.setup()
         site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise BridgeError(
+                f"cannot listen on {listen_address} (web.listen_address): {exc.strerror or exc}"
+            ) from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else int(port)

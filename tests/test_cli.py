@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -168,3 +169,25 @@ def test_run_and_check_refuse_each_bad_config_with_exit_1(
     assert err.splitlines() == [f"tempo-bridge: {first}", *rest]
     assert main(["check", "--config", str(path)]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_run_on_a_port_in_use_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "rules.yaml").write_text("groups: []\n")
+        config = tmp_path / "bridge.yaml"
+        config.write_text(
+            "tempo: {url: 'http://127.0.0.1:9'}\n"
+            "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
+            f"state_dir: state\nrule_files: [rules.yaml]\n"
+            f"web: {{listen_address: '127.0.0.1:{port}'}}\n"
+        )
+        assert main(["run", "--config", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tempo-bridge: cannot listen on 127.0.0.1:{port} (web.listen_address): ")
+    assert err.endswith("address already in use")
+    assert "\n" not in err
