@@ -12,11 +12,10 @@ import json
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-import structlog
 
 from bridge.cli import main
 from bridge.daemon import STATE_FILE
@@ -44,13 +43,6 @@ HOUR = 3600
 # A label value that needs every OpenMetrics escape: quote, backslash, newline.
 ODD_MODEL = 'acme/"quoted" \\ model\nv2'
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+) (\d+)$')
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """``main`` configures structlog for its stream; later tests get the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import structlog
 
 from bridge.cli import main
 from bridge.doctor import parse_go_duration, read_prometheus_config, read_tempo_settings
@@ -98,13 +97,6 @@ class FakeTempo:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """``main`` configures structlog for its stream; later tests get the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

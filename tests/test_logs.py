@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -13,13 +12,6 @@ import pytest
 import structlog
 
 from bridge.logs import SyslogPrefixRenderer, configure, writes_to_journal
-
-
-@pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
-    """These tests configure structlog for their streams; later tests get the defaults back."""
-    yield
-    structlog.reset_defaults()
 
 
 def journal_stream_of(stream: TextIO) -> str:
