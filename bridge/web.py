@@ -48,9 +48,8 @@ class WebServer:
             raise BridgeError(
                 f"cannot listen on {listen_address} (web.listen_address): {exc.strerror or exc}"
             ) from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        # the port bound, which differs from the one asked for when that was 0
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         await self._runner.cleanup()

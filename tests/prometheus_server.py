@@ -33,16 +33,22 @@ class PrometheusError(RuntimeError):
     """Prometheus could not be started or answered a query with an error."""
 
 
-def prometheus_binary() -> str:
-    """The path of the prometheus binary to run; raises if there is none."""
-    wanted = os.environ.get("PROMETHEUS_BIN", DEFAULT_BINARY)
+def find_binary(env_var: str, default: str, error: type[RuntimeError]) -> str:
+    """The path of a Prometheus tool: ``$env_var`` or ``default``; raises ``error`` if there
+    is none (CI installs Debian's prometheus: a missing tool fails loudly, never skips)."""
+    wanted = os.environ.get(env_var, default)
     found = shutil.which(wanted)
     if found is None:
-        raise PrometheusError(
-            f"prometheus binary {wanted!r} not found or not executable: install it "
-            "(apt-get install prometheus) or set PROMETHEUS_BIN to its path"
+        raise error(
+            f"{Path(default).name} binary {wanted!r} not found or not executable: install it "
+            f"(apt-get install prometheus) or set {env_var} to its path"
         )
     return found
+
+
+def prometheus_binary() -> str:
+    """The path of the prometheus binary to run; raises if there is none."""
+    return find_binary("PROMETHEUS_BIN", DEFAULT_BINARY, PrometheusError)
 
 
 def _free_port() -> int:

@@ -7,10 +7,10 @@ Uses ``/usr/bin/promtool`` (Debian's prometheus package, installed by CI) or
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
+
+from tests.prometheus_server import find_binary
 
 DEFAULT_BINARY = "/usr/bin/promtool"
 
@@ -21,14 +21,7 @@ class PromtoolError(RuntimeError):
 
 def promtool_binary() -> str:
     """The path of the promtool binary to run; raises if there is none."""
-    wanted = os.environ.get("PROMTOOL_BIN", DEFAULT_BINARY)
-    found = shutil.which(wanted)
-    if found is None:
-        raise PromtoolError(
-            f"promtool binary {wanted!r} not found or not executable: install it "
-            "(apt-get install prometheus) or set PROMTOOL_BIN to its path"
-        )
-    return found
+    return find_binary("PROMTOOL_BIN", DEFAULT_BINARY, PromtoolError)
 
 
 def promtool(*args: str | Path, cwd: Path | None = None) -> str:

@@ -41,7 +41,7 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
 
     credentials = tmp_path / "credentials"
     credentials.mkdir()
