@@ -42,8 +42,9 @@ from bench.common import (
     totals_differences,
     without_name,
 )
+from bridge.components import STATE_FILE, load_rules
 from bridge.config import load_config
-from bridge.daemon import STATE_FILE, Daemon, load_rules
+from bridge.daemon import Daemon
 from bridge.engine import Engine, read_windows
 from bridge.evaluation import accumulate
 from bridge.logs import configure

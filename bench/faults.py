@@ -55,7 +55,7 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
-from bridge.daemon import STATE_FILE
+from bridge.components import STATE_FILE
 from bridge.remote_write import decode_write_request
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble

@@ -24,15 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.components import open_state, tempo_client
 from bridge.config import Config
-from bridge.daemon import STATE_FILE, tempo_client
 from bridge.engine import dry_run
 from bridge.errors import BridgeError
-from bridge.evaluation import Labels, Sample
 from bridge.openmetrics import Family, format_openmetrics
-from bridge.remote_write import add_external_labels, is_stale_nan
+from bridge.remote_write import add_external_labels
 from bridge.rules import Group, Rule
-from bridge.state import State
+from bridge.series import Labels, Sample, is_stale_nan
 from bridge.tempo import TempoClient
 from bridge.windows import align_down
 
@@ -176,7 +175,7 @@ async def backfill(
 def _refuse_known_rules(
     config: Config, groups: Sequence[Group], only: Sequence[str] | None
 ) -> None:
-    state = State(config.state_dir / STATE_FILE)
+    state = open_state(config)
     try:
         known = sorted(
             f"{group.name}/{rule.record}" for group in groups for rule in group.rules
@@ -195,7 +194,7 @@ def _refuse_known_rules(
 
 def _seed(config: Config, runs: Sequence[RuleSamples]) -> None:
     """Store each rule's totals (or live gauges) and checkpoint as the daemon would."""
-    state = State(config.state_dir / STATE_FILE, exclusive=True)
+    state = open_state(config, exclusive=True)
     try:
         for run in runs:
             if run.checkpoint is None:

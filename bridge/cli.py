@@ -14,15 +14,16 @@ from typing import TextIO
 from bridge import __version__
 from bridge.backfill import backfill, evaluate_range
 from bridge.check import check, format_issues
+from bridge.components import load_rules, tempo_client
 from bridge.config import Config, load_config
-from bridge.daemon import Daemon, load_rules, tempo_client
+from bridge.daemon import Daemon
 from bridge.doctor import DEFAULT_LONGEST_REQUEST, diagnose, format_report, problems
 from bridge.durations import parse_duration
 from bridge.errors import BridgeError
-from bridge.evaluation import Sample
 from bridge.logs import configure
 from bridge.openmetrics import format_openmetrics, format_value, series_name
 from bridge.rules import Group
+from bridge.series import Sample
 
 DEFAULT_CONFIG = Path("/etc/tempo-bridge/bridge.yaml")
 

@@ -9,45 +9,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import structlog
 
+from bridge.components import load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
 from bridge.engine import Engine
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
-from bridge.remote_write import RemoteWriteClient
-from bridge.rules import Group, load_rule_files
+from bridge.rules import Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
-from bridge.state import State
 from bridge.systemd import Notifier
-from bridge.tempo import TempoClient
 from bridge.web import WebServer
 
 log = structlog.get_logger("bridge.daemon")
-
-STATE_FILE = "tempo-bridge.sqlite"
-
-
-def load_rules(config: Config) -> list[Group]:
-    """The rule groups named by ``config.rule_files``; raises ConfigError."""
-    min_offset = config.tempo.query_end_cutoff + config.tempo.ingest_delay
-    return load_rule_files(config.rule_files, min_query_offset=min_offset)
-
-
-def tempo_client(
-    config: Config, transport: httpx.AsyncBaseTransport | None = None
-) -> TempoClient:
-    """A Tempo client with the config's URL, tenant, credentials and timeout."""
-    return TempoClient(
-        config.tempo.url,
-        tenant=config.tempo.tenant,
-        headers=config.tempo.auth_headers(),
-        timeout=config.tempo.timeout,
-        transport=transport,
-    )
-
 
 class Daemon:
     """One running tempo-bridge: evaluates rules on schedule until :meth:`stop`."""
@@ -67,13 +42,9 @@ class Daemon:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._ready = False
-        self.state = State(config.state_dir / STATE_FILE, exclusive=True)
+        self.state = open_state(config, exclusive=True)
         self.tempo = tempo_client(config)
-        self.receiver = RemoteWriteClient(
-            config.remote_write.url,
-            headers=config.remote_write.auth_headers(),
-            timeout=config.remote_write.timeout,
-        )
+        self.receiver = receiver_client(config)
         self.sender = Sender(
             self.state,
             self.receiver,

@@ -30,12 +30,12 @@ import httpx
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from bridge import __version__
+from bridge import USER_AGENT
+from bridge.components import receiver_client, tempo_client
 from bridge.config import Config
-from bridge.daemon import tempo_client
 from bridge.durations import DurationError, parse_duration
 from bridge.errors import ReceiverError, TempoError
-from bridge.remote_write import RemoteWriteClient, encode_write_request
+from bridge.remote_write import encode_write_request
 from bridge.rules import Group
 from bridge.tempo import TempoClient
 
@@ -462,9 +462,7 @@ async def _check_receiver(
 ) -> list[Finding]:
     section = config.remote_write
     url = _display_url(section.url)
-    client = RemoteWriteClient(
-        section.url, headers=section.auth_headers(), timeout=section.timeout, transport=transport
-    )
+    client = receiver_client(config, transport)
     try:
         await client.send(encode_write_request([]))
     except ReceiverError as exc:
@@ -502,7 +500,7 @@ async def _prometheus_info(
         path=write_url.path[: -len(PROMETHEUS_WRITE_PATH)], query=None, fragment=None
     )
     async with httpx.AsyncClient(
-        headers={**section.auth_headers(), "User-Agent": f"tempo-bridge/{__version__}"},
+        headers={**section.auth_headers(), "User-Agent": USER_AGENT},
         timeout=section.timeout, transport=transport,
     ) as http:
         try:

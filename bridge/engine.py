@@ -18,8 +18,6 @@ import structlog
 from bridge.errors import StateError, TempoError
 from bridge.evaluation import (
     EvaluationError,
-    Labels,
-    Sample,
     SettleUpdate,
     Window,
     accumulate,
@@ -29,8 +27,8 @@ from bridge.evaluation import (
     windows_from_answer,
 )
 from bridge.metrics import Metrics
-from bridge.remote_write import STALE_NAN
 from bridge.rules import Group, Rule
+from bridge.series import STALE_NAN, Labels, Sample
 from bridge.state import State
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
 from bridge.windows import Query, due_windows, initial_checkpoint, plan_queries
@@ -76,6 +74,8 @@ class Engine:
         """
         rule_id = rule.rule_id(group.name)
         async with self._locks.setdefault(rule_id, asyncio.Lock()):
+            self._metrics.evaluations.labels(group.name, rule.record).inc()
+            started = time.monotonic()
             try:
                 return await self._evaluate_rule(group, rule, rule_id, now)
             except (StateError, sqlite3.Error) as exc:
@@ -84,6 +84,10 @@ class Engine:
                 log.error("evaluation failed", group=group.name, rule=rule.record,
                           reason="state", error=str(exc))
                 return False
+            finally:
+                self._metrics.evaluation_duration.labels(group.name).observe(
+                    time.monotonic() - started
+                )
 
     async def retire(self, group: Group, rule: Rule) -> None:
         """A gauge rule was removed: end its live series with stale markers, now.
@@ -248,8 +252,6 @@ class Engine:
 
     async def _query(self, run: _Run, query: Query, what: str) -> list[Window] | None:
         """Read one query's windows; on failure count and log it and return None."""
-        names = (run.group.name, run.rule.record)
-        self._metrics.evaluations.labels(*names).inc()
         self._metrics.tempo_queries.labels(query.kind).inc()
         started = time.monotonic()
         try:
@@ -258,7 +260,7 @@ class Engine:
             self._failed(run, query, what, exc.reason, exc)
             return None
         finally:
-            self._metrics.evaluation_duration.labels(run.group.name).observe(
+            self._metrics.tempo_query_duration.labels(query.kind).observe(
                 time.monotonic() - started
             )
 

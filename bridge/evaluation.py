@@ -10,16 +10,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bridge.remote_write import STALE_NAN
 from bridge.rules import Group, Rule
+from bridge.series import STALE_NAN, Labels, Sample, format_labels
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query
-
-Labels = tuple[tuple[str, str], ...]
-"""A series' labels, ``__name__`` included, sorted by name."""
-
-Sample = tuple[Labels, int, float]
-"""``(labels, timestamp ms, value)``."""
 
 
 class EvaluationError(Exception):
@@ -83,7 +77,7 @@ def windows_from_answer(
                 raise EvaluationError(
                     "duplicate_series",
                     f"rule {rule.record}: two Tempo series map to the same labels "
-                    f"{_format_labels(labels)}; rename a label or set missing_value",
+                    f"{format_labels(labels)}; rename a label or set missing_value",
                 )
             values[labels] = value
     windows = [Window(end, values) for end, values in per_window.items()]
@@ -160,10 +154,6 @@ def gauge_samples(
             update.samples.extend((k, ts_ms, v) for k, v in window.values.items())
         update.live = set(window.values)
     return update
-
-
-def _format_labels(labels: Labels) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"
 
 
 @dataclass

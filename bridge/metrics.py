@@ -17,7 +17,8 @@ class Metrics:
         )
         rule = ["group", "rule"]
         self.evaluations = Counter(
-            "tempo_bridge_evaluations", "Rule evaluations attempted (one Tempo query each).",
+            "tempo_bridge_evaluations",
+            "Rule evaluations: one per rule per tick, however many Tempo queries it needs.",
             rule, registry=r,
         )
         self.evaluation_failures = Counter(
@@ -27,8 +28,14 @@ class Metrics:
         )
         self.evaluation_duration = Histogram(
             "tempo_bridge_evaluation_duration_seconds",
-            "Time to query Tempo and store one rule evaluation.",
+            "Time to evaluate one rule: its Tempo queries, the evaluation and the state commits.",
             ["group"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tempo_query_duration = Histogram(
+            "tempo_bridge_tempo_query_duration_seconds",
+            "Time from sending a query to Tempo until its answer is parsed, by kind.",
+            ["kind"], registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
         self.windows_evaluated = Counter(

@@ -12,8 +12,7 @@ import math
 from collections.abc import Sequence
 
 from bridge.errors import BridgeError
-from bridge.evaluation import Sample
-from bridge.remote_write import is_stale_nan
+from bridge.series import Sample, is_stale_nan
 
 Family = tuple[str, str, Sequence[Sample]]
 """``(record, kind, samples)``: what one rule wrote; ``kind`` is ``counter`` or ``gauge``."""

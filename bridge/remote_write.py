@@ -28,27 +28,15 @@ import cramjam
 import httpx
 import tenacity
 
-import bridge
+from bridge import USER_AGENT
 from bridge.errors import ReceiverError
 from bridge.prompb import remote_pb2
-
-Labels = tuple[tuple[str, str], ...]
-"""A series' labels: sorted by name in byte order, names unique, names and values non-empty."""
+from bridge.series import Labels
 
 Series = tuple[Labels, Sequence[tuple[int, float]]]
 """One series to write: its labels and its samples, ``(timestamp_ms, value)`` in time order."""
 
 _DOUBLE: Final = struct.Struct("<d")
-_STALE_BITS: Final = 0x7FF0000000000002
-_STALE_BYTES: Final = struct.pack("<Q", _STALE_BITS)
-
-STALE_NAN: Final[float] = struct.unpack("<d", _STALE_BYTES)[0]
-"""Prometheus's staleness marker: a NaN with the exact bits ``0x7ff0000000000002``.
-
-It is built from its bits and must never be produced or compared by arithmetic:
-an ordinary NaN (``float("nan")``) is a sample value, not a marker.
-"""
-
 _INT64_MIN: Final = -(1 << 63)
 _INT64_MAX: Final = (1 << 63) - 1
 _BODY_LIMIT: Final = 1024
@@ -56,11 +44,6 @@ _PROTOCOL_HEADERS: Final = frozenset(
     {"content-encoding", "content-type", "content-length", "host", "user-agent",
      "x-prometheus-remote-write-version"}
 )
-
-
-def is_stale_nan(value: float) -> bool:
-    """Whether ``value`` is the staleness marker, compared bit for bit."""
-    return _DOUBLE.pack(value) == _STALE_BYTES
 
 
 def add_external_labels(labels: Labels, external: Mapping[str, str]) -> Labels:
@@ -257,7 +240,7 @@ class RemoteWriteClient:
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        user_agent: str = f"tempo-bridge/{bridge.__version__}",
+        user_agent: str = USER_AGENT,
     ) -> None:
         clashes = sorted(h for h in headers or {} if h.lower() in _PROTOCOL_HEADERS)
         if clashes:

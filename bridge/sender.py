@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 
 from bridge.errors import ReceiverError, StateError
-from bridge.evaluation import Labels
 from bridge.metrics import Metrics
 from bridge.remote_write import (
     RemoteWriteClient,
@@ -21,6 +20,7 @@ from bridge.remote_write import (
     encode_write_request,
     retrying,
 )
+from bridge.series import Labels, format_labels
 from bridge.state import OutboxRow, State
 
 log = structlog.get_logger("bridge.sender")
@@ -125,7 +125,7 @@ class Sender:
                     self._metrics.samples_dropped.labels("out_of_order").inc(series.dropped)
                     log.warning(
                         "older samples refused, the newest accepted",
-                        series=_format(series.labels), samples=series.dropped, error=str(exc),
+                        series=format_labels(series.labels), samples=series.dropped, error=str(exc),
                     )
                     return []
                 return batch
@@ -134,7 +134,7 @@ class Sender:
             log.error(
                 "remote write rejected", reason=exc.reason, status=exc.status,
                 series=len(batch), samples=samples,
-                first_series=_format(batch[0].labels), error=str(exc),
+                first_series=format_labels(batch[0].labels), error=str(exc),
             )
             return batch
         return []
@@ -189,7 +189,3 @@ class _Series:
     @property
     def samples(self) -> list[tuple[int, float]]:
         return sorted(self.values.items())
-
-
-def _format(labels: Labels) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}"

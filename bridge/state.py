@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from bridge.errors import StateError
-from bridge.evaluation import Labels, Sample
+from bridge.series import Labels, Sample
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rules (

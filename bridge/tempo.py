@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from bridge import __version__
+from bridge import USER_AGENT
 from bridge.errors import TempoError
 
 INSTANT_PATH = "/api/metrics/query"
@@ -62,7 +62,7 @@ class TempoClient:
         self._tenant = tenant
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            headers={"User-Agent": f"tempo-bridge/{__version__}", **(headers or {})},
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
             timeout=timeout,
             transport=transport,
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import main
-from bridge.daemon import STATE_FILE
+from bridge.components import STATE_FILE
 from bridge.rules import load_rule_files
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble

@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bridge.components import load_rules
 from bridge.config import load_config
-from bridge.daemon import Daemon, load_rules
-from bridge.remote_write import is_stale_nan
+from bridge.daemon import Daemon
+from bridge.series import is_stale_nan
 from tests.doubles.tempo import Span, TempoDouble
 
 COUNTER = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'

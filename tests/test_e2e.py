@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from bridge.components import STATE_FILE, load_rules
 from bridge.config import load_config
-from bridge.daemon import STATE_FILE, Daemon, load_rules
+from bridge.daemon import Daemon
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import PrometheusServer, start_prometheus

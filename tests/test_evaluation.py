@@ -10,7 +10,6 @@ import pytest
 
 from bridge.evaluation import (
     EvaluationError,
-    Labels,
     Window,
     accumulate,
     gauge_samples,
@@ -18,8 +17,8 @@ from bridge.evaluation import (
     window_values,
     windows_from_answer,
 )
-from bridge.remote_write import is_stale_nan
 from bridge.rules import Group, load_rule_files
+from bridge.series import Labels, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query
 

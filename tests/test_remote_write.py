@@ -22,17 +22,15 @@ import bridge
 from bridge.errors import ReceiverError
 from bridge.prompb import remote_pb2
 from bridge.remote_write import (
-    STALE_NAN,
-    Labels,
     RemoteWriteClient,
     Series,
     add_external_labels,
     decode_write_request,
     encode_write_request,
-    is_stale_nan,
     retrying,
     serialize_write_request,
 )
+from bridge.series import STALE_NAN, Labels, is_stale_nan
 from tests.prometheus_server import PrometheusError, PrometheusServer, start_prometheus
 
 URL = "http://receiver.test/api/v1/write"

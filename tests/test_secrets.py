@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 from aiohttp import web
 
+from bridge.components import load_rules
 from bridge.config import load_config
-from bridge.daemon import Daemon, load_rules
+from bridge.daemon import Daemon
 from bridge.logs import configure
 from tests.doubles.tempo import Span, TempoDouble
 

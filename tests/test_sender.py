@@ -11,10 +11,10 @@ import pytest
 import respx
 
 from bridge.errors import StateError
-from bridge.evaluation import Labels
 from bridge.metrics import Metrics
 from bridge.remote_write import RemoteWriteClient, decode_write_request
 from bridge.sender import Sender
+from bridge.series import Labels
 from bridge.state import OutboxRow, State
 
 URL = "http://receiver/api/v1/write"

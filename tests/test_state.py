@@ -102,7 +102,7 @@ def test_unopenable_state_is_a_state_error(tmp_path: Path) -> None:
 
 
 def test_stale_markers_keep_their_bits(tmp_path: Path) -> None:
-    from bridge.remote_write import STALE_NAN, is_stale_nan
+    from bridge.series import STALE_NAN, is_stale_nan
 
     state = State(tmp_path / "s.sqlite")
     commit(state, 60, samples=[(A, 60_000, STALE_NAN), (B, 60_000, float("nan"))])

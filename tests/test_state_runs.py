@@ -10,7 +10,7 @@ from typing import cast
 import pytest
 
 from bridge.errors import StateError
-from bridge.evaluation import Labels, Sample
+from bridge.series import Labels, Sample
 from bridge.state import State, _decode_labels, _encode_labels, _runs
 
 

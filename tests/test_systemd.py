@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from bridge.components import load_rules
 from bridge.config import load_config
-from bridge.daemon import Daemon, load_rules
+from bridge.daemon import Daemon
 from bridge.systemd import Notifier, monotonic_usec, socket_address, watchdog_interval
 from tests import mdwe
 from tests.doubles.tempo import TempoDouble

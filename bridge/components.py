@@ -1,0 +1,49 @@
+"""Components built from the config, in one place: the rules, the Tempo client, the
+remote-write client and the state. The daemon and every command use these."""
+
+from __future__ import annotations
+
+import httpx
+
+from bridge.config import Config
+from bridge.remote_write import RemoteWriteClient
+from bridge.rules import Group, load_rule_files
+from bridge.state import State
+from bridge.tempo import TempoClient
+
+STATE_FILE = "tempo-bridge.sqlite"
+"""The SQLite file in ``state_dir``."""
+
+
+def load_rules(config: Config) -> list[Group]:
+    """The rule groups named by ``config.rule_files``; raises ConfigError."""
+    return load_rule_files(config.rule_files, min_query_offset=config.min_query_offset)
+
+
+def tempo_client(
+    config: Config, transport: httpx.AsyncBaseTransport | None = None
+) -> TempoClient:
+    """A Tempo client with the config's URL, tenant, credentials and timeout."""
+    return TempoClient(
+        config.tempo.url,
+        tenant=config.tempo.tenant,
+        headers=config.tempo.auth_headers(),
+        timeout=config.tempo.timeout,
+        transport=transport,
+    )
+
+
+def receiver_client(
+    config: Config, transport: httpx.AsyncBaseTransport | None = None
+) -> RemoteWriteClient:
+    """A remote-write client with the config's URL, credentials and timeout."""
+    section = config.remote_write
+    return RemoteWriteClient(
+        section.url, headers=section.auth_headers(), timeout=section.timeout,
+        transport=transport,
+    )
+
+
+def open_state(config: Config, *, exclusive: bool = False) -> State:
+    """The state database in ``config.state_dir`` (``exclusive``: as its one owner)."""
+    return State(config.state_dir / STATE_FILE, exclusive=exclusive)
