@@ -11,14 +11,17 @@ from pathlib import Path
 
 import structlog
 
+from bridge import __version__
 from bridge.components import load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
 from bridge.engine import Engine
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
+from bridge.redact import display_url
 from bridge.rules import Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
+from bridge.status import GroupStatus, Reload, RuleStatus, Status, StatusBoard
 from bridge.systemd import Notifier
 from bridge.web import WebServer
 
@@ -42,6 +45,11 @@ class Daemon:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._ready = False
+        self.status = StatusBoard(Status(
+            version=__version__, started=clock(), config_file=str(config_path),
+            tempo_url=display_url(config.tempo.url),
+            receiver_url=display_url(config.remote_write.url),
+        ))
         self.state = open_state(config, exclusive=True)
         self.tempo = tempo_client(config)
         self.receiver = receiver_client(config)
@@ -53,6 +61,7 @@ class Daemon:
             max_sample_age=config.remote_write.max_sample_age,
             external_labels=dict(config.remote_write.external_labels),
             clock=clock,
+            status=self.status,
         )
         self.engine = Engine(
             self.tempo,
@@ -62,6 +71,7 @@ class Daemon:
             max_sample_age=config.remote_write.max_sample_age,
             clock=clock,
             on_commit=self.sender.wake,
+            status=self.status,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
         self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
@@ -79,8 +89,7 @@ class Daemon:
         try:
             await self.web.start(self.config.web.listen_address)
             self._set_groups(self._groups)
-            self.metrics.reload_success.set(1)
-            self.metrics.reload_timestamp.set(self._clock())
+            self._reloaded(None)
             self.scheduler.start(self._groups)
             self._ready = True
             log.info(
@@ -137,7 +146,7 @@ class Daemon:
             config = load_config(self.config_path)
             groups = load_rules(config)
         except ConfigError as exc:
-            self.metrics.reload_success.set(0)
+            self._reloaded(str(exc))
             log.error("reload failed, previous rules kept", error=str(exc))
             return str(exc)
         kept = {r.rule_id(g.name) for g in groups for r in g.rules}
@@ -146,12 +155,27 @@ class Daemon:
         self.scheduler.replace(groups)
         for group, rule in removed:
             await self.engine.retire(group, rule)
-        self.metrics.reload_success.set(1)
-        self.metrics.reload_timestamp.set(self._clock())
+        self._reloaded(None)
         log.info("rules reloaded", groups=len(groups))
         return None
 
+    def _reloaded(self, errors: str | None) -> None:
+        """Record the outcome of loading the rules (at start or on reload)."""
+        now = self._clock()
+        self.status.reloaded(Reload(now, errors is None, errors))
+        self.metrics.reload_success.set(errors is None)
+        if errors is None:
+            self.metrics.reload_timestamp.set(now)
+
     def _set_groups(self, groups: list[Group]) -> None:
+        self.status.set_groups([
+            GroupStatus(
+                name=g.name, file=g.file, interval=g.interval, query_offset=g.query_offset,
+                settle=g.settle, tenant=g.tenant,
+                rules=[RuleStatus(r.record, r.kind, r.expr) for r in g.rules],
+            )
+            for g in groups
+        ])
         self._groups = groups
         self.metrics.rule_groups.set(len(groups))
         self.metrics.rules.set(sum(len(g.rules) for g in groups))

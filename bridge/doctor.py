@@ -35,6 +35,7 @@ from bridge.components import receiver_client, tempo_client
 from bridge.config import Config
 from bridge.durations import DurationError, parse_duration
 from bridge.errors import ReceiverError, TempoError
+from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group
 from bridge.tempo import TempoClient
@@ -389,16 +390,11 @@ class _Redactor:
         return text
 
 
-def _display_url(url: str) -> str:
-    parsed = httpx.URL(url)
-    return str(parsed.copy_with(query=None, fragment=None)) + ("?..." if parsed.query else "")
-
-
 async def _check_tempo(
     config: Config, groups: Sequence[Group], longest_request: float, redact: _Redactor,
     transport: httpx.AsyncBaseTransport | None,
 ) -> list[Finding]:
-    url = _display_url(config.tempo.url)
+    url = display_url(config.tempo.url)
     tempo = tempo_client(config, transport)
     findings = []
     try:
@@ -461,7 +457,7 @@ async def _check_receiver(
     config: Config, redact: _Redactor, transport: httpx.AsyncBaseTransport | None
 ) -> list[Finding]:
     section = config.remote_write
-    url = _display_url(section.url)
+    url = display_url(section.url)
     client = receiver_client(config, transport)
     try:
         await client.send(encode_write_request([]))

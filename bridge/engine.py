@@ -10,7 +10,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -30,6 +30,7 @@ from bridge.metrics import Metrics
 from bridge.rules import Group, Rule
 from bridge.series import STALE_NAN, Labels, Sample
 from bridge.state import State
+from bridge.status import Evaluation, StatusBoard, TempoContact
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
 from bridge.windows import Query, due_windows, initial_checkpoint, plan_queries
 
@@ -49,6 +50,7 @@ class Engine:
         max_sample_age: float = 0.0,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[], None] = lambda: None,
+        status: StatusBoard | None = None,
     ) -> None:
         self._tempo = tempo
         self._state = state
@@ -57,6 +59,7 @@ class Engine:
         self._max_sample_age = max_sample_age
         self._clock = clock
         self._on_commit = on_commit
+        self._status = status
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def evaluate_group(self, group: Group) -> bool:
@@ -76,18 +79,20 @@ class Engine:
         async with self._locks.setdefault(rule_id, asyncio.Lock()):
             self._metrics.evaluations.labels(group.name, rule.record).inc()
             started = time.monotonic()
+            outcome = _Outcome()
             try:
-                return await self._evaluate_rule(group, rule, rule_id, now)
+                return await self._evaluate_rule(group, rule, rule_id, now, outcome)
             except (StateError, sqlite3.Error) as exc:
                 # reading the state failed: nothing was recorded, the next tick retries
                 self._metrics.evaluation_failures.labels(group.name, rule.record, "state").inc()
                 log.error("evaluation failed", group=group.name, rule=rule.record,
                           reason="state", error=str(exc))
+                outcome.failed("state", exc)
                 return False
             finally:
-                self._metrics.evaluation_duration.labels(group.name).observe(
-                    time.monotonic() - started
-                )
+                duration = time.monotonic() - started
+                self._metrics.evaluation_duration.labels(group.name).observe(duration)
+                self._report(group, rule, outcome, duration)
 
     async def retire(self, group: Group, rule: Rule) -> None:
         """A gauge rule was removed: end its live series with stale markers, now.
@@ -116,8 +121,31 @@ class Engine:
                      rule=rule.record, series=len(stored.live_gauges))
         self._on_commit()
 
-    async def _evaluate_rule(self, group: Group, rule: Rule, rule_id: str, now: float) -> bool:
+    def _report(self, group: Group, rule: Rule, outcome: _Outcome, duration: float) -> None:
+        """Record the evaluation on the status board."""
+        if self._status is None:
+            return
+        status = self._status.rule(group.name, rule.record)
+        if status is None:
+            return
+        run = outcome.run
+        if run is not None:
+            status.checkpoint = run.checkpoint
+            status.settle = dict(run.settled)
+            status.windows_behind = len(due_windows(
+                run.checkpoint, self._clock(), group.interval, group.query_offset))
+        series = 0 if run is None else len(run.totals) if rule.kind == "counter" else len(run.live)
+        self._status.evaluated(group.name, rule.record, Evaluation(
+            at=self._clock(), duration=duration, series=series, queries=dict(outcome.queries),
+            windows=outcome.windows, error=outcome.error, reason=outcome.reason,
+        ))
+
+    async def _evaluate_rule(
+        self, group: Group, rule: Rule, rule_id: str, now: float, outcome: _Outcome
+    ) -> bool:
         run = self._load(group, rule, rule_id, now)
+        run.outcome = outcome
+        outcome.run = run
         reread: list[int] = []
         if rule.kind == "counter":
             catching_up = len(due_windows(run.checkpoint, now, group.interval,
@@ -195,6 +223,7 @@ class Engine:
             except StateError as exc:
                 self._failed(run, query, "evaluation", "state", exc)
                 return False
+            run.outcome.windows += len(windows)
             self._metrics.windows_evaluated.labels(*names).inc(len(windows))
             self._metrics.windows_behind.labels(*names).dec(len(windows))
             self._metrics.last_success.labels(*names).set(self._clock())
@@ -253,18 +282,34 @@ class Engine:
     async def _query(self, run: _Run, query: Query, what: str) -> list[Window] | None:
         """Read one query's windows; on failure count and log it and return None."""
         self._metrics.tempo_queries.labels(query.kind).inc()
+        run.outcome.queries[query.kind] = run.outcome.queries.get(query.kind, 0) + 1
         started = time.monotonic()
         try:
-            return await read_windows(self._tempo, run.group, run.rule, query)
-        except (TempoError, EvaluationError) as exc:
+            windows = await read_windows(self._tempo, run.group, run.rule, query)
+        except TempoError as exc:
+            self._contact(exc)
+            self._failed(run, query, what, exc.reason, exc)
+            return None
+        except EvaluationError as exc:
+            self._contact(None)
             self._failed(run, query, what, exc.reason, exc)
             return None
         finally:
             self._metrics.tempo_query_duration.labels(query.kind).observe(
                 time.monotonic() - started
             )
+        self._contact(None)
+        return windows
+
+    def _contact(self, error: TempoError | None) -> None:
+        """Record on the status board whether Tempo answered."""
+        if self._status is not None:
+            self._status.tempo_answered(
+                TempoContact(self._clock(), error is None, None if error is None else str(error))
+            )
 
     def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:
+        run.outcome.failed(reason, exc)
         self._metrics.evaluation_failures.labels(run.group.name, run.rule.record, reason).inc()
         self._log(run, query).error(f"{what} failed", reason=reason, error=str(exc))
 
@@ -303,6 +348,21 @@ class _Run:
     totals: dict[Labels, float]
     live: set[Labels]
     settled: dict[int, int]
+    outcome: _Outcome = field(default_factory=lambda: _Outcome())
+
+
+@dataclass
+class _Outcome:
+    """What one evaluation did, for the status board."""
+
+    run: _Run | None = None
+    queries: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
+    error: str | None = None
+    reason: str | None = None
+
+    def failed(self, reason: str, exc: Exception) -> None:
+        self.reason, self.error = reason, str(exc)
 
 
 def _advance(settled: int, query: Query, interval: int, limit: float) -> int:

@@ -31,6 +31,7 @@ import tenacity
 from bridge import USER_AGENT
 from bridge.errors import ReceiverError
 from bridge.prompb import remote_pb2
+from bridge.redact import display_url
 from bridge.series import Labels
 
 Series = tuple[Labels, Sequence[tuple[int, float]]]
@@ -220,11 +221,6 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, seconds)
 
 
-def _redacted(url: httpx.URL) -> str:
-    """The URL without user:password, for messages."""
-    return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
-
-
 class RemoteWriteClient:
     """POSTs encoded WriteRequests to one remote-write URL; one attempt per ``send``.
 
@@ -246,7 +242,7 @@ class RemoteWriteClient:
         if clashes:
             raise ValueError(f"remote-write headers set by tempo-bridge itself: {clashes}")
         self.url = httpx.URL(url)
-        self._display_url = _redacted(self.url)
+        self._display_url = display_url(self.url)
         self._client = httpx.AsyncClient(
             headers={
                 **(headers or {}),
@@ -260,8 +256,8 @@ class RemoteWriteClient:
             follow_redirects=False,
         )
 
-    async def send(self, body: bytes) -> None:
-        """POST ``body`` once; return on 2xx, else raise ``ReceiverError``.
+    async def send(self, body: bytes) -> int:
+        """POST ``body`` once; return the status of a 2xx answer, else raise ``ReceiverError``.
 
         Retryable (``retryable=True``): 5xx and 429 (``reason`` ``http_<status>``,
         ``retry_after`` from the ``Retry-After`` header), timeouts (``timeout``) and
@@ -274,7 +270,7 @@ class RemoteWriteClient:
                 status = response.status_code
                 if 200 <= status < 300:
                     await response.aread()
-                    return
+                    return status
                 text = await _read_limited(response)
         except httpx.TimeoutException as exc:
             raise ReceiverError(

@@ -22,6 +22,7 @@ from bridge.remote_write import (
 )
 from bridge.series import Labels, format_labels
 from bridge.state import OutboxRow, State
+from bridge.status import ReceiverAnswer, StatusBoard
 
 log = structlog.get_logger("bridge.sender")
 
@@ -46,6 +47,7 @@ class Sender:
         external_labels: dict[str, str],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        status: StatusBoard | None = None,
     ) -> None:
         self._state = state
         self._client = client
@@ -55,6 +57,7 @@ class Sender:
         self._external = external_labels
         self._clock = clock
         self._sleep = sleep
+        self._status = status
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -80,10 +83,13 @@ class Sender:
         self.update_gauges()
 
     def update_gauges(self) -> None:
-        self._metrics.outbox_samples.set(self._state.outbox_depth())
+        depth = self._state.outbox_depth()
+        self._metrics.outbox_samples.set(depth)
         oldest = self._state.outbox_oldest_ts_ms()
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)
         self._metrics.outbox_oldest_age.set(age)
+        if self._status is not None:
+            self._status.outbox(depth, age)
 
     async def _send(self, rows: list[OutboxRow]) -> None:
         keep = self._sendable(rows)
@@ -109,7 +115,12 @@ class Sender:
         try:
             async for attempt in retrying(sleep=self._sleep, before_sleep=self._on_retry):
                 with attempt:
-                    await self._client.send(body)
+                    try:
+                        status = await self._client.send(body)
+                    except ReceiverError as exc:
+                        self._answered(exc.status, str(exc))
+                        raise
+                    self._answered(status, None)
         except ReceiverError as exc:
             if exc.status == 400 and len(batch) > 1:
                 half = len(batch) // 2
@@ -170,6 +181,10 @@ class Sender:
             series.values[row.ts_ms] = row.value
             series.rows.append(row)
         return list(by_series.values())
+
+    def _answered(self, status: int | None, error: str | None) -> None:
+        if self._status is not None:
+            self._status.receiver_answered(ReceiverAnswer(self._clock(), status, error))
 
     def _on_retry(self, reason: str, wait: float) -> None:
         self._metrics.send_retries.labels(reason).inc()
