@@ -10,6 +10,7 @@ from bridge.remote_write import RemoteWriteClient
 from bridge.rules import Group, load_rule_files
 from bridge.state import State
 from bridge.tempo import TempoClient
+from bridge.windows import Limits
 
 STATE_FILE = "tempo-bridge.sqlite"
 """The SQLite file in ``state_dir``."""
@@ -47,3 +48,8 @@ def receiver_client(
 def open_state(config: Config, *, exclusive: bool = False) -> State:
     """The state database in ``config.state_dir`` (``exclusive``: as its one owner)."""
     return State(config.state_dir / STATE_FILE, exclusive=exclusive)
+
+
+def limits(config: Config) -> Limits:
+    """What Tempo accepts in one range query, as the config mirrors it."""
+    return Limits(max_duration=int(config.tempo.max_duration))

@@ -12,13 +12,13 @@ from pathlib import Path
 import structlog
 
 from bridge import __version__
-from bridge.components import load_rules, open_state, receiver_client, tempo_client
+from bridge.components import limits, load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
-from bridge.engine import Engine
+from bridge.engine import Engine, rule_key
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.redact import display_url
-from bridge.rules import Group
+from bridge.rules import DEFAULT_INTERVAL, Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
 from bridge.status import GroupStatus, Reload, RuleStatus, Status, StatusBoard
@@ -67,7 +67,7 @@ class Daemon:
             self.tempo,
             self.state,
             self.metrics,
-            max_duration=int(config.tempo.max_duration),
+            limits=limits(config),
             max_sample_age=config.remote_write.max_sample_age,
             clock=clock,
             on_commit=self.sender.wake,
@@ -90,6 +90,7 @@ class Daemon:
             await self.web.start(self.config.web.listen_address)
             self._set_groups(self._groups)
             self._reloaded(None)
+            await self._retire_absent()
             self.scheduler.start(self._groups)
             self._ready = True
             log.info(
@@ -149,15 +150,21 @@ class Daemon:
             self._reloaded(str(exc))
             log.error("reload failed, previous rules kept", error=str(exc))
             return str(exc)
-        kept = {r.rule_id(g.name) for g in groups for r in g.rules}
-        removed = [(g, r) for g in self._groups for r in g.rules if r.rule_id(g.name) not in kept]
         self._set_groups(groups)
         self.scheduler.replace(groups)
-        for group, rule in removed:
-            await self.engine.retire(group, rule)
+        await self._retire_absent()
         self._reloaded(None)
         log.info("rules reloaded", groups=len(groups))
         return None
+
+    async def _retire_absent(self) -> None:
+        """Rules the state holds that are not in the rule files any more (removed, or
+        their identity edited) end their series with stale markers and start their
+        retention."""
+        loaded = {rule_key(g, r) for g in self._groups for r in g.rules}
+        for known in self.state.known_rules():
+            if known.removed_at is None and known.key not in loaded:
+                await self.engine.retire(known.key, known.interval or DEFAULT_INTERVAL)
 
     def _reloaded(self, errors: str | None) -> None:
         """Record the outcome of loading the rules (at start or on reload)."""

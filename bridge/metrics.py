@@ -51,6 +51,12 @@ class Metrics:
             "Series values of settled windows that had grown since they were recorded.",
             rule, registry=r,
         )
+        self.series_merged = Counter(
+            "tempo_bridge_series_merged",
+            "Tempo series summed into a Prometheus series that another one also maps to "
+            "(labels that differ only by an empty or missing value, by type, or by missing_value).",
+            rule, registry=r,
+        )
         self.windows_behind = Gauge(
             "tempo_bridge_windows_behind",
             "Windows due but not yet recorded, per rule (0 when caught up).",

@@ -75,9 +75,9 @@ class Rule:
         """The output labels of one Tempo series.
 
         Attribute names become label names (``label_name_for``, then ``rename``); Tempo's
-        "nil" (or a by() attribute it left out) becomes ``missing_value`` or no label; an
-        empty value drops it too (as in Prometheus); then the group's labels, then the
-        rule's labels override; ``__name__`` is the record name.
+        "nil" (or a by() attribute it left out) and an empty value (which Prometheus
+        treats as no label) become ``missing_value`` or no label; then the group's
+        labels, then the rule's labels override; ``__name__`` is the record name.
         """
         out: dict[str, str] = {}
         if self.missing_value is not None:
@@ -89,12 +89,11 @@ class Rule:
                 continue
             name = label_name_for(key)
             name = self.rename.get(name, name)
-            if value == "nil":
+            if value == "nil" or not value:  # missing, or empty: no label in Prometheus
                 if self.missing_value is None:
                     continue
                 value = self.missing_value
-            if value:
-                out[name] = value
+            out[name] = value
         out.update(group_labels)
         out.update(self.labels)
         out["__name__"] = self.record
@@ -115,6 +114,7 @@ class Group:
     rules: tuple[Rule, ...]
     file: str
     line: int
+    idle_after: int = 0  # seconds without growth before a counter series is no longer written
 
 
 @functools.lru_cache(maxsize=4096)

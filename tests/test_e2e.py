@@ -138,10 +138,8 @@ async def run_daemon_until(env: Env, checkpoint_at_least: int) -> Daemon:
             await asyncio.sleep(0.2)
             assert not task.done(), task.exception()
             rules = daemon.state.known_rules()
-            checkpoints = [daemon.state.rule_state(r[0]) for r in rules]
             if (len(rules) == len(METRICS)
-                    and all(c is not None and c.checkpoint >= checkpoint_at_least
-                            for c in checkpoints)
+                    and all(r.checkpoint >= checkpoint_at_least for r in rules)
                     and daemon.state.outbox_depth() == 0):
                 break
         else:
@@ -161,12 +159,7 @@ def first_query_start(tempo: TempoDouble) -> int:
 def checkpoints(state_dir: Path) -> set[int]:
     state = State(state_dir / STATE_FILE)
     try:
-        values = set()
-        for rule_id, *_ in state.known_rules():
-            stored = state.rule_state(rule_id)
-            assert stored is not None
-            values.add(stored.checkpoint)
-        return values
+        return {rule.checkpoint for rule in state.known_rules()}
     finally:
         state.close()
 

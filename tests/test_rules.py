@@ -331,11 +331,12 @@ def test_map_labels_group_then_rule_labels_override() -> None:
         "__name__": "cost_total", "model": "gpt", "tier": "rule", "source": "group"}
 
 
-def test_map_labels_nil_is_dropped_or_the_missing_value() -> None:
+def test_map_labels_nil_and_empty_are_dropped_or_the_missing_value() -> None:
     tempo = {"span.model": "nil", "span.key": ""}
     assert rule().map_labels(tempo) == {"__name__": "cost_total"}
+    # an empty value is no label in Prometheus: it is missing too
     assert rule(missing_value="unknown").map_labels(tempo) == {
-        "__name__": "cost_total", "model": "unknown"}
+        "__name__": "cost_total", "model": "unknown", "key": "unknown"}
 
 
 def test_map_labels_fills_left_out_by_attributes_with_the_missing_value() -> None:
