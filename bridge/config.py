@@ -36,7 +36,7 @@ from ruamel.yaml.comments import CommentedMap
 
 from bridge.durations import parse_duration
 from bridge.errors import ConfigError, Issue
-from bridge.rules import label_name_problem, tenant_problem
+from bridge.names import label_name_problem, tenant_problem
 from bridge.yamlfile import (
     YamlFile,
     describe,

@@ -18,6 +18,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from bridge.durations import DurationError, format_duration, parse_duration
 from bridge.errors import ConfigError, Issue
+from bridge.names import label_name_problem, metric_name_problem, tenant_problem
 from bridge.traceql import ExprError, ParsedExpr, parse_expr
 from bridge.yamlfile import (
     Position,
@@ -36,15 +37,12 @@ DEFAULT_INTERVAL = 60
 DEFAULT_SETTLE = (600, 3600)
 DEFAULT_MIN_QUERY_OFFSET = 45.0  # Tempo's query_end_cutoff 30 s + ingest delay 15 s
 
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 SCOPES = ("span.", "resource.", "event.", "link.", "instrumentation.", ".")
 # Attributes holding prompt and completion text: never labels (privacy and cardinality).
 CONTENT_ATTRIBUTES = (
     "gen_ai.prompt", "gen_ai.completion",
     "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
 )
-_TENANT_PART = re.compile(r"[a-zA-Z0-9!\-_.*'()]{1,150}")
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -133,33 +131,6 @@ def _strip_scope(attribute: str) -> str:
         if attribute.startswith(scope):
             return attribute[len(scope):]
     return attribute
-
-
-def label_name_problem(name: str, *, reserved_allowed: bool = False) -> str | None:
-    """Why ``name`` cannot be a label name, or None when it can.
-
-    Names starting with ``__`` are reserved; ``reserved_allowed`` accepts them but ``__name__``
-    (external labels such as Mimir's ``__replica__`` need that).
-    """
-    if not LABEL_NAME.fullmatch(name):
-        return (f"{name!r} is not a valid label name "
-                "(letters, digits and _, not starting with a digit)")
-    if name == "__name__" and reserved_allowed:
-        return "__name__ is the metric name, not a label to set"
-    if name.startswith("__") and not reserved_allowed:
-        return f"{name!r} is not a valid label name: names starting with __ are reserved"
-    return None
-
-
-def tenant_problem(tenant: str) -> str | None:
-    """Why ``tenant`` cannot be a Tempo tenant ID (X-Scope-OrgID), or None when it can."""
-    for part in tenant.split("|"):
-        if not _TENANT_PART.fullmatch(part) or part in (".", ".."):
-            return (
-                f"{tenant!r} is not a valid tenant ID: use 1 to 150 letters, digits or "
-                "!-_.*'() (and | between tenants)"
-            )
-    return None
 
 
 def content_attribute(attribute: str) -> str | None:
@@ -521,12 +492,8 @@ class _FileChecker:
         record = None
         if self.require(node, "record", "the rule has no record (the metric name to write)"):
             record = self.string(node, "record")
-            if record is not None and not METRIC_NAME.fullmatch(record):
-                self.error(
-                    value_position(node, "record"),
-                    f"record: {record!r} is not a valid metric name "
-                    "(letters, digits, _ and :, not starting with a digit)",
-                )
+            if record is not None and (problem := metric_name_problem(record)):
+                self.error(value_position(node, "record"), f"record: {problem}")
         parsed = None
         if self.require(node, "expr", "the rule has no expr (the TraceQL metrics query)"):
             parsed = self.expr(node)
