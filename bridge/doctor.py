@@ -33,7 +33,7 @@ from ruamel.yaml.error import YAMLError
 from bridge import USER_AGENT
 from bridge.components import receiver_client, tempo_client
 from bridge.config import Config
-from bridge.durations import DurationError, parse_duration
+from bridge.durations import DurationError, format_duration, parse_duration
 from bridge.errors import ReceiverError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
@@ -216,13 +216,7 @@ def read_prometheus_config(text: str) -> float | None:
 
 def _d(seconds: float) -> str:
     """A duration both Tempo (Go) and the bridge (Prometheus) read: h, m, s, ms, no days."""
-    ms = round(seconds * 1000)
-    parts = []
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        count, ms = divmod(ms, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
+    return format_duration(seconds, largest="h")
 
 
 def _group(group: Group) -> str:
