@@ -42,6 +42,7 @@ from bridge.yamlfile import (
     describe,
     load_yaml,
     locate,
+    lookup,
     node_position,
     os_error_message,
     to_plain,
@@ -411,10 +412,10 @@ class _Locator:
         """Whether the value at ``loc`` (or else its nearest parent) comes from a variable."""
         for depth in range(len(loc), -1, -1):
             prefix = loc[:depth]
-            in_env, value = _walk(self.from_env, prefix)
+            in_env, value = lookup(self.from_env, prefix)
             if in_env and not isinstance(value, dict):
                 return True  # a leaf value from the environment beats the file
-            if _walk(self.document.root, prefix)[0]:
+            if lookup(self.document.root, prefix)[0]:
                 return False
             if in_env:
                 return True
@@ -430,17 +431,6 @@ class _Locator:
             if nested:
                 return self.environ_names[nested[0]]
         return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
-
-
-def _walk(data: Any, loc: Loc) -> tuple[bool, Any]:
-    """(found, value) of the key path ``loc`` in nested dicts and lists."""
-    for part in loc:
-        found = (part in data if isinstance(data, dict)
-                 else isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data))
-        if not found:
-            return False, None
-        data = data[part]
-    return True, data
 
 
 def _dotted(loc: Sequence[str | int]) -> str:

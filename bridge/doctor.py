@@ -39,6 +39,7 @@ from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group
 from bridge.tempo import TempoClient
+from bridge.yamlfile import lookup
 
 Level = Literal["OK", "WARN", "FAIL"]
 
@@ -118,14 +119,6 @@ def parse_go_duration(text: str) -> float:
     return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
 
 
-def _dig(data: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _load_yaml(text: str) -> Any:
     return YAML(typ="safe", pure=True).load(text)
 
@@ -158,7 +151,7 @@ def read_tempo_settings(text: str) -> TempoSettings:
         raise ValueError("not a YAML mapping")
 
     def duration(path: Sequence[str]) -> float | None:
-        value = _dig(document, path)
+        value = lookup(document, path)[1]
         if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -196,7 +189,7 @@ def read_prometheus_config(text: str) -> float | None:
         return None
     if not isinstance(document, Mapping) or "global" not in document:
         return None
-    tsdb = _dig(document, ("storage", "tsdb"))
+    tsdb = lookup(document, ("storage", "tsdb"))[1]
     if not isinstance(tsdb, Mapping):
         return 0.0
     window = tsdb.get("out_of_order_time_window")
@@ -496,14 +489,14 @@ async def _prometheus_info(
         try:
             answer = await http.get(f"{base}/api/v1/status/config")
             payload = answer.json() if answer.status_code == 200 else None
-            text = _dig(payload, ("data", "yaml"))
+            text = lookup(payload, ("data", "yaml"))[1]
             window = read_prometheus_config(text) if isinstance(text, str) else None
             if window is None:
                 return None
             build = (await http.get(f"{base}/api/v1/status/buildinfo")).json()
         except (httpx.HTTPError, ValueError):
             return None
-    version = _dig(build, ("data", "version"))
+    version = lookup(build, ("data", "version"))[1]
     return PrometheusInfo(str(version) if version else "?", window)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import errno
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,21 @@ def locate(root: Any, path: Sequence[str | int], *, key: bool = False) -> Positi
         else:
             break
     return position
+
+
+def lookup(data: Any, path: Sequence[str | int]) -> tuple[bool, Any]:
+    """``(found, value)`` at the key path ``path`` (keys and list indexes) in nested mappings
+    and lists, as parsed from YAML or JSON; ``(False, None)`` when the path leaves the data."""
+    for part in path:
+        if isinstance(data, Mapping):
+            found = part in data
+        else:
+            found = (isinstance(data, list) and isinstance(part, int)
+                     and not isinstance(part, bool) and 0 <= part < len(data))
+        if not found:
+            return False, None
+        data = data[part]
+    return True, data
 
 
 def to_plain(node: Any) -> Any:
