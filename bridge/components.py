@@ -17,7 +17,7 @@ STATE_FILE = "tempo-bridge.sqlite"
 
 def load_rules(config: Config) -> list[Group]:
     """The rule groups named by ``config.rule_files``; raises ConfigError."""
-    return load_rule_files(config.rule_files, min_query_offset=config.min_query_offset)
+    return load_rule_files(config.rule_files, min_query_offset=config.tempo.min_query_offset)
 
 
 def tempo_client(

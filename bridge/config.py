@@ -245,6 +245,12 @@ class TempoConfig(_Endpoint):
     ingest_delay: Duration = 15.0  # a span becomes queryable this long after it arrives
     max_duration: PositiveDuration = 24 * 3600.0  # Tempo's longest range query
 
+    @property
+    def min_query_offset(self) -> float:
+        """The shortest query_offset that sees complete windows: Tempo's cutoff + ingest delay
+        (45 s with the defaults); rule files are checked against it."""
+        return self.query_end_cutoff + self.ingest_delay
+
 
 class RemoteWriteConfig(_Endpoint):
     """Where to send the samples (Prometheus remote write 1.0)."""
@@ -277,11 +283,6 @@ class Config(BaseSettings):
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)
     ] = "info"
-
-    @property
-    def min_query_offset(self) -> float:
-        """The shortest query_offset that sees complete windows: Tempo's cutoff + ingest delay."""
-        return self.tempo.query_end_cutoff + self.tempo.ingest_delay
 
     @classmethod
     def settings_customise_sources(

@@ -35,7 +35,6 @@ from bridge.yamlfile import (
 DAY = 24 * 3600
 DEFAULT_INTERVAL = 60
 DEFAULT_SETTLE = (600, 3600)
-DEFAULT_MIN_QUERY_OFFSET = 45.0  # Tempo's query_end_cutoff 30 s + ingest delay 15 s
 
 SCOPES = ("span.", "resource.", "event.", "link.", "instrumentation.", ".")
 # Attributes holding prompt and completion text: never labels (privacy and cardinality).

@@ -46,7 +46,7 @@ def test_full_config() -> None:
     assert config.tempo.tenant == "team-a"
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
             config.tempo.max_duration) == (10.0, 60.0, 30.0, 43200.0)
-    assert config.min_query_offset == 90.0
+    assert config.tempo.min_query_offset == 90.0
     assert config.remote_write.url == "https://mimir.example.com/api/v1/push"
     assert config.remote_write.external_labels == {"cluster": "eu-1", "__replica__": "a"}
     assert config.remote_write.max_sample_age == 0.0
@@ -64,7 +64,7 @@ def test_defaults() -> None:
     assert config.tempo.tenant is None
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
             config.tempo.max_duration) == (30.0, 30.0, 15.0, 86400.0)
-    assert config.min_query_offset == 45.0
+    assert config.tempo.min_query_offset == 45.0
     assert config.tempo.auth_headers() == {}
     assert config.remote_write.url == "http://127.0.0.1:9090/api/v1/write"
     assert config.remote_write.max_sample_age == 3000.0
