@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bridge.config import TempoConfig, load_config
 from bridge.errors import ConfigError, Issue
-from bridge.rules import check_rule_files, expand_rule_files
+from bridge.rulefmt import check_rule_files, expand_rule_files
 
 
 def check(config_path: Path | None, rule_paths: Sequence[Path]) -> list[Issue]:

@@ -7,7 +7,8 @@ import httpx
 
 from bridge.config import Config
 from bridge.remote_write import RemoteWriteClient
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import TempoClient
 

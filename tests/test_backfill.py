@@ -19,7 +19,7 @@ import pytest
 
 from bridge.cli import main
 from bridge.components import STATE_FILE
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import start_prometheus

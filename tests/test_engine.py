@@ -12,7 +12,8 @@ import pytest
 from bridge.engine import Engine, dry_run
 from bridge.errors import StateError
 from bridge.metrics import Metrics
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.series import is_stale_nan
 from bridge.state import State
 from bridge.tempo import TempoClient

@@ -17,7 +17,8 @@ from bridge.evaluation import (
     window_values,
     windows_from_answer,
 )
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.series import Labels, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query

@@ -9,7 +9,8 @@ from types import MappingProxyType
 import pytest
 
 from bridge.errors import ConfigError, Issue
-from bridge.rules import Group, Rule, check_rule_files, label_name_for, load_rule_files
+from bridge.rulefmt import check_rule_files, load_rule_files
+from bridge.rules import Group, Rule, label_name_for
 from bridge.traceql import ExprError, parse_expr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"

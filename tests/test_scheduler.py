@@ -7,7 +7,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.scheduler import TICK_MARGIN, Scheduler
 
 
