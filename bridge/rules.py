@@ -26,7 +26,11 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class Rule:
-    """One recording rule: a TraceQL metrics query whose result is recorded as ``record``."""
+    """One recording rule: a TraceQL metrics query whose result is recorded as ``record``.
+
+    Rules (and groups) are equal when they are defined alike, wherever they are written:
+    ``file`` and ``line`` take no part in equality or hashing.
+    """
 
     record: str
     expr: str  # whitespace outside string literals collapsed to single spaces
@@ -36,8 +40,9 @@ class Rule:
     limit: int  # 0 = no limit
     missing_value: str | None  # None: a "nil" label from Tempo is left out
     by: tuple[str, ...]  # by() attributes as written
-    file: str
-    line: int
+    # Where the rule is written: not part of what it is (moving it changes nothing).
+    file: str = field(compare=False)
+    line: int = field(compare=False)
 
     def rule_id(self, group: str) -> str:
         """Stable identity of the rule's state: a new group name, record or expr starts anew."""
@@ -88,8 +93,9 @@ class Group:
     settle: tuple[int, ...]  # window ages at which windows are read again
     labels: Mapping[str, str] = field(hash=False)
     rules: tuple[Rule, ...]
-    file: str
-    line: int
+    # Where the group is written: not part of what it is (moving it reschedules nothing).
+    file: str = field(compare=False)
+    line: int = field(compare=False)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from pathlib import Path
 from types import MappingProxyType
@@ -360,3 +361,17 @@ def test_rule_id_is_group_record_and_expr() -> None:
     assert rule().rule_id("h") != base
     assert rule(record="other_total").rule_id("g") != base
     assert rule(expr="{ } | rate()").rule_id("g") != base
+
+
+def test_where_a_rule_is_written_is_not_part_of_it() -> None:
+    here, there = rule(file="a.yaml", line=3), rule(file="b.yaml", line=40)
+    assert here == there
+    assert hash(here) == hash(there)
+    assert rule(kind="gauge") != here
+    assert rule(labels={"a": "b"}) != here
+    group = Group(name="g", interval=60, query_offset=120, tenant=None, start=0,
+                  settle=(600,), labels={}, rules=(here,), file="a.yaml", line=2)
+    moved = dataclasses.replace(group, rules=(there,), file="b.yaml", line=9)
+    assert moved == group
+    assert hash(moved) == hash(group)
+    assert dataclasses.replace(group, interval=300) != group
