@@ -24,7 +24,15 @@ from ruamel.yaml.comments import CommentedMap
 from bridge.durations import format_duration
 from bridge.errors import ConfigError, Issue
 from bridge.names import label_name_problem, metric_name_problem, tenant_problem
-from bridge.rules import Group, Rule, content_attribute, label_name_for
+from bridge.rules import (
+    DEFAULT_EXEMPLARS,
+    DEFAULT_EXEMPLARS_PER_SERIES,
+    DEFAULT_IDLE_AFTER,
+    Group,
+    Rule,
+    content_attribute,
+    label_name_for,
+)
 from bridge.traceql import ExprError, ParsedExpr, parse_expr
 from bridge.yamlfile import (
     Checker,
@@ -271,6 +279,43 @@ def _settle(
     return tuple(out) if valid else None
 
 
+def _default_idle_after(reader: _RuleFile, values: Values) -> int:
+    """An hour, or the interval when it is longer."""
+    return max(DEFAULT_IDLE_AFTER, values["interval"] or 0)
+
+
+def _idle_after(reader: _RuleFile, node: CommentedMap, key: str, values: Values) -> int | None:
+    idle_after = reader.duration(node, key)
+    interval = values["interval"]
+    if idle_after and interval and idle_after < interval:
+        reader.error(
+            value_position(node, key),
+            f"{key}: {format_duration(idle_after)} is shorter than the interval "
+            f"{format_duration(interval)}: a series would stop being written between two of "
+            f"its windows; write at least {format_duration(interval)}, or 0 to write every "
+            "series at every window end",
+        )
+        return None
+    return idle_after
+
+
+def _boolean(reader: _RuleFile, node: CommentedMap, key: str, values: Values) -> bool | None:
+    return reader.boolean(node, key)
+
+
+def _exemplars_per_series(
+    reader: _RuleFile, node: CommentedMap, key: str, values: Values
+) -> int | None:
+    count = reader.whole_number(node, key)
+    if count is not None and count < 1:
+        reader.error(
+            value_position(node, key),
+            f"{key}: {count} is less than 1; write exemplars: false for no exemplars",
+        )
+        return None
+    return count
+
+
 def _rules(
     reader: _RuleFile, node: CommentedMap, key: str, values: Values
 ) -> tuple[Rule, ...] | None:
@@ -443,6 +488,10 @@ GROUP: Level[Group] = Level(
         Key("tenant", _tenant, _default(None)),
         Key("start", _start, _default(0)),
         Key("settle", _settle, _default_settle),
+        Key("idle_after", _idle_after, _default_idle_after),
+        Key("exemplars", _boolean, _default(DEFAULT_EXEMPLARS)),
+        Key("exemplars_per_series", _exemplars_per_series,
+            _default(DEFAULT_EXEMPLARS_PER_SERIES)),
         Key("labels", _labels, _default(MappingProxyType({}))),
         Key("rules", _rules, missing="the group has no rules; write rules: [] for none"),
     ),

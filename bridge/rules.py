@@ -21,6 +21,11 @@ CONTENT_ATTRIBUTES = (
     "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions",
 )
 
+DEFAULT_IDLE_AFTER = 3600
+"""A counter series that has not grown for an hour stops being written (0: never)."""
+DEFAULT_EXEMPLARS = True
+DEFAULT_EXEMPLARS_PER_SERIES = 1
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -96,6 +101,11 @@ class Group:
     # Where the group is written: not part of what it is (moving it reschedules nothing).
     file: str = field(compare=False)
     line: int = field(compare=False)
+    # A counter series that has not grown for this long is no longer written (it keeps its
+    # total and continues from it when it grows again); 0 = written at every window end.
+    idle_after: int = DEFAULT_IDLE_AFTER
+    exemplars: bool = DEFAULT_EXEMPLARS  # samples carry exemplars (trace IDs) from Tempo
+    exemplars_per_series: int = DEFAULT_EXEMPLARS_PER_SERIES  # at most, per series and window
 
 
 @functools.lru_cache(maxsize=4096)
