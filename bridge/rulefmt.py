@@ -30,6 +30,7 @@ from bridge.rules import (
     DEFAULT_IDLE_AFTER,
     Group,
     Rule,
+    by_labels,
     content_attribute,
     label_name_for,
 )
@@ -322,6 +323,7 @@ def _rules(
     rules = reader.sequence(node, key, "a list of rules")
     if rules is None:
         return None
+    reader.group = (node, values)
     out: list[Rule] = []
     seen: dict[tuple[str, str], Rule] = {}
     for index, item in enumerate(rules):
@@ -459,6 +461,46 @@ def _check_by_labels(reader: _RuleFile, node: CommentedMap, values: Values) -> N
             owner[new] = attribute
 
 
+def _check_shadowed_labels(reader: _RuleFile, node: CommentedMap, values: Values) -> None:
+    """A rule label, or a label of its group, must not have the name of one of the rule's
+    by() labels: it would replace the query's value in every series, and the series would
+    collide. A group label is reported at the group, once for each rule it shadows (where
+    the rule does not set that label itself)."""
+    parsed: ParsedExpr | None = values["expr"]
+    labels: Mapping[str, str] | None = values["labels"]
+    rename: Mapping[str, str] | None = values["rename"]
+    if parsed is None or labels is None or rename is None:  # reported already
+        return
+    query_labels = by_labels(parsed.by, rename)
+    for name in labels:
+        if name in query_labels:
+            why = _shadowed(name, query_labels[name], "this label", "every series")
+            reader.error(key_position(node["labels"], name), f"labels: {why}")
+    group, group_values = reader.group
+    record: str | None = values["record"]
+    for name in group_values["labels"] or {}:
+        if name in query_labels and name not in labels:
+            line = node_position(node)[0]
+            where = (f", in the rule {record} (line {line})," if record
+                     else f", in the rule at line {line},")
+            why = _shadowed(name, query_labels[name], "this group label",
+                            "every series of that rule", where)
+            reader.error(key_position(group["labels"], name), f"labels: {why}")
+
+
+def _shadowed(name: str, attribute: str, label: str, series: str, where: str = "") -> str:
+    """Why a label named ``name`` must not override the by() label of ``attribute``."""
+    old = label_name_for(attribute)
+    renamed = "" if old == name else f", renamed from {old}"
+    whose = "the rule's" if where else "the"
+    return (
+        f"{name} is also{where} the label of by({attribute}){renamed}: {label} would replace "
+        f"the query's value in {series}, and series that differ only in {name} would "
+        f"collide; rename {whose} by() label (rename: {{{old}: another_name}}) "
+        "or drop this label"
+    )
+
+
 RULE: Level[Rule] = Level(
     what="a rule",
     shape="a rule is a mapping with record, expr and kind",
@@ -474,7 +516,7 @@ RULE: Level[Rule] = Level(
         Key("missing_value", _string, _default(None)),
         Key("limit", _limit, _default(0)),
     ),
-    checks=(_check_by_labels,),
+    checks=(_check_by_labels, _check_shadowed_labels),
     build=lambda fields, file, line: Rule(**fields, file=file, line=line),
 )
 
@@ -523,6 +565,8 @@ class _RuleFile(Checker):
         super().__init__(document)
         self.min_query_offset = min_query_offset
         self.group_names = names  # shared by all files: group names are unique across files
+        self.group: tuple[CommentedMap, Values] = (CommentedMap(), {"labels": None})
+        """The group whose rules are being read, and its values."""
 
     def groups(self) -> list[Group]:
         """The valid groups of the file (the issues are in ``issues``)."""

@@ -54,6 +54,10 @@ class Rule:
         key = "\x00".join((group, self.record, self.expr)).encode()
         return hashlib.sha256(key).hexdigest()[:16]
 
+    def by_labels(self) -> dict[str, str]:
+        """The output label of each by() attribute (label -> attribute), renamed."""
+        return by_labels(self.by, self.rename)
+
     def map_labels(
         self, tempo_labels: Mapping[str, str], group_labels: Mapping[str, str] = _EMPTY
     ) -> dict[str, str]:
@@ -117,6 +121,17 @@ def label_name_for(attribute: str) -> str:
     if name[:1].isdigit():
         name = "_" + name
     return name
+
+
+def by_labels(by: tuple[str, ...], rename: Mapping[str, str]) -> dict[str, str]:
+    """The output label of each by() attribute in ``by`` (label -> attribute): its
+    :func:`label_name_for`, then ``rename``; an attribute whose label another took is left
+    out (rule files refuse such collisions)."""
+    out: dict[str, str] = {}
+    for attribute in by:
+        name = label_name_for(attribute)
+        out.setdefault(rename.get(name, name), attribute)
+    return out
 
 
 def _strip_scope(attribute: str) -> str:
