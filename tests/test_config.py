@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import Config, load_config
+from bridge.config import Config, environment_overrides, load_config
 from bridge.errors import ConfigError, Issue
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -237,6 +237,57 @@ def test_the_environment_can_supply_what_the_file_lacks(tmp_path: Path) -> None:
     ],
 )
 def test_environment_errors_name_the_variable(environ: dict[str, str], expected: str) -> None:
+    assert issues_of(MINIMAL, environ) == [Issue("<environment>", 0, 0, expected)]
+
+
+def test_environment_overrides_are_parsed_by_the_bridge() -> None:
+    """The parser of TEMPO_BRIDGE_* pinned: names nest by __ in lower case, sections, lists
+    and mappings are JSON, keys inside a JSON value are merged over it, empty is unset."""
+    assert environment_overrides({
+        "TEMPO_BRIDGE_TEMPO": '{"url": "http://a:1", "timeout": "3s", "headers": {"X-A": "1"}}',
+        "TEMPO_BRIDGE_TEMPO__TIMEOUT": "5s",
+        "TEMPO_BRIDGE_TEMPO__HEADERS__X_B": "2",
+        "tempo_bridge_remote_write__external_labels__Zone": "eu",
+        "TEMPO_BRIDGE_REMOTE_WRITE__MAX_SAMPLES_PER_SEND": "10",
+        "TEMPO_BRIDGE_RULE_FILES": '["a.yaml", "b/*.yaml"]',
+        "TEMPO_BRIDGE_TEMPO__BASIC_AUTH": "null",
+        "TEMPO_BRIDGE_STATE_DIR": "[1]",  # not JSON: a path is a string
+        "TEMPO_BRIDGE_LOG_LEVEL": "",
+        "TEMPO_BRIDGE_TEMPO__TENAT": "x",  # kept: validation names it
+        "OTHER": "x",
+    }) == {
+        "tempo": {"url": "http://a:1", "timeout": "5s", "headers": {"X-A": "1", "x_b": "2"},
+                  "basic_auth": None, "tenat": "x"},
+        "remote_write": {"external_labels": {"zone": "eu"}, "max_samples_per_send": "10"},
+        "rule_files": ["a.yaml", "b/*.yaml"],
+        "state_dir": "[1]",
+    }
+
+
+def test_environment_mappings_merge_into_the_files() -> None:
+    config = load_config(FULL, {
+        "TEMPO_BRIDGE_REMOTE_WRITE__EXTERNAL_LABELS": '{"zone": "a"}',
+        "TEMPO_BRIDGE_TEMPO": '{"timeout": "3s"}',
+    })
+    assert config.remote_write.external_labels == {
+        "cluster": "eu-1", "__replica__": "a", "zone": "a"}
+    assert (config.tempo.timeout, config.tempo.tenant) == (3.0, "team-a")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"TEMPO_BRIDGE_STAT_DIR": "/srv"},
+         "TEMPO_BRIDGE_STAT_DIR: unknown key 'stat_dir'; did you mean 'state_dir'?"),
+        ({"TEMPO_BRIDGE_STATE_DIR__X": "/srv"},
+         "TEMPO_BRIDGE_STATE_DIR__X: expected a path, got a mapping"),
+        ({"TEMPO_BRIDGE_TEMPO": "http://tempo"},
+         "TEMPO_BRIDGE_TEMPO: 'http://tempo' is not valid JSON (Expecting value); write lists "
+         'and mappings in JSON there, such as ["a", "b"] or {"key": "value"}'),
+    ],
+)
+def test_every_bridge_variable_is_a_config_key(environ: dict[str, str], expected: str) -> None:
+    """A misspelt variable is an error, not silently ignored."""
     assert issues_of(MINIMAL, environ) == [Issue("<environment>", 0, 0, expected)]
 
 
