@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from ruamel.yaml.comments import CommentedMap
 
-from bridge.durations import parse_duration
+from bridge.durations import format_duration, parse_duration
 from bridge.errors import ConfigError, Issue
 from bridge.names import label_name_problem, tenant_problem
 from bridge.yamlfile import (
@@ -42,6 +42,7 @@ from bridge.yamlfile import (
 
 ENV_PREFIX = "TEMPO_BRIDGE_"
 ENV_FILE = "<environment>"  # Issue.file of a problem in an environment override
+DAY = 24 * 3600.0
 
 
 # -- field types ------------------------------------------------------------------------------
@@ -61,9 +62,16 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
+def _a_day_or_more(seconds: float) -> float:
+    if seconds < DAY:
+        raise ValueError(f"must be at least 1d, got {format_duration(seconds)}")
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 """A duration written as "30s", "1h30m"...; seconds."""
 PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+Retention = Annotated[float, BeforeValidator(_duration), AfterValidator(_a_day_or_more)]
 
 
 def _http_url(url: str) -> str:
@@ -235,6 +243,7 @@ class TempoConfig(_Endpoint):
     query_end_cutoff: Duration = 30.0  # Tempo answers nothing for the last 30 s
     ingest_delay: Duration = 15.0  # a span becomes queryable this long after it arrives
     max_duration: PositiveDuration = 24 * 3600.0  # Tempo's longest range query
+    max_intervals: int = Field(default=10000, ge=1)  # Tempo's most steps in a range query
 
     @property
     def min_query_offset(self) -> float:
@@ -266,6 +275,8 @@ class Config(BaseModel):
     tempo: TempoConfig = TempoConfig()
     remote_write: RemoteWriteConfig = RemoteWriteConfig()
     state_dir: Path = Path("data")
+    # Totals of rules removed, and of counter series idle, for longer are dropped.
+    state_retention: Retention = 30 * DAY
     rule_files: list[Annotated[str, Field(min_length=1)]]
     web: WebConfig = WebConfig()
     log_level: Annotated[

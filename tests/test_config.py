@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
 
-from bridge.config import Config, environment_overrides, load_config
+from bridge.config import (
+    BasicAuth,
+    Config,
+    RemoteWriteConfig,
+    TempoConfig,
+    WebConfig,
+    environment_overrides,
+    load_config,
+)
 from bridge.errors import ConfigError, Issue
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -45,7 +54,8 @@ def test_full_config() -> None:
     assert config.tempo.url == "https://tempo.example.com:3200/prefix"  # no trailing slash
     assert config.tempo.tenant == "team-a"
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
-            config.tempo.max_duration) == (10.0, 60.0, 30.0, 43200.0)
+            config.tempo.max_duration, config.tempo.max_intervals) == (
+                10.0, 60.0, 30.0, 43200.0, 20000)
     assert config.tempo.min_query_offset == 90.0
     assert config.remote_write.url == "https://mimir.example.com/api/v1/push"
     assert config.remote_write.external_labels == {"cluster": "eu-1", "__replica__": "a"}
@@ -53,6 +63,7 @@ def test_full_config() -> None:
     assert config.remote_write.max_samples_per_send == 500
     assert config.remote_write.timeout == 60.0
     assert config.state_dir == Path("/var/lib/tempo-bridge")
+    assert config.state_retention == 90 * 86400
     assert config.rule_files == [str(base / "rules" / "*.yaml"), "/etc/tempo-bridge/extra.yaml"]
     assert config.web.listen_address == "[::1]:9478"
     assert config.log_level == "debug"
@@ -63,7 +74,8 @@ def test_defaults() -> None:
     assert config.tempo.url == "http://127.0.0.1:3200"
     assert config.tempo.tenant is None
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
-            config.tempo.max_duration) == (30.0, 30.0, 15.0, 86400.0)
+            config.tempo.max_duration, config.tempo.max_intervals) == (
+                30.0, 30.0, 15.0, 86400.0, 10000)
     assert config.tempo.min_query_offset == 45.0
     assert config.tempo.auth_headers() == {}
     assert config.remote_write.url == "http://127.0.0.1:9090/api/v1/write"
@@ -72,6 +84,7 @@ def test_defaults() -> None:
     assert config.remote_write.external_labels == {}
     assert config.remote_write.auth_headers() == {}
     assert config.state_dir == MINIMAL.parent / "data"
+    assert config.state_retention == 30 * 86400
     assert config.rule_files == [str(MINIMAL.parent / "rules" / "*.yaml")]
     assert config.web.listen_address == "127.0.0.1:9478"
     assert config.log_level == "info"
@@ -137,7 +150,7 @@ def test_a_missing_secret_in_the_credentials_directory(tmp_path: Path) -> None:
     assert messages(FULL, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == [
         f"{FULL}:5:22: tempo.bearer_token_file: cannot read the secret file "
         f"{tmp_path}/secrets/tempo.token: the file does not exist",
-        f"{FULL}:16:20: remote_write.basic_auth.password_file: cannot read the secret file "
+        f"{FULL}:17:20: remote_write.basic_auth.password_file: cannot read the secret file "
         f"{tmp_path}/secrets/rw.password: the file does not exist",
     ]
 
@@ -340,3 +353,11 @@ def test_urls(tmp_path: Path, url: str, message: str | None) -> None:
         assert load_config(path, {}).tempo.url == url
     else:
         assert messages(path) == [f"{path}:2:8: tempo.url: {message}"]
+
+
+def test_the_readme_config_reference_shows_every_key() -> None:
+    readme = (REPO / "README.md").read_text()
+    reference = readme.split("## Config reference", 1)[1].split("```yaml\n", 1)[1]
+    written = set(re.findall(r"(\w+):", reference.split("```", 1)[0]))
+    for model in (Config, TempoConfig, RemoteWriteConfig, WebConfig, BasicAuth):
+        assert set(model.model_fields) <= written, model
