@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from ruamel.yaml.comments import CommentedMap
 
-from bridge.durations import format_duration, parse_duration
+from bridge.durations import DAY, format_duration, parse_duration
 from bridge.errors import ConfigError, Issue
 from bridge.names import label_name_problem, tenant_problem
 from bridge.yamlfile import (
@@ -42,7 +42,6 @@ from bridge.yamlfile import (
 
 ENV_PREFIX = "TEMPO_BRIDGE_"
 ENV_FILE = "<environment>"  # Issue.file of a problem in an environment override
-DAY = 24 * 3600.0
 
 
 # -- field types ------------------------------------------------------------------------------
@@ -276,7 +275,7 @@ class Config(BaseModel):
     remote_write: RemoteWriteConfig = RemoteWriteConfig()
     state_dir: Path = Path("data")
     # Totals of rules removed, and of counter series idle, for longer are dropped.
-    state_retention: Retention = 30 * DAY
+    state_retention: Retention = 30.0 * DAY
     rule_files: list[Annotated[str, Field(min_length=1)]]
     web: WebConfig = WebConfig()
     log_level: Annotated[

@@ -16,6 +16,8 @@ UNITS: tuple[tuple[str, int], ...] = (
     ("ms", 1),
 )
 _UNIT_MS = dict(UNITS)
+DAY = 24 * 3600
+"""Seconds in a day."""
 _PART = re.compile(r"([0-9]+)([a-zA-Z]+)")
 _MAX_MS = 2**63 - 1  # Prometheus keeps durations as int64 milliseconds
 

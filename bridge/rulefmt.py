@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from ruamel.yaml.comments import CommentedMap
 
-from bridge.durations import format_duration
+from bridge.durations import DAY, format_duration
 from bridge.errors import ConfigError, Issue
 from bridge.names import label_name_problem, metric_name_problem, tenant_problem
 from bridge.rules import (
@@ -47,7 +47,6 @@ from bridge.yamlfile import (
     value_position,
 )
 
-DAY = 24 * 3600
 DEFAULT_INTERVAL = 60
 DEFAULT_SETTLE = (600, 3600)
 
