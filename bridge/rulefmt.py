@@ -105,7 +105,8 @@ def _load(paths: Sequence[Path], min_query_offset: float) -> tuple[list[Group], 
 
 Values = dict[str, Any]
 """The values read so far at one level, by key: later keys and the checks read earlier ones.
-A value is None when its key is invalid (and reported)."""
+A value is None when it cannot be used (it is invalid, and reported); whether the mapping is
+valid is whether reading it reported anything."""
 
 _M = TypeVar("_M")
 
