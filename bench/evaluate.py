@@ -110,7 +110,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     from bridge.logs import configure
     from bridge.metrics import Metrics
     from bridge.remote_write import RemoteWriteClient
-    from bridge.rules import load_rule_files
+    from bridge.rulefmt import load_rule_files
     from bridge.sender import Sender
     from bridge.state import State
     from bridge.tempo import TempoClient

@@ -7,7 +7,8 @@ import httpx
 
 from bridge.config import Config
 from bridge.remote_write import RemoteWriteClient
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Limits
@@ -18,7 +19,7 @@ STATE_FILE = "tempo-bridge.sqlite"
 
 def load_rules(config: Config) -> list[Group]:
     """The rule groups named by ``config.rule_files``; raises ConfigError."""
-    return load_rule_files(config.rule_files, min_query_offset=config.min_query_offset)
+    return load_rule_files(config.rule_files, min_query_offset=config.tempo.min_query_offset)
 
 
 def tempo_client(
@@ -52,4 +53,5 @@ def open_state(config: Config, *, exclusive: bool = False) -> State:
 
 def limits(config: Config) -> Limits:
     """What Tempo accepts in one range query, as the config mirrors it."""
-    return Limits(max_duration=int(config.tempo.max_duration))
+    return Limits(max_duration=int(config.tempo.max_duration),
+                  max_intervals=config.tempo.max_intervals)

@@ -18,7 +18,8 @@ from bridge.engine import Engine, rule_key
 from bridge.errors import ConfigError
 from bridge.metrics import Metrics
 from bridge.redact import display_url
-from bridge.rules import DEFAULT_INTERVAL, Group
+from bridge.rulefmt import DEFAULT_INTERVAL
+from bridge.rules import Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
 from bridge.status import GroupStatus, Reload, RuleStatus, Status, StatusBoard
@@ -69,6 +70,7 @@ class Daemon:
             self.metrics,
             limits=limits(config),
             max_sample_age=config.remote_write.max_sample_age,
+            retention=config.state_retention,
             clock=clock,
             on_commit=self.sender.wake,
             status=self.status,

@@ -85,8 +85,12 @@ class TempoClient:
         return await self._get(RANGE_PATH, params, tenant, _range_series)
 
     async def get_json(self, path: str) -> Any:
-        """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON."""
-        response = await self._request(path, {}, None, "GET " + path)
+        """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
+
+        Sends ``Accept: application/json``: status pages such as ``/status/overrides/{tenant}``
+        answer HTML without it.
+        """
+        response = await self._request(path, {}, None, "GET " + path, accept="application/json")
         try:
             return response.json()
         except ValueError as exc:
@@ -100,9 +104,10 @@ class TempoClient:
         await self._client.aclose()
 
     async def _request(
-        self, path: str, params: Mapping[str, str], tenant: str | None, what: str
+        self, path: str, params: Mapping[str, str], tenant: str | None, what: str,
+        *, accept: str | None = None,
     ) -> httpx.Response:
-        headers = {}
+        headers = {"Accept": accept} if accept else {}
         org = tenant or self._tenant
         if org:
             headers["X-Scope-OrgID"] = org

@@ -21,7 +21,7 @@ from bridge.cli import main
 from bridge.components import STATE_FILE
 from bridge.engine import rule_key
 from bridge.evaluation import Update
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import start_prometheus

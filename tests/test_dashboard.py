@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import PrometheusServer, start_prometheus
 from tests.test_e2e import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bridge.check import check
 from bridge.metrics import Metrics
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import parse_metrics_query
 from tests.promtool import promtool
 

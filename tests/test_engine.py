@@ -16,7 +16,8 @@ from bridge.engine import Engine, dry_run, rule_key
 from bridge.errors import StateError
 from bridge.evaluation import series_labels
 from bridge.metrics import Metrics
-from bridge.rules import Group, Rule, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group, Rule
 from bridge.series import Labels, is_stale_nan
 from bridge.state import State
 from bridge.tempo import TempoClient

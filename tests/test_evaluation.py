@@ -23,7 +23,8 @@ from bridge.evaluation import (
     retire,
     settle_ages,
 )
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.series import Labels, Sample, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query, Window

@@ -20,7 +20,8 @@ import pytest
 from bench.faults import QUICK, SCENARIOS, TOLERANCE, run_scenario, table_row
 from bridge.engine import Engine, rule_key
 from bridge.metrics import Metrics
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Limits

@@ -52,10 +52,11 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
     assert state.last_ts[A] == 120_000  # rebuilt from the outbox
 
 
-def test_identity_includes_the_kind() -> None:
-    gauge = RULE._replace(kind="gauge")
-    assert gauge.rule_id != RULE.rule_id
-    assert RULE._replace(expr="{} | rate()").rule_id != RULE.rule_id
+def test_identity_is_group_record_expr_and_kind() -> None:
+    assert len(RULE.rule_id) == 16
+    assert int(RULE.rule_id, 16) >= 0
+    for part in ("group", "record", "expr", "kind"):
+        assert RULE._replace(**{part: "other"}).rule_id != RULE.rule_id
 
 
 def test_a_failed_commit_leaves_nothing_on_disk_or_in_memory(tmp_path: Path) -> None:
