@@ -6,16 +6,17 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
+import tenacity
 
 from bridge import __version__
 from bridge.components import limits, load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
 from bridge.engine import Engine, rule_key
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, StateError
 from bridge.metrics import Metrics
 from bridge.redact import display_url
 from bridge.rulefmt import DEFAULT_INTERVAL
@@ -28,6 +29,9 @@ from bridge.web import WebServer
 
 log = structlog.get_logger("bridge.daemon")
 
+MAINTENANCE_INTERVAL = 3600
+"""Seconds between two sweeps of the state for what its retention let go."""
+
 class Daemon:
     """One running tempo-bridge: evaluates rules on schedule until :meth:`stop`."""
 
@@ -39,11 +43,13 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config_path = config_path
         self.config = config
         self.metrics = Metrics()
         self._clock = clock
+        self._sleep = sleep
         self._stopping = asyncio.Event()
         self._ready = False
         self.status = StatusBoard(Status(
@@ -76,7 +82,8 @@ class Daemon:
             status=self.status,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
-        self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
+        self._sender_alive = False
+        self.web = WebServer(self.metrics.registry, self.reload, lambda: self.ready)
         self._groups = groups
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
 
@@ -86,7 +93,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        sender = asyncio.create_task(self.sender.run(), name="sender")
+        sender = asyncio.create_task(self._run_sender(), name="sender")
         watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
         try:
             await self.web.start(self.config.web.listen_address)
@@ -94,6 +101,8 @@ class Daemon:
             self._reloaded(None)
             await self._retire_absent()
             self.scheduler.start(self._groups)
+            await self._maintain()
+            self.scheduler.every("state maintenance", MAINTENANCE_INTERVAL, self._maintain)
             self._ready = True
             log.info(
                 "started", listen_address=self.config.web.listen_address,
@@ -124,6 +133,51 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and the sender running."""
+        return self._ready and self._sender_alive
+
+    async def _run_sender(self) -> None:
+        """Run the sender; an unexpected error is logged and counted, and the sender is
+        started again after a backoff (1 s doubling to 30 s). Meanwhile the bridge is not
+        ready, and the samples wait in the outbox."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(Exception),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            before_sleep=self._sender_failed,
+            sleep=self._sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self._sender_alive = True
+                self.status.sender(True)
+                await self.sender.run()
+
+    def _sender_failed(self, retry: tenacity.RetryCallState) -> None:
+        self._sender_alive = False
+        self.status.sender(False)
+        self.metrics.sender_restarts.inc()
+        error = retry.outcome.exception() if retry.outcome else None
+        wait = retry.next_action.sleep if retry.next_action else 0.0
+        log.error("sender failed, restarting it", error=repr(error), restart_in=round(wait, 1),
+                  exc_info=error)
+
+    async def _maintain(self) -> None:
+        """Drop the state of rules removed longer ago than ``state_retention``, and the
+        label sets and sent marks nothing needs any more."""
+        cutoff = self._clock() - self.config.state_retention
+        try:
+            gone = self.state.forget_removed(before=cutoff)
+            dropped = self.state.collect_garbage(sent_before_ms=int(cutoff * 1000))
+        except StateError as exc:
+            log.error("state maintenance failed", error=str(exc))
+            return
+        self.metrics.rules_forgotten.inc(len(gone))
+        if gone or dropped:
+            log.info("state maintenance", rules_forgotten=[f"{k.group}/{k.record}" for k in gone],
+                     series_forgotten=dropped)
 
     async def reload(self) -> str | None:
         """Re-read the rule files; a bad file keeps the running rules and is reported.

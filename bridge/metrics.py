@@ -95,6 +95,15 @@ class Metrics:
             "tempo_bridge_outbox_oldest_sample_age_seconds",
             "Age of the oldest sample waiting in the outbox (0 when empty).", registry=r,
         )
+        self.sender_restarts = Counter(
+            "tempo_bridge_sender_restarts",
+            "Times the sender stopped on an unexpected error and was started again.",
+            registry=r,
+        )
+        self.rules_forgotten = Counter(
+            "tempo_bridge_rules_forgotten",
+            "Removed rules whose state was dropped after state_retention.", registry=r,
+        )
         self.rule_groups = Gauge(
             "tempo_bridge_rule_groups", "Rule groups loaded.", registry=r
         )

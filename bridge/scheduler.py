@@ -59,6 +59,13 @@ class Scheduler:
                 self._add(group)
         self._groups = new
 
+    def every(self, name: str, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job`` every ``seconds`` from now on, beside the groups (housekeeping)."""
+        self._scheduler.add_job(
+            job, IntervalTrigger(seconds=seconds), id=f"every {name}", name=name,
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
+
     def shutdown(self) -> None:
         """Stop ticking; evaluations under way go on (see :meth:`stop`)."""
         if self._scheduler.running:

@@ -17,6 +17,8 @@ import pytest
 from bridge.components import load_rules
 from bridge.config import load_config
 from bridge.daemon import Daemon
+from bridge.engine import rule_key
+from bridge.evaluation import Update
 from bridge.series import is_stale_nan
 from bridge.state import RuleKey
 from tests.doubles.tempo import Span, TempoDouble
@@ -203,3 +205,94 @@ async def test_sighup_reloads(running: Running) -> None:
     assert [r.record for g in running.daemon.scheduler.groups for r in g.rules] == [
         "requests_total"
     ]
+
+
+async def test_a_sender_that_fails_is_restarted_and_the_bridge_is_unready_meanwhile(
+    tmp_path: Path,
+) -> None:
+    config_path = tmp_path / "bridge.yaml"
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    config_path.write_text(
+        "tempo: {url: 'http://127.0.0.1:9', query_end_cutoff: 0s, ingest_delay: 0s}\n"
+        "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
+        "state_dir: state\nrule_files: [rules.yaml]\n"
+        "web: {listen_address: '127.0.0.1:0'}\n"
+    )
+    config = load_config(config_path)
+    backoff = asyncio.Event()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await backoff.wait()
+
+    daemon = Daemon(config_path, config, load_rules(config), sleep=sleep)
+    failures = iter([RuntimeError("disk on fire")])
+
+    async def run_once(idle: float = 5.0) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        await asyncio.Event().wait()
+
+    daemon.sender.run = run_once  # type: ignore[method-assign]
+    task = asyncio.create_task(daemon.run())
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if waits:
+                break
+        # the sender died: logged, counted, not ready, and started again after the backoff
+        assert waits == [1.0]
+        assert not daemon.ready
+        assert daemon.metrics.sender_restarts._value.get() == 1
+        assert not daemon.status.snapshot().sender_alive
+        backoff.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if daemon.ready:
+                break
+        assert daemon.ready
+        assert daemon.status.snapshot().sender_alive
+    finally:
+        daemon.stop()
+        await task
+
+
+async def test_removed_rules_are_forgotten_after_the_state_retention(tmp_path: Path) -> None:
+    config_path = tmp_path / "bridge.yaml"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text())
+    config_path.write_text(
+        "tempo: {url: 'http://127.0.0.1:9', query_end_cutoff: 0s, ingest_delay: 0s}\n"
+        "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
+        "state_dir: state\nrule_files: [rules.yaml]\nstate_retention: 2d\n"
+        "web: {listen_address: '127.0.0.1:0'}\n"
+    )
+    config = load_config(config_path)
+    now = [1795780800.0]
+    daemon = Daemon(config_path, config, load_rules(config), clock=lambda: now[0])
+    # the state knows both rules, as if they had run
+    for group in daemon._groups:
+        for rule in group.rules:
+            daemon.state.commit(rule_key(group, rule), Update(1795780740, frozenset(), {}))
+    task = asyncio.create_task(daemon.run())
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if daemon.ready:
+                break
+        rules.write_text(rules_text(with_gauge=False))
+        assert await daemon.reload() is None
+        removed = [k for k in daemon.state.known_rules() if k.removed_at is not None]
+        assert [k.key.record for k in removed] == ["biggest"]
+        now[0] += 86400
+        await daemon._maintain()
+        assert len(daemon.state.known_rules()) == 2  # kept for the retention
+        now[0] += 86400 + 1
+        await daemon._maintain()
+        assert [k.key.record for k in daemon.state.known_rules()] == ["requests_total"]
+        assert daemon.metrics.rules_forgotten._value.get() == 1
+    finally:
+        daemon.stop()
+        await task
