@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
-import math
 import re
 import time
 from collections import defaultdict
@@ -31,6 +30,7 @@ import pytest
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
 from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.support import grafana
 from tests.test_e2e import (
     DEFAULT_RULES,
     METRICS,
@@ -208,54 +208,19 @@ EXPECTED: dict[str, dict[str, Check]] = {
 
 
 def load_dashboard() -> dict[str, Any]:
-    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return dashboard
-
-
-def query_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in dashboard["panels"] if p["type"] != "row"]
-
-
-def grafana_regex_escape(value: str) -> str:
-    """A selected value as Grafana's Prometheus data source writes it into ``=~"..."``."""
-    return re.sub(r"[$^*{}\[\]'+?.()|\\]", lambda m: "\\\\" + m.group(), value)
+    return grafana.load_dashboard(DASHBOARD)
 
 
 def substitute(expr: str, scope: Mapping[str, str], range_s: int) -> str:
-    text = expr
-    for name in LABEL_VARIABLES:
-        value = grafana_regex_escape(scope[name]) if name in scope else ".*"
-        text = re.sub(rf"\$\{{{name}\}}|\${name}\b", value.replace("\\", "\\\\"), text)
-    text = text.replace("$__range", f"{range_s}s").replace("$__interval", f"{STEP}s")
-    text = text.replace("$__rate_interval", f"{4 * STEP}s")
-    assert "$" not in text, f"a variable the test does not know: {text}"
-    return text
+    return grafana.substitute(
+        expr, {name: scope.get(name) for name in LABEL_VARIABLES},
+        {"__range": f"{range_s}s", "__interval": f"{STEP}s", "__rate_interval": f"{4 * STEP}s"},
+    )
 
 
 def group_label(expr: str) -> str | None:
     match = re.search(r"\bsum by \((\w+)\)", expr)
     return match.group(1) if match else None
-
-
-def values_of(items: list[dict[str, Any]], label: str | None) -> Values:
-    result: Values = {}
-    for item in items:
-        group = None if label is None else item["metric"].get(label)
-        assert group not in result, f"two results for {group!r}: {items}"
-        result[group] = float(item["value"][1])
-    return result
-
-
-def assert_values(got: Values, want: Values, exact: bool, where: str) -> None:
-    missing = {k for k, v in want.items() if v} - got.keys()
-    assert not missing, f"{where}: no result for {missing}"
-    for group in got.keys() | want.keys():
-        value, expect = got.get(group, 0.0), want.get(group, 0.0)
-        if exact:
-            assert value == expect, f"{where} {group!r}: {value} != {expect}"
-        else:
-            assert math.isclose(value, expect, rel_tol=1e-9, abs_tol=1e-12), (
-                f"{where} {group!r}: {value} != {expect}")
 
 
 # -- tests ----------------------------------------------------------------------------
@@ -274,26 +239,19 @@ def test_structure() -> None:
     for name in LABEL_VARIABLES:
         var = variables[name]
         assert var["type"] == "query"
-        assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert var["datasource"] == grafana.PROMETHEUS
         assert (var["multi"], var["includeAll"], var["allValue"]) == (True, True, ".*")
         assert var["query"]["query"] == var["definition"] == (
             f"label_values(openrouter_requests_total, {name})")
 
     (group,) = load_rule_files([str(DEFAULT_RULES)], min_query_offset=0)
     records = {rule.record for rule in group.rules}
-    panels = query_panels(dashboard)
-    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    panels = grafana.query_panels(dashboard)
     assert {p["title"] for p in panels} == EXPECTED.keys()
-    cells: set[tuple[int, int]] = set()
-    for panel in dashboard["panels"]:
-        pos = panel["gridPos"]
-        assert pos["x"] + pos["w"] <= 24, panel["title"]
-        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
-                for y in range(pos["y"], pos["y"] + pos["h"])}
-        assert not cells & area, f"{panel['title']} overlaps another panel"
-        cells |= area
+    grafana.assert_layout(dashboard)
+    grafana.assert_no_datasource_uid(dashboard)
     for panel in panels:
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["datasource"] == grafana.PROMETHEUS
         assert panel.get("description"), panel["title"]
         assert {t["refId"] for t in panel["targets"]} == EXPECTED[panel["title"]].keys()
         for target in panel["targets"]:
@@ -321,7 +279,7 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
     prom, end = recorded.prom, recorded.end
     assert len(truth.spans) > 20
     checked = 0
-    for panel in query_panels(load_dashboard()):
+    for panel in grafana.query_panels(load_dashboard()):
         for target in panel["targets"]:
             check = EXPECTED[panel["title"]][target["refId"]]
             label = group_label(target["expr"])
@@ -330,8 +288,8 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
                 # the whole recording, then only its last HALF seconds
                 for after in (recorded.start, end - HALF):
                     promql = substitute(target["expr"], SCOPES[scope], end - after)
-                    got = values_of(prom.query(promql, time=end), label)
-                    assert_values(got, check.expect(truth, after, end), check.exact,
+                    got = grafana.values_of(prom.query(promql, time=end), label)
+                    grafana.assert_values(got, check.expect(truth, after, end), check.exact,
                                   f"{where} over ({after}, {end}]")
                     checked += 1
                 continue
@@ -343,7 +301,7 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
                 for ts, value in item["values"]:
                     points[int(ts)][group] = float(value)
             for t in range(end - 8 * STEP, end + 1, STEP):
-                assert_values(points.get(t, {}), check.expect(truth, t - STEP, t),
+                grafana.assert_values(points.get(t, {}), check.expect(truth, t - STEP, t),
                               check.exact, f"{where} at {t}")
                 checked += 1
     assert checked == 2 * 14 + 9 * 6  # 14 instant targets, 6 range targets
@@ -405,7 +363,7 @@ def test_links_open_tempo_on_the_traces_behind_the_panel(recorded: Recorded) -> 
     start, end = recorded.start, recorded.end
     truth = Truth(recorded.spans, {})
     seen = 0
-    for panel in query_panels(load_dashboard()):
+    for panel in grafana.query_panels(load_dashboard()):
         for where, link in all_links(panel):
             for selection in PIPE_SELECTIONS if where == "panel" else [{}]:
                 url = urlsplit(resolve_link(link["url"], selection, start, end))
@@ -440,3 +398,4 @@ def test_links_open_tempo_on_the_traces_behind_the_panel(recorded: Recorded) -> 
                 assert count == expect > 0, (panel["title"], where, selection)
                 seen += 1
     assert seen >= 2 * 2 + 5  # two panel links, five data links
+
