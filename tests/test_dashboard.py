@@ -7,7 +7,9 @@ panel target is then run with its template variables substituted as Grafana woul
 (``$model`` etc. as the ``.*`` of All or one regex-escaped value, ``$__range`` and
 ``$__interval`` as the test's durations) and its numbers compared with sums over the
 spans: integers exactly, floats within 1e-9 relative. The Tempo links are resolved and
-their TraceQL run against the Tempo double.
+their TraceQL run against the Tempo double. The time series panels ask for exemplars, and
+``dashboards/provisioning/datasources.yaml`` (shown in the operator guide as it is) links
+their ``traceID`` to a Tempo data source.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from ruamel.yaml import YAML
 
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
@@ -258,6 +261,8 @@ def test_structure() -> None:
             assert target["datasource"] == panel["datasource"]
             assert target["instant"] is (panel["type"] != "timeseries")
             assert target["range"] is (panel["type"] == "timeseries")
+            # Grafana shows exemplars on time series panels' range queries only
+            assert target.get("exemplar", False) is (panel["type"] == "timeseries")
             selectors = re.findall(r"\b(openrouter_\w+)\{([^}]*)\}", target["expr"])
             assert selectors, target["expr"]
             for metric, matchers in selectors:
@@ -399,3 +404,29 @@ def test_links_open_tempo_on_the_traces_behind_the_panel(recorded: Recorded) -> 
                 seen += 1
     assert seen >= 2 * 2 + 5  # two panel links, five data links
 
+
+# -- exemplars: the Grafana data sources that link them to Tempo ----------------------
+
+PROVISIONING = ROOT / "dashboards" / "provisioning" / "datasources.yaml"
+GUIDE = ROOT / "docs" / "operator-guide.md"
+
+
+def test_the_provisioned_prometheus_links_trace_ids_to_the_provisioned_tempo() -> None:
+    provisioning = YAML(typ="safe").load(PROVISIONING.read_text())
+    assert provisioning["apiVersion"] == 1
+    sources = provisioning["datasources"]
+    assert len({s["name"] for s in sources}) == len({s["uid"] for s in sources}) == len(sources)
+    by_uid = {s["uid"]: s for s in sources}
+    (prometheus,) = [s for s in sources if s["type"] == "prometheus"]
+    destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    # the label the bridge and Tempo's metrics-generator give exemplars
+    (link,) = [d for d in destinations if d["name"] == "traceID"]
+    assert "url" not in link, "an internal link: by data source uid, not a URL"
+    assert by_uid[link["datasourceUid"]]["type"] == "tempo"
+    for source in sources:
+        assert (source["access"], source["url"].split("://")[0]) == ("proxy", "http")
+
+
+def test_the_guide_shows_the_provisioning_file_as_it_is() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)
+    assert PROVISIONING.read_text() in blocks
