@@ -252,6 +252,7 @@ def test_structure() -> None:
     panels = grafana.query_panels(dashboard)
     assert {p["title"] for p in panels} == EXPECTED.keys()
     grafana.assert_layout(dashboard)
+    grafana.assert_canonical_json(DASHBOARD)
     grafana.assert_no_datasource_uid(dashboard)
     for panel in panels:
         assert panel["datasource"] == grafana.PROMETHEUS

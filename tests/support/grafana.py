@@ -25,6 +25,13 @@ def load_dashboard(path: Path) -> dict[str, Any]:
     return dashboard
 
 
+def assert_canonical_json(path: Path) -> None:
+    """The file is JSON as ``json.dumps(indent=2)`` writes it, so that a dashboard exported
+    from Grafana and re-indented, or edited by a script, differs only where it changed."""
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n", path
+
+
 def query_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The panels that run queries: all but rows."""
     return [p for p in dashboard["panels"] if p["type"] != "row"]
