@@ -1,0 +1,157 @@
+"""Benchmark of parsing Tempo's answers: seconds and peak memory per parser and answer size.
+
+Not a test. Run with ``uv run --frozen python -m bench.parse`` (``--quick``: 1,000 and
+10,000 series only).
+
+Answers are made in Tempo 3.0.3's JSON shape (labels as OTLP AnyValues named as written in
+``by()``, int64 as strings, a value of 0 without its ``value`` key) with the cost rule's
+three labels, at 1,000, 10,000, 100,000 and 1,000,000 series, of two kinds:
+
+* instant: one value per series, what a steady evaluation reads today;
+* range: the one-window range query (buckets ``e-i`` and ``e``, see docs/performance.md)
+  with two samples per series and Tempo's 100 exemplars.
+
+Each answer is written to a file; each parser then reads it in a process of its own (so
+that one parser's garbage does not count against the next) and reports the time to turn the
+bytes into the client's series objects (``InstantSeries``/``RangeSeries``) and its peak
+resident memory (``VmHWM``) over what the process held with the bytes read. The parsers:
+
+* ``msgspec``: the client's parser (``bridge.tempo.parse_answer``): msgspec checks the
+  bytes and splits them into series, then decodes each into typed structs and makes it a
+  series object at once;
+* ``json``: the client's fallback for a malformed answer (``bridge.tempo._parse_whole``):
+  ``json.loads`` and the checks in Python, which word every error.
+
+A correctness check: both parsers give the same series.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.common import ROOT, Report, machine, peak_rss_mb, proc_status_mb
+
+Kind = Literal["instant", "range"]
+SIZES = (1_000, 10_000, 100_000, 1_000_000)
+QUICK_SIZES = (1_000, 10_000)
+PARSERS = ("msgspec", "json")
+BY = ("span.gen_ai.request.model", "span.gen_ai.provider.name",
+      "span.trace.metadata.openrouter.api_key_name")
+WINDOW_END_MS = 1_795_770_000_000
+STEP_MS = 60_000
+EXEMPLARS = 100
+
+
+def answer(kind: Kind, series: int) -> bytes:
+    """A Tempo answer of ``series`` series of the cost rule's shape."""
+    items = []
+    for i in range(series):
+        values = (f"vendor-{i // 1000 % 10}/model-{i // 1000}-instruct",
+                  f"provider-{i // 1000 % 25}", f"team-{i % 1000:04d}-production-key")
+        item: dict[str, Any] = {
+            "labels": [{"key": k, "value": {"stringValue": v}} for k, v in zip(BY, values,
+                                                                                strict=True)]
+        }
+        value = round(0.000125 * (i % 997 + 1), 9)
+        if kind == "instant":
+            if i % 50:  # Tempo leaves the value of 0 out
+                item["value"] = value
+        else:
+            window: dict[str, Any] = {"timestampMs": str(WINDOW_END_MS)}
+            if i % 50:
+                window["value"] = value
+            item["samples"] = [{"timestampMs": str(WINDOW_END_MS - STEP_MS)}, window]
+            if i < EXEMPLARS:
+                item["exemplars"] = [{
+                    "labels": [
+                        {"key": "trace:id", "value": {"stringValue": f"{i + 1:031x}"}},
+                        {"key": "resource.service.name", "value": {"stringValue": "openrouter"}},
+                        {"key": BY[0], "value": {"stringValue": values[0]}},
+                        {"key": "span.gen_ai.usage.total_cost", "value": {"doubleValue": value}},
+                    ],
+                    "value": value,
+                    "timestampMs": str(WINDOW_END_MS - 30_000 + i),
+                }]
+        items.append(item)
+    metrics = {"inspectedSpans": str(series * 3), "completedJobs": 1, "totalJobs": 1}
+    return json.dumps({"series": items, "metrics": metrics}, separators=(",", ":")).encode()
+
+
+def digest(result: list[Any]) -> str:
+    """A short fingerprint of parsed series, to compare parsers."""
+    import hashlib
+
+    text = repr([(sorted(s.labels.items()), getattr(s, "value", None),
+                  list(getattr(s, "samples", ())), list(getattr(s, "exemplars", ())))
+                 for s in result])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def child(path: str, kind: Kind, parser: str) -> None:
+    """Parse one answer file; print seconds, memory and a digest as JSON."""
+    from bridge import tempo
+
+    body = Path(path).read_bytes()
+    gc.collect()
+    before = proc_status_mb()["VmRSS"]
+    query = "{ } | sum_over_time(span.gen_ai.usage.total_cost) by (...)"
+    started = time.perf_counter()
+    if parser == "msgspec":
+        result: list[Any] = tempo.parse_answer(body, query, kind)
+    else:
+        result = tempo._parse_whole(body.decode(), query, kind)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "before": before, "peak": peak_rss_mb(),
+                      "series": len(result), "digest": digest(result)}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 series only")
+    parser.add_argument("--child", nargs=3, metavar=("FILE", "KIND", "PARSER"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    report = Report("parse")
+    report.note(machine())
+    report.note("seconds: bytes to series objects; peak RSS: VmHWM of the parsing process, "
+                "and in brackets what the parse added to the bytes held")
+    agree = True
+    with tempfile.TemporaryDirectory(prefix="bench-parse-") as tmp:
+        for kind in ("instant", "range"):
+            for size in QUICK_SIZES if args.quick else SIZES:
+                path = Path(tmp) / f"{kind}-{size}.json"
+                path.write_bytes(answer(kind, size))
+                report.note(f"{kind}, {size:,} series: {path.stat().st_size / 1e6:.1f} MB of JSON")
+                digests = set()
+                for name in PARSERS:
+                    run = subprocess.run(
+                        [sys.executable, "-m", "bench.parse", "--child", str(path), kind, name],
+                        cwd=ROOT, capture_output=True, text=True, check=True,
+                    )
+                    got = json.loads(run.stdout)
+                    digests.add((got["series"], got["digest"]))
+                    label = f"{kind} {size:,}: {name}"
+                    report.figure(label, got["seconds"], "s")
+                    report.figure(f"{label} peak RSS", got["peak"], "MB", digits=0)
+                    report.note(f"{label}: the parse added {got['peak'] - got['before']:,.0f} MB "
+                                f"to the {got['before']:,.0f} MB held with the bytes")
+                agree &= len(digests) == 1 and next(iter(digests))[0] == size
+                path.unlink()
+    report.check("every parser gives the same series", agree)
+    return report.exit_status()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
