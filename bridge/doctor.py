@@ -8,6 +8,8 @@
   request (spans that reach Tempo later than the slack after they started are dropped by
   Tempo), ``query_end_cutoff`` against the bridge's mirror of it and each group's
   ``query_offset``, ``max_duration`` against the bridge's and each group's interval;
+* Tempo's clock (the ``Date`` header of its answers) against the host's: a skew eats into
+  each group's margin ``query_offset - query_end_cutoff - ingest_delay``;
 * the receiver accepts an empty remote-write request (Prometheus answers 404 when it was
   started without ``--web.enable-remote-write-receiver``); when it is a Prometheus that
   shows its config, ``max_sample_age`` against the age of samples it accepts.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +41,7 @@ from bridge.errors import ReceiverError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group
-from bridge.tempo import TempoClient
+from bridge.tempo import ClockSkew, TempoClient
 
 Level = Literal["OK", "WARN", "FAIL"]
 
@@ -330,6 +333,37 @@ def _check_max_duration(
     return findings
 
 
+def check_clock_skew(
+    skew: ClockSkew | None, config: Config, groups: Sequence[Group]
+) -> list[Finding]:
+    """Whether Tempo's clock differs from the host's by more than its ``Date`` header can
+    hide: WARN when the difference eats into the smallest margin ``query_offset -
+    query_end_cutoff - ingest_delay`` of the groups, FAIL when it surely exceeds it."""
+    if skew is None:
+        return [warn("Tempo's answers have no Date header: its clock is not compared with "
+                     "this host's")]
+    if skew.certain == 0:
+        return [ok("Tempo's clock agrees with this host's (to the Date header's second)")]
+    way = "ahead of" if skew.low > 0 else "behind"
+    low, high = sorted((abs(skew.low), abs(skew.high)))
+    apart = f"Tempo's clock is {low:.1f}s to {high:.1f}s {way} this host's"
+    cutoff, delay = config.tempo.query_end_cutoff, config.tempo.ingest_delay
+    if not groups:
+        return [warn(f"{apart}; synchronise both with NTP")]
+    group = min(groups, key=lambda g: g.query_offset)
+    margin = group.query_offset - cutoff - delay
+    what = (f"the smallest margin query_offset - query_end_cutoff - ingest_delay "
+            f"({_d(margin)}, {_group(group)})")
+    if skew.certain > margin:
+        return [fail(
+            f"{apart}, more than {what}: its windows are read before Tempo has all their "
+            f"spans; synchronise both clocks with NTP, or raise query_offset to at least "
+            f"{_d(math.ceil(cutoff + delay + high))}"
+        )]
+    return [warn(f"{apart}, at least {skew.certain:.1f}s of {what}; synchronise both clocks "
+                 f"with NTP")]
+
+
 def check_sample_age(max_sample_age: float, prometheus: PrometheusInfo | None) -> list[Finding]:
     """Whether the receiver keeps the oldest samples the bridge may send."""
     age = "0 (no limit)" if max_sample_age == 0 else _d(max_sample_age)
@@ -420,6 +454,7 @@ async def _check_tempo(
             ))
         else:
             findings += check_tempo_settings(settings, config, groups, longest_request)
+        findings += check_clock_skew(tempo.clock_skew, config, groups)
     finally:
         await tempo.aclose()
     return findings
