@@ -23,6 +23,15 @@ resident memory (``VmHWM``) over what the process held with the bytes read. The 
   ``json.loads`` and the checks in Python, which word every error.
 
 A correctness check: both parsers give the same series.
+
+Then one window read two ways, at 2,000 and 100,000 series (``--quick``: 2,000), from the
+Tempo double (``tests/doubles/tempo.py``) holding two spans per series, one in the window
+``(e-60, e]`` and one in the minute before, spread over the minute: the instant query ``start=e-60, end=e`` the
+steady state uses today, and the one-window range query ``start=e-60, end=e, step=60s``
+whose answer has the bucket stamped ``e-60`` (Tempo's extra leading bucket, dropped) and the
+window's, stamped ``e``, with exemplars. Figures: answer bytes, the client's parse time
+(median of 5), and the exemplars the window's bucket got. A correctness check: the range
+answer's window bucket has the instant answer's values.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.common import ROOT, Report, machine, peak_rss_mb, proc_status_mb
+
+ONE_WINDOW_SIZES = (2_000, 100_000)
 
 Kind = Literal["instant", "range"]
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
@@ -150,7 +161,55 @@ def main(argv: list[str] | None = None) -> int:
                 agree &= len(digests) == 1 and next(iter(digests))[0] == size
                 path.unlink()
     report.check("every parser gives the same series", agree)
+    one_window(report, ONE_WINDOW_SIZES[:1] if args.quick else ONE_WINDOW_SIZES)
     return report.exit_status()
+
+
+def one_window(report: Report, sizes: tuple[int, ...]) -> None:
+    """The instant query of a window against its one-window range query."""
+    import statistics
+
+    from bridge import tempo
+    from tests.doubles.tempo import Span, TempoDouble
+
+    end = WINDOW_END_MS // 1000
+    query = ("{ } | sum_over_time(span.gen_ai.usage.total_cost) by (" + ", ".join(BY) + ")")
+    same = True
+    for size in sizes:
+        spans = []
+        for i in range(size):
+            attributes: dict[str, str | float] = {
+                BY[0].removeprefix("span."): f"vendor-{i // 1000 % 10}/model-{i // 1000}",
+                BY[1].removeprefix("span."): f"provider-{i // 1000 % 25}",
+                BY[2].removeprefix("span."): f"team-{i % 1000:04d}-key",
+                "gen_ai.usage.total_cost": 0.000125 * (i % 997 + 1),
+            }
+            offset = 1 + i * 60 * 10**9 // size  # spread over the minute
+            for minute in (end - 120, end - 60):  # the minute before, the window
+                spans.append(Span(start_ns=minute * 10**9 + offset, attributes=attributes))
+        double = TempoDouble(spans, clock=lambda: end + 120.0)
+        instant = double.handle("/api/metrics/query",
+                                {"q": query, "start": str(end - 60), "end": str(end)}).body
+        ranged = double.handle("/api/metrics/query_range", {
+            "q": query, "start": str(end - 60), "end": str(end), "step": "60s"}).body
+        results: dict[str, list[Any]] = {}
+        for kind, body in (("instant", instant), ("range", ranged)):
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                results[kind] = tempo.parse_answer(body, query, kind)  # type: ignore[call-overload]
+                times.append(time.perf_counter() - started)
+            label = f"one window {size:,}: {kind}"
+            report.figure(f"{label} answer bytes", len(body), "B")
+            report.figure(f"{label} parse", statistics.median(times), "s")
+        in_window = sum(1 for s in results["range"] for e in s.exemplars
+                        if e.ts_ms > (end - 60) * 1000)
+        report.figure(f"one window {size:,}: exemplars in the window", in_window)
+        values = {tuple(sorted(s.labels.items())): s.value for s in results["instant"]}
+        windowed = {tuple(sorted(s.labels.items())): dict(s.samples).get(end * 1000)
+                    for s in results["range"]}
+        same &= values == windowed
+    report.check("the range answer's window has the instant answer's values", same)
 
 
 if __name__ == "__main__":
