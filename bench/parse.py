@@ -25,13 +25,13 @@ resident memory (``VmHWM``) over what the process held with the bytes read. The 
 A correctness check: both parsers give the same series.
 
 Then one window read two ways, at 2,000 and 100,000 series (``--quick``: 2,000), from the
-Tempo double (``tests/doubles/tempo.py``) holding two spans per series, one in the window
-``(e-60, e]`` and one in the minute before, spread over the minute: the instant query ``start=e-60, end=e`` the
-steady state uses today, and the one-window range query ``start=e-60, end=e, step=60s``
-whose answer has the bucket stamped ``e-60`` (Tempo's extra leading bucket, dropped) and the
-window's, stamped ``e``, with exemplars. Figures: answer bytes, the client's parse time
-(median of 5), and the exemplars the window's bucket got. A correctness check: the range
-answer's window bucket has the instant answer's values.
+Tempo double (``tests/doubles/tempo.py``) holding two spans per series spread over the
+minute, one in the window ``(e-60, e]`` and one in the minute before: the instant query
+``start=e-60, end=e`` the steady state uses today, and the one-window range query
+``start=e-60, end=e, step=60s``, whose answer has the bucket stamped ``e-60`` (Tempo's
+extra leading bucket, to drop) and the window's, stamped ``e``, with exemplars. Figures:
+answer bytes, the client's parse time (median of 5), and the exemplars in the window's
+bucket. A correctness check: the range answer's window has the instant answer's values.
 """
 
 from __future__ import annotations
