@@ -12,6 +12,8 @@
   ``limit``;
 * Tempo's per-tenant overrides (``/status/overrides/{tenant}``) of each tenant the rules
   use: its ``max_metrics_duration`` against the bridge's ``max_duration``;
+* Tempo's clock (the ``Date`` header of its answers) against the host's: a skew eats into
+  each group's margin ``query_offset - query_end_cutoff - ingest_delay``;
 * the receiver accepts an empty remote-write request (Prometheus answers 404 when it was
   started without ``--web.enable-remote-write-receiver``); when it is a Prometheus that
   shows its config, ``max_sample_age`` against the age of samples it accepts.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,7 +46,7 @@ from bridge.errors import ReceiverError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group
-from bridge.tempo import TempoClient
+from bridge.tempo import ClockSkew, TempoClient
 from bridge.yamlfile import lookup
 
 Level = Literal["OK", "WARN", "FAIL"]
@@ -438,6 +441,35 @@ def check_tenant_max_duration(
                 f"{_d(2 * group.interval)}"
             ))
     return findings
+def check_clock_skew(
+    skew: ClockSkew | None, config: Config, groups: Sequence[Group]
+) -> list[Finding]:
+    """Whether Tempo's clock differs from the host's by more than its ``Date`` header can
+    hide: WARN when the difference eats into the smallest margin ``query_offset -
+    query_end_cutoff - ingest_delay`` of the groups, FAIL when it surely exceeds it."""
+    if skew is None:
+        return [warn("Tempo's answers have no Date header: its clock is not compared with "
+                     "this host's")]
+    if skew.certain == 0:
+        return [ok("Tempo's clock agrees with this host's (to the Date header's second)")]
+    way = "ahead of" if skew.low > 0 else "behind"
+    low, high = sorted((abs(skew.low), abs(skew.high)))
+    apart = f"Tempo's clock is {low:.1f}s to {high:.1f}s {way} this host's"
+    cutoff, delay = config.tempo.query_end_cutoff, config.tempo.ingest_delay
+    if not groups:
+        return [warn(f"{apart}; synchronise both with NTP")]
+    group = min(groups, key=lambda g: g.query_offset)
+    margin = group.query_offset - cutoff - delay
+    what = (f"the smallest margin query_offset - query_end_cutoff - ingest_delay "
+            f"({_d(margin)}, {_group(group)})")
+    if skew.certain > margin:
+        return [fail(
+            f"{apart}, more than {what}: its windows are read before Tempo has all their "
+            f"spans; synchronise both clocks with NTP, or raise query_offset to at least "
+            f"{_d(math.ceil(cutoff + delay + high))}"
+        )]
+    return [warn(f"{apart}, at least {skew.certain:.1f}s of {what}; synchronise both clocks "
+                 f"with NTP")]
 
 
 def check_sample_age(max_sample_age: float, prometheus: PrometheusInfo | None) -> list[Finding]:
@@ -532,6 +564,7 @@ async def _check_tempo(
             findings += check_tempo_settings(settings, config, groups, longest_request)
 
         findings += await _check_tenant_overrides(tempo, config, groups, redact)
+        findings += check_clock_skew(tempo.clock_skew, config, groups)
     finally:
         await tempo.aclose()
     return findings

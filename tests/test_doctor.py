@@ -8,9 +8,13 @@ with and without ``--web.enable-remote-write-receiver`` and with an out-of-order
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,12 +23,16 @@ from urllib.parse import unquote
 import pytest
 
 from bridge.cli import main
+from bridge.config import Config
 from bridge.doctor import (
+    Finding,
+    check_clock_skew,
     parse_go_duration,
     read_prometheus_config,
     read_tempo_settings,
     read_tenant_max_duration,
 )
+from bridge.tempo import ClockSkew
 from tests.doubles.captures import find_tempo_api, load_capture
 from tests.prometheus_server import PrometheusServer, start_prometheus
 
@@ -60,6 +68,7 @@ class FakeTempo:
 
     def __init__(self) -> None:
         self.status_config: tuple[int, bytes] = (200, STATUS_CONFIG.encode())
+        self.clock_ahead = 0.0  # seconds Tempo's Date header is ahead of the host's clock
         self.query: tuple[int, bytes] = (INSTANT.status, INSTANT.body)
         # /status/overrides/{tenant} by tenant; any other tenant has the default overrides
         self.overrides: dict[str, tuple[int, bytes]] = {}
@@ -110,6 +119,9 @@ class FakeTempo:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return email.utils.formatdate(time.time() + fake.clock_ahead, usegmt=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -200,6 +212,9 @@ def unused_port() -> int:
         return port
 
 
+CLOCK_OK = "OK   Tempo's clock agrees with this host's (to the Date header's second)"
+
+
 def tempo_ok(url: str) -> list[str]:
     return [
         f"OK   Tempo 3.0.3 (revision 1900ed7b) answers at {url}",
@@ -249,7 +264,7 @@ def test_real_tempo_config_and_prometheus_pass(
     code, lines = doctor(capsys, config)
     assert lines == [
         *tempo_ok(tempo.url), SLACK_OK, CUTOFF_OK, OFFSETS_OK, MAX_DURATION_OK,
-        MAX_INTERVALS_OK, RESPONSE_SERIES_OK, TENANT_OK,
+        MAX_INTERVALS_OK, RESPONSE_SERIES_OK, TENANT_OK, CLOCK_OK,
         *receiver_ok(prom, AGE_OK),
         "no problems found",
     ]
@@ -386,7 +401,7 @@ def test_status_config_not_served(
         *tempo_ok(tempo.url),
         "WARN cannot read Tempo's /status/config (GET /status/config: Tempo answered 404: 404 "
         "page not found): its slack, query_end_cutoff and max_duration are not checked",
-        TENANT_OK,
+        TENANT_OK, CLOCK_OK,
         *receiver_ok(prom, AGE_OK),
         "1 problem found",
     ]
@@ -521,6 +536,60 @@ def test_overrides_not_served(
         "/status/overrides/single-tenant: Tempo answered 404: 404 page not found): its "
         "read.max_metrics_duration is not checked"
     )
+# -- Tempo's clock ------------------------------------------------------------------------------
+
+
+BOUNDS = r"(?P<low>\d+\.\d)s to (?P<high>\d+\.\d)s"
+
+
+@pytest.mark.parametrize(
+    ("ahead", "before"),
+    [
+        (-20.0, "WARN Tempo's clock is {bounds} behind this host's, at least "
+                "(?P<certain>\\d+\\.\\d)s of {margin}; synchronise both clocks with NTP"),
+        (100.0, "FAIL Tempo's clock is {bounds} ahead of this host's, more than {margin}: its "
+                "windows are read before Tempo has all their spans; synchronise both clocks "
+                "with NTP, or raise query_offset to at least 2m(?P<raise>\\d+)s"),
+    ],
+)
+def test_tempo_s_clock_apart_from_the_host_s(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str],
+    ahead: float, before: str,
+) -> None:
+    tempo.clock_ahead = ahead
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    margin = re.escape("the smallest margin query_offset - query_end_cutoff - ingest_delay "
+                       f"(1m15s, {group_at(config)})")
+    pattern = re.escape(before).replace(re.escape("{bounds}"), BOUNDS).replace(
+        re.escape("{margin}"), margin)
+    pattern = pattern.replace(re.escape("(?P<certain>\\d+\\.\\d)"), r"(?P<certain>\d+\.\d)")
+    pattern = pattern.replace(re.escape("(?P<raise>\\d+)"), r"(?P<raise>\d+)")
+    (clock,) = [line for line in lines if "Tempo's clock" in line]
+    match = re.fullmatch(pattern, clock)
+    assert match, (pattern, clock)
+    low, high = float(match["low"]), float(match["high"])
+    # the Date header's second plus the round trip, around the skew
+    assert low - 0.05 <= abs(ahead) <= high + 0.05
+    assert high - low < 1.5
+    if match.groupdict().get("certain"):
+        assert match["certain"] == match["low"]
+    if match.groupdict().get("raise"):
+        assert 120 + int(match["raise"]) in (math.ceil(45 + high), math.ceil(45 + high) + 1)
+
+
+def test_clock_skew_check_without_groups_or_date() -> None:
+    config = Config.model_validate({"rule_files": []})
+    assert check_clock_skew(None, config, []) == [Finding(
+        "WARN", "Tempo's answers have no Date header: its clock is not compared with this host's"
+    )]
+    skew = ClockSkew(low=-0.4, high=0.7, at=0.0)
+    assert check_clock_skew(skew, config, [])[0].level == "OK"
+    apart = check_clock_skew(ClockSkew(low=5.2, high=6.1, at=0.0), config, [])
+    assert apart == [Finding(
+        "WARN", "Tempo's clock is 5.2s to 6.1s ahead of this host's; synchronise both with NTP"
+    )]
 
 
 # -- reaching Tempo -----------------------------------------------------------------------------
