@@ -3,6 +3,8 @@ remote-write client and the state. The daemon and every command use these."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from bridge.config import Config
@@ -10,7 +12,7 @@ from bridge.remote_write import RemoteWriteClient
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
 from bridge.state import State
-from bridge.tempo import TempoClient
+from bridge.tempo import ClockSkew, TempoClient
 from bridge.windows import Limits
 
 STATE_FILE = "tempo-bridge.sqlite"
@@ -23,7 +25,8 @@ def load_rules(config: Config) -> list[Group]:
 
 
 def tempo_client(
-    config: Config, transport: httpx.AsyncBaseTransport | None = None
+    config: Config, transport: httpx.AsyncBaseTransport | None = None,
+    on_clock_skew: Callable[[ClockSkew], None] | None = None,
 ) -> TempoClient:
     """A Tempo client with the config's URL, tenant, credentials and timeout."""
     return TempoClient(
@@ -32,6 +35,7 @@ def tempo_client(
         headers=config.tempo.auth_headers(),
         timeout=config.tempo.timeout,
         transport=transport,
+        on_clock_skew=on_clock_skew,
     )
 
 

@@ -15,6 +15,7 @@ import tenacity
 from bridge import __version__
 from bridge.components import limits, load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
+from bridge.doctor import check_clock_skew
 from bridge.engine import Engine, rule_key
 from bridge.errors import ConfigError, StateError
 from bridge.metrics import Metrics
@@ -23,8 +24,9 @@ from bridge.rulefmt import DEFAULT_INTERVAL
 from bridge.rules import Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
-from bridge.status import GroupStatus, Reload, RuleStatus, Status, StatusBoard
+from bridge.status import Clock, GroupStatus, Reload, RuleStatus, Status, StatusBoard
 from bridge.systemd import Notifier
+from bridge.tempo import ClockSkew
 from bridge.web import WebServer
 
 log = structlog.get_logger("bridge.daemon")
@@ -58,7 +60,8 @@ class Daemon:
             receiver_url=display_url(config.remote_write.url),
         ))
         self.state = open_state(config, exclusive=True)
-        self.tempo = tempo_client(config)
+        self._clock_level = "OK"
+        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew)
         self.receiver = receiver_client(config)
         self.sender = Sender(
             self.state,
@@ -221,6 +224,22 @@ class Daemon:
         for known in self.state.known_rules():
             if known.removed_at is None and known.key not in loaded:
                 await self.engine.retire(known.key, known.interval or DEFAULT_INTERVAL)
+
+    def _clock_skew(self, skew: ClockSkew) -> None:
+        """Tempo answered: export how far its clock is from this host's, and log when the
+        skew starts (or stops) eating into the groups' margin ``query_offset -
+        query_end_cutoff - ingest_delay`` (windows would be read before Tempo has them)."""
+        self.metrics.tempo_clock_skew.set(skew.estimate)
+        self.metrics.tempo_clock_skew_certain.set(skew.certain)
+        (finding,) = check_clock_skew(skew, self.config, self._groups)
+        self.status.clock(Clock(skew.at, skew.estimate, skew.certain, finding.level,
+                                finding.message))
+        if finding.level == self._clock_level:
+            return
+        self._clock_level = finding.level
+        emit = {"OK": log.info, "WARN": log.warning}.get(finding.level, log.error)
+        emit("Tempo's clock", level=finding.level, skew=round(skew.estimate, 3),
+             message=finding.message)
 
     def _reloaded(self, errors: str | None) -> None:
         """Record the outcome of loading the rules (at start or on reload)."""

@@ -74,6 +74,17 @@ class Metrics:
             "tempo_bridge_tempo_queries", "Queries sent to Tempo, by kind.", ["kind"],
             registry=r,
         )
+        self.tempo_clock_skew = Gauge(
+            "tempo_bridge_tempo_clock_skew_seconds",
+            "Tempo's clock minus this host's, from the Date header of its latest answer "
+            "(the middle of the bounds the header's one-second resolution allows).",
+            registry=r,
+        )
+        self.tempo_clock_skew_certain = Gauge(
+            "tempo_bridge_tempo_clock_skew_certain_seconds",
+            "How far apart Tempo's clock and this host's surely are (0 when the Date header "
+            "allows them to agree).", registry=r,
+        )
         self.samples_sent = Counter(
             "tempo_bridge_samples_sent", "Samples accepted by the remote-write receiver.",
             registry=r,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
+import structlog.testing
 
 from bridge.components import load_rules
 from bridge.config import load_config
@@ -296,3 +298,43 @@ async def test_removed_rules_are_forgotten_after_the_state_retention(tmp_path: P
     finally:
         daemon.stop()
         await task
+
+
+async def test_tempo_s_clock_is_watched_on_every_answer(tmp_path: Path) -> None:
+    tempo = TempoDouble(clock=lambda: time.time() - 120, query_end_cutoff=0)  # 2 min behind
+    url = await tempo.start()
+    config_path = tmp_path / "bridge.yaml"
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    config_path.write_text(
+        f"tempo: {{url: '{url}', query_end_cutoff: 0s, ingest_delay: 0s}}\n"
+        "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
+        "state_dir: state\nrule_files: [rules.yaml]\nweb: {listen_address: '127.0.0.1:0'}\n"
+    )
+    config = load_config(config_path)
+    daemon = Daemon(config_path, config, load_rules(config))
+    daemon.sender.run = _idle  # type: ignore[method-assign]
+    with structlog.testing.capture_logs() as events:
+        task = asyncio.create_task(daemon.run())
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if daemon.status.snapshot().clock is not None:
+                break
+        await asyncio.sleep(1.2)  # more answers, the same skew
+    try:
+        clock = daemon.status.snapshot().clock
+        assert clock is not None
+        assert clock.level == "FAIL"  # 2 minutes exceed the 1 s margin of query_offset
+        assert -121.5 < clock.skew < -118.5
+        skew = daemon.metrics.registry.get_sample_value("tempo_bridge_tempo_clock_skew_seconds")
+        assert skew is not None
+        assert -121.5 < skew < -118.5
+    finally:
+        daemon.stop()
+        await task
+        await tempo.stop()
+    assert len(tempo.requests) > 1
+    clock_events = [e for e in events if e.get("event") == "Tempo's clock"]
+    assert len(clock_events) == 1  # logged when it changed, not at every answer
+    assert clock_events[0]["log_level"] == "error"
+    assert clock_events[0]["level"] == "FAIL"
+    assert "raise query_offset" in clock_events[0]["message"]
