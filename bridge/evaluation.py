@@ -244,7 +244,7 @@ def evaluate(
         update = _gauge(stored, reads, mapper, writer)
     update.settled = _settled(stored, reads, context.now)
     update.samples = writer.samples
-    update.live = writer.live
+    update.live = frozenset(writer.live)
     if update.settled:
         update.prune_upto = min(update.settled.values())
         update.keep = {w: v for w, v in update.keep.items() if w.end > update.prune_upto}
@@ -278,7 +278,7 @@ def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Upda
     writer = _Writer(stored.live, Context(now=0.0, last_ts=last_ts))
     end = (stored.checkpoint // interval + 1) * interval
     writer.end_window(end * 1000, {})
-    return Update(stored.checkpoint, writer.live, dict(stored.settled),
+    return Update(stored.checkpoint, frozenset(writer.live), dict(stored.settled),
                   samples=writer.samples, prune_upto=0)
 
 
@@ -471,7 +471,7 @@ class _Writer:
     """The samples of one evaluation: each series' timestamps only ever increase."""
 
     def __init__(self, live: frozenset[Labels], context: Context) -> None:
-        self.live: frozenset[Labels] = live
+        self.live: set[Labels] = set(live)
         self.since_ms = context.since_ms
         self._last_ts = context.last_ts
         self._written: dict[Labels, int] = {}
@@ -491,7 +491,7 @@ class _Writer:
         written then: its last value before that is recent enough)."""
         if ts_ms >= self.since_ms:
             self._write(labels, ts_ms, value)
-        self.live = self.live | {labels}
+        self.live.add(labels)
 
     def end_window(self, ts_ms: int, values: Mapping[Labels, float]) -> None:
         """Write ``values`` at a window end; live series missing from them end (stale)."""
@@ -499,7 +499,7 @@ class _Writer:
             self._write(labels, ts_ms, STALE_NAN)
         for labels, value in values.items():
             self._write(labels, ts_ms, value)
-        self.live = frozenset(values)
+        self.live = set(values)
 
 
 # -- settle checkpoints --------------------------------------------------------------------
