@@ -21,6 +21,7 @@ import random
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Final
 
@@ -32,10 +33,12 @@ from bridge import USER_AGENT
 from bridge.errors import ReceiverError
 from bridge.prompb import remote_pb2
 from bridge.redact import display_url
-from bridge.series import Labels
+from bridge.series import EXEMPLAR_LABEL, Exemplar, Labels, Sample
 
-Series = tuple[Labels, Sequence[tuple[int, float]]]
-"""One series to write: its labels and its samples, ``(timestamp_ms, value)`` in time order."""
+Series = (tuple[Labels, Sequence[tuple[int, float]]]
+          | tuple[Labels, Sequence[tuple[int, float]], Sequence[Exemplar]])
+"""One series to write: its labels, its samples ``(timestamp_ms, value)`` in time order,
+and optionally its exemplars (each labelled ``traceID``)."""
 
 _DOUBLE: Final = struct.Struct("<d")
 _INT64_MIN: Final = -(1 << 63)
@@ -70,8 +73,10 @@ def add_external_labels(labels: Labels, external: Mapping[str, str]) -> Labels:
 #   TimeSeries.labels = 1 -> 0x0a, TimeSeries.samples = 2 -> 0x12
 #   Label.name = 1 -> 0x0a, Label.value = 2 -> 0x12
 #   Sample.value = 1 (fixed64) -> 0x09, Sample.timestamp = 2 (varint) -> 0x10
-# Like the generated code, a Sample field whose value is the default (all-zero
-# bits, timestamp 0) is left out, so the bytes are identical to SerializeToString.
+#   TimeSeries.exemplars = 3 -> 0x1a: Exemplar.labels = 1 -> 0x0a,
+#   Exemplar.value = 2 (fixed64) -> 0x11, Exemplar.timestamp = 3 (varint) -> 0x18
+# Like the generated code, a field whose value is the default (all-zero bits,
+# timestamp 0) is left out, so the bytes are identical to SerializeToString.
 
 
 def _varint(n: int) -> bytes:
@@ -136,7 +141,8 @@ def _serialize(series: Iterable[Series]) -> bytearray:
     pack = _DOUBLE.pack
     series_headers = _SeriesHeaders()
     out = bytearray()
-    for labels, samples in series:
+    for item in series:
+        labels, samples = item[0], item[1]
         chunks: list[bytes] = []
         previous = ""
         for pair in labels:
@@ -163,12 +169,27 @@ def _serialize(series: Iterable[Series]) -> bytearray:
                 value_bytes = pack(value)
                 chunks.append(zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after)
             encoded_samples = b"".join(chunks)
+        if len(item) > 2 and item[2]:
+            encoded_samples += b"".join(_exemplar(e) for e in item[2])
 
         size = len(encoded_labels) + len(encoded_samples)
         out += series_headers[size]
         out += encoded_labels
         out += encoded_samples
     return out
+
+
+_EXEMPLAR_NAME: Final = _field(b"\x0a", EXEMPLAR_LABEL.encode())
+
+
+def _exemplar(exemplar: Exemplar) -> bytes:
+    """One ``TimeSeries.exemplars`` field: the trace ID label, the value, the timestamp."""
+    label = _field(b"\x0a", _EXEMPLAR_NAME + _field(b"\x12", exemplar.trace_id.encode()))
+    value = _DOUBLE.pack(exemplar.value)
+    payload = label + (b"\x11" + value if value != _ZERO_DOUBLE else b"")
+    if exemplar.ts_ms:
+        payload += b"\x18" + _varint(exemplar.ts_ms)
+    return _field(b"\x1a", payload)
 
 
 def serialize_write_request(series: Iterable[Series]) -> bytes:
@@ -186,19 +207,80 @@ def encode_write_request(series: Iterable[Series]) -> bytes:
     return bytes(cramjam.snappy.compress_raw(_serialize(series)))
 
 
-def decode_write_request(body: bytes) -> list[tuple[Labels, list[tuple[int, float]]]]:
+def decode_write_request(
+    body: bytes,
+) -> list[tuple[Labels, list[tuple[int, float]], list[Exemplar]]]:
     """Decompress and parse a request body (snappy block format) with the generated code."""
     request = remote_pb2.WriteRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
     return [
         (
             tuple((label.name, label.value) for label in ts.labels),
             [(sample.timestamp, sample.value) for sample in ts.samples],
+            [Exemplar(_trace_id(e.labels), e.value, e.timestamp) for e in ts.exemplars],
         )
         for ts in request.timeseries
     ]
 
 
-# --- sending ------------------------------------------------------------------------
+def _trace_id(labels: Iterable[remote_pb2.Label]) -> str:
+    return next((label.value for label in labels if label.name == EXEMPLAR_LABEL), "")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One remote-write request, encoded: what the outbox keeps and the sender posts."""
+
+    body: bytes
+    """The WriteRequest, snappy block-compressed, external labels included."""
+    samples: int
+    min_ts: int
+    """The oldest sample's timestamp, ms (to tell when it grew too old to send)."""
+    max_ts: int
+
+
+def encode_batches(
+    samples: Iterable[Sample],
+    exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
+    external: Mapping[str, str],
+    max_samples: int,
+) -> list[Batch]:
+    """Requests of at most ``max_samples`` samples that write ``samples``, in order.
+
+    ``samples`` of one series are in time order; ``exemplars`` are keyed by the series and
+    timestamp of the sample they illustrate. A series' samples stay in one request when
+    they fit, else they go in consecutive ones, in time order.
+    """
+    per_series: dict[Labels, list[tuple[int, float]]] = {}
+    for labels, ts, value in samples:
+        points = per_series.get(labels)
+        if points is None:
+            per_series[labels] = [(ts, value)]
+        else:
+            points.append((ts, value))
+    batches: list[Batch] = []
+    pending: list[Series] = []
+    count = 0
+    low, high = _INT64_MAX, _INT64_MIN
+
+    def flush() -> None:
+        nonlocal pending, count, low, high
+        if pending:
+            body = bytes(cramjam.snappy.compress_raw(_serialize(pending)))
+            batches.append(Batch(body, count, low, high))
+        pending, count, low, high = [], 0, _INT64_MAX, _INT64_MIN
+
+    for labels, points in per_series.items():
+        written = add_external_labels(labels, external)
+        for i in range(0, len(points), max_samples):
+            part = points[i:i + max_samples]
+            if count + len(part) > max_samples:
+                flush()
+            found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
+            pending.append((written, part, found) if found else (written, part))
+            count += len(part)
+            low, high = min(low, part[0][0]), max(high, part[-1][0])
+    flush()
+    return batches
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

@@ -7,6 +7,7 @@ remote write all point down to it.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Final
 
 Labels = tuple[tuple[str, str], ...]
@@ -15,6 +16,22 @@ names and values non-empty."""
 
 Sample = tuple[Labels, int, float]
 """``(labels, timestamp ms, value)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    """A span that illustrates a sample: its trace ID as Tempo writes it (lowercase hex,
+    leading zeros dropped), its value (the aggregated attribute, or for a count the
+    sample of its bucket; NaN when Tempo had none), and its start, unix ms."""
+
+    trace_id: str
+    value: float
+    ts_ms: int
+
+
+EXEMPLAR_LABEL = "traceID"
+"""The label that carries an exemplar's trace ID, as Tempo's metrics-generator names it, so
+that Grafana data sources already linked to Tempo open the trace."""
 
 _DOUBLE: Final = struct.Struct("<d")
 _STALE_BYTES: Final = struct.pack("<Q", 0x7FF0000000000002)

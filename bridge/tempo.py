@@ -31,6 +31,7 @@ import msgspec
 
 from bridge import USER_AGENT
 from bridge.errors import TempoError
+from bridge.series import Exemplar
 
 INSTANT_PATH = "/api/metrics/query"
 RANGE_PATH = "/api/metrics/query_range"
@@ -38,17 +39,6 @@ _MAX_BODY_IN_ERROR = 1024
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 
 Kind: TypeAlias = Literal["instant", "range"]
-
-
-@dataclass(frozen=True, slots=True)
-class Exemplar:
-    """A span Tempo picked to illustrate a range series: its trace ID as Tempo writes it
-    (lowercase hex, leading zeros dropped), its value (the aggregated attribute, or for a
-    count the sample of its bucket; NaN when Tempo had none), and its start, unix ms."""
-
-    trace_id: str
-    value: float
-    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)

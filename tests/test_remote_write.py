@@ -26,11 +26,12 @@ from bridge.remote_write import (
     Series,
     add_external_labels,
     decode_write_request,
+    encode_batches,
     encode_write_request,
     retrying,
     serialize_write_request,
 )
-from bridge.series import STALE_NAN, Labels, is_stale_nan
+from bridge.series import STALE_NAN, Exemplar, Labels, Sample, is_stale_nan
 from tests.prometheus_server import PrometheusError, PrometheusServer, start_prometheus
 
 URL = "http://receiver.test/api/v1/write"
@@ -44,12 +45,16 @@ def bits(value: float) -> int:
 def protobuf_reference(series: list[Series]) -> bytes:
     """The same request serialized by the generated code."""
     request = remote_pb2.WriteRequest()
-    for labels, samples in series:
+    for item in series:
+        labels, samples = item[0], item[1]
         ts = request.timeseries.add()
         for name, value in labels:
             ts.labels.add(name=name, value=value)
         for timestamp, sample_value in samples:
             ts.samples.add(timestamp=timestamp, value=sample_value)
+        for exemplar in item[2] if len(item) > 2 else ():
+            added = ts.exemplars.add(value=exemplar.value, timestamp=exemplar.ts_ms)
+            added.labels.add(name="traceID", value=exemplar.trace_id)
     return request.SerializeToString()
 
 
@@ -68,6 +73,9 @@ EDGE_SERIES: list[Series] = [
     ((("__name__", "huge"), ("value", "y" * 20_000)), [(10, 1.0)]),
     ((("__name__", "many"),), [(t, float(t)) for t in range(1, 3000)]),
     ((("__name__", "no_samples"),), []),
+    ((("__name__", "with_exemplars"),), [(60_000, 3.5)],
+     [Exemplar("4bf92f3577b34da6a3ce929d0e0e4736", 2.5, 59_000), Exemplar("1", 0.0, 0),
+      Exemplar("abc", -1.0, -5)]),
 ]
 
 
@@ -76,7 +84,8 @@ EDGE_SERIES: list[Series] = [
 
 def test_round_trip() -> None:
     assert decode_write_request(encode_write_request(EDGE_SERIES)) == [
-        (labels, list(samples)) for labels, samples in EDGE_SERIES
+        (item[0], list(item[1]), list(item[2]) if len(item) > 2 else [])
+        for item in EDGE_SERIES
     ]
 
 
@@ -88,8 +97,34 @@ def test_same_bytes_as_generated_protobuf() -> None:
 
 def test_negative_zero_keeps_its_sign() -> None:
     body = encode_write_request([((("__name__", "z"),), [(1, -0.0)])])
-    [(_, samples)] = decode_write_request(body)
+    [(_, samples, _)] = decode_write_request(body)
     assert math.copysign(1.0, samples[0][1]) == -1.0
+
+
+def test_batches_hold_at_most_max_samples_in_order_with_their_exemplars() -> None:
+    a, b, c = ((("__name__", "x"), ("model", m)) for m in "abc")
+    samples: list[Sample] = [
+        (a, 60_000, 0.0), (a, 120_000, 1.0), (b, 120_000, 2.0), (c, 60_000, 0.0),
+        (c, 120_000, 3.0), (a, 180_000, 4.0), (b, 180_000, 5.0), (c, 180_000, 6.0),
+    ]
+    trace = Exemplar("f00d", 1.0, 119_000)
+    batches = encode_batches(samples, {(c, 120_000): [trace]}, {"zone": "eu"}, max_samples=3)
+    decoded = [decode_write_request(batch.body) for batch in batches]
+    eu = ("zone", "eu")
+    assert decoded == [
+        [((*a, eu), [(60_000, 0.0), (120_000, 1.0), (180_000, 4.0)], [])],
+        [((*b, eu), [(120_000, 2.0), (180_000, 5.0)], [])],
+        [((*c, eu), [(60_000, 0.0), (120_000, 3.0), (180_000, 6.0)], [trace])],
+    ]
+    assert [(x.samples, x.min_ts, x.max_ts) for x in batches] == [
+        (3, 60_000, 180_000), (2, 120_000, 180_000), (3, 60_000, 180_000)
+    ]
+    # a series with more samples than a request holds goes in consecutive requests
+    long = [(a, t, float(t)) for t in range(1, 8)]
+    parts = [decode_write_request(x.body)[0][1] for x in encode_batches(long, {}, {}, 3)]
+    assert parts == [[(1, 1.0), (2, 2.0), (3, 3.0)], [(4, 4.0), (5, 5.0), (6, 6.0)],
+                     [(7, 7.0)]]
+    assert encode_batches([], {}, {}, 10) == []
 
 
 def test_empty_request() -> None:
@@ -160,7 +195,7 @@ def test_stale_nan_survives_encoding() -> None:
     ]
     raw = serialize_write_request(series)
     assert b"\x09" + struct.pack("<Q", 0x7FF0000000000002) in raw
-    [(_, samples)] = decode_write_request(encode_write_request(series))
+    [(_, samples, _)] = decode_write_request(encode_write_request(series))
     assert [bits(v) for _, v in samples] == [bits(1.0), 0x7FF0000000000002, bits(math.nan)]
     assert [is_stale_nan(v) for _, v in samples] == [False, True, False]
 

@@ -9,7 +9,8 @@ import pytest
 import respx
 
 from bridge.errors import TempoError
-from bridge.tempo import ClockSkew, Exemplar, InstantSeries, TempoClient
+from bridge.series import Exemplar
+from bridge.tempo import ClockSkew, InstantSeries, TempoClient
 from tests.doubles.captures import Capture, find_tempo_api, load_capture
 from tests.doubles.tempo import Response, TempoDouble
 

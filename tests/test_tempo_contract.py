@@ -29,7 +29,8 @@ import pytest
 import pytest_asyncio
 
 from bridge.errors import TempoError
-from bridge.tempo import Exemplar, InstantSeries, TempoClient
+from bridge.series import Exemplar
+from bridge.tempo import InstantSeries, TempoClient
 from tests.doubles.tempo import AttrValue, Span, TempoDouble
 
 TEMPO_URL = os.environ.get("TEMPO_URL", "")

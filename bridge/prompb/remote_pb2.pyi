@@ -5,8 +5,8 @@ Minimal Prometheus remote-write 1.0 schema.
 
 A subset of upstream prometheus/prompb (remote.proto and types.proto),
 with the same package, message names and field numbers, so that the wire
-format is identical. Exemplars (TimeSeries field 3) and native histograms
-(field 4) are left out: tempo-bridge does not send them.
+format is identical. Native histograms (TimeSeries field 4) are left out:
+tempo-bridge does not send them.
 
 Regenerate the Python modules with scripts/gen-proto.
 """
@@ -133,6 +133,7 @@ class TimeSeries(_message.Message):
 
     LABELS_FIELD_NUMBER: _builtins.int
     SAMPLES_FIELD_NUMBER: _builtins.int
+    EXEMPLARS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]:
         """Sorted by name in byte order, names unique, no empty values."""
@@ -141,19 +142,51 @@ class TimeSeries(_message.Message):
     def samples(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sample]:
         """In time order."""
 
+    @_builtins.property
+    def exemplars(self) -> _containers.RepeatedCompositeFieldContainer[Global___Exemplar]: ...
     def __init__(
         self,
         *,
         labels: _abc.Iterable[Global___Label] | None = ...,
         samples: _abc.Iterable[Global___Sample] | None = ...,
+        exemplars: _abc.Iterable[Global___Exemplar] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "samples", b"samples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exemplars", b"exemplars", "labels", b"labels", "samples", b"samples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimeSeries: _TypeAlias = TimeSeries  # noqa: Y015
+
+@_typing.final
+class Exemplar(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABELS_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    timestamp: _builtins.int
+    """Milliseconds since the Unix epoch."""
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]:
+        """Optional, can be empty."""
+
+    def __init__(
+        self,
+        *,
+        labels: _abc.Iterable[Global___Label] | None = ...,
+        value: _builtins.float = ...,
+        timestamp: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Exemplar: _TypeAlias = Exemplar  # noqa: Y015
 
 @_typing.final
 class Label(_message.Message):
