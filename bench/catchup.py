@@ -114,7 +114,7 @@ async def before_the_stop(config_path: Path, clocks: Sequence[float]) -> None:
             for group in load_rules(config):
                 if not await engine.evaluate_group(group):
                     raise RuntimeError("an evaluation before the stop failed")
-        state.remove_from_outbox(delivered=state.outbox_head(10_000_000))
+        state.remove_from_outbox(i for i, _ in state.outbox(limit=10_000_000))
     finally:
         await tempo.aclose()
         state.close()
@@ -144,7 +144,7 @@ async def restart(config_path: Path, restart_at: float, target: int, group: Grou
                 raise RuntimeError("the daemon did not catch up in 15 minutes")
             _, checkpoints = state_totals(daemon.state, group)
             if (len(checkpoints) == len(group.rules) and min(checkpoints.values()) >= target
-                    and daemon.state.outbox_depth() == 0):
+                    and daemon.state.outbox_samples() == 0):
                 break
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     finally:

@@ -47,7 +47,7 @@ def encode_with_protobuf_api(series: Sequence[Series]) -> bytes:
     """The same request built with the generated code: the reference, and the slow way."""
     request = remote_pb2.WriteRequest()
     add_series = request.timeseries.add
-    for labels, samples in series:
+    for labels, samples, *_ in series:
         ts = add_series()
         add_label = ts.labels.add
         for name, value in labels:

@@ -80,22 +80,52 @@ STAGES = {
 }
 
 
-def tempo_answer(series: int) -> bytes:
-    """An instant answer with ``series`` series of the OpenRouter cost rule's shape."""
-    items = []
+def _series_labels(i: int) -> list[dict[str, Any]]:
+    values = (f"vendor-{i // 1000 % 10}/model-{i // 1000}-instruct",
+              f"provider-{i // 1000 % 25}", f"team-{i % 1000:04d}-production-key")
+    return [{"key": key, "value": {"stringValue": value}}
+            for key, value in zip(BY, values, strict=True)]
+
+
+def _value(i: int) -> float:
+    return round(0.000125 * (i % 997 + 1), 9)
+
+
+def tempo_answers(series: int) -> tuple[bytes, bytes]:
+    """An instant answer and a one-window range answer (a template: see ``range_body``)
+    with ``series`` series of the OpenRouter cost rule's shape, as Tempo 3.0.3 writes
+    them: a value of 0 without its ``value`` key; in the range answer, the extra bucket
+    before the window, and exemplars (trace IDs) for the first 50 series (Tempo's
+    ``max_exemplars`` of 100 per query, half of them in the window)."""
+    instant, ranged = [], []
     for i in range(series):
-        values = (f"vendor-{i // 1000 % 10}/model-{i // 1000}-instruct",
-                  f"provider-{i // 1000 % 25}", f"team-{i % 1000:04d}-production-key")
-        labels = zip(BY, values, strict=True)
-        item: dict[str, Any] = {
-            "labels": [{"key": key, "value": {"stringValue": value}} for key, value in labels]
-        }
+        labels = _series_labels(i)
+        item: dict[str, Any] = {"labels": labels}
         if i % 50:  # Tempo leaves the value of 0 out
-            item["value"] = round(0.000125 * (i % 997 + 1), 9)
-        items.append(item)
-    body = {"series": items, "metrics": {"inspectedSpans": str(series * 3),
-                                         "completedJobs": 1, "totalJobs": 1}}
-    return json.dumps(body, separators=(",", ":")).encode()
+            item["value"] = _value(i)
+        instant.append(item)
+        one: dict[str, Any] = {
+            "labels": labels,
+            "samples": [{"timestampMs": "__START__"},
+                        {"timestampMs": "__END__", "value": _value(i)}],
+        }
+        if i < 50:
+            one["exemplars"] = [{
+                "labels": [{"key": "trace:id", "value": {"stringValue": f"{i + 1:032x}"}}],
+                "value": _value(i), "timestampMs": "__SPAN__",
+            }]
+        ranged.append(one)
+    metrics = {"inspectedSpans": str(series * 3), "completedJobs": 1, "totalJobs": 1}
+    return (json.dumps({"series": instant, "metrics": metrics}, separators=(",", ":")).encode(),
+            json.dumps({"series": ranged, "metrics": metrics}, separators=(",", ":")).encode())
+
+
+def range_body(template: bytes, start: int, end: int) -> bytes:
+    """The range answer for the window ``(start, end]``: buckets stamped ``start`` (the
+    extra one) and ``end``, spans a second before the end."""
+    return (template.replace(b'"__START__"', b'"%d"' % (start * 1000))
+            .replace(b'"__END__"', b'"%d"' % (end * 1000))
+            .replace(b'"__SPAN__"', b'"%d"' % (end * 1000 - 1000)))
 
 
 # -- the child: the measured process ----------------------------------------------------------
@@ -111,7 +141,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     from bridge.metrics import Metrics
     from bridge.remote_write import RemoteWriteClient
     from bridge.rulefmt import load_rule_files
-    from bridge.sender import Sender
+    from bridge.sender import Sender, encoder
     from bridge.state import State
     from bridge.tempo import TempoClient
     from bridge.windows import Limits
@@ -126,9 +156,9 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     metrics = Metrics()
     tempo = TempoClient(tempo_url)
     receiver = RemoteWriteClient(write_url)
-    sender = Sender(state, receiver, metrics, max_samples_per_send=remote.max_samples_per_send,
-                    max_sample_age=remote.max_sample_age, external_labels={})
-    engine = Engine(tempo, state, metrics, limits=Limits(int(TempoConfig().max_duration)))
+    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
+    engine = Engine(tempo, state, metrics, limits=Limits(int(TempoConfig().max_duration)),
+                    encode=encoder({}, remote.max_samples_per_send), on_commit=sender.enqueue)
 
     watch = Stopwatch()
     for name in ("instant", "range"):
@@ -137,11 +167,9 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     timed(watch, bridge.engine, "evaluate", "evaluate")
     timed(watch, state, "load", "load")
     timed(watch, state, "commit", "commit")
-    for name in ("outbox_head", "last_sent", "remove_from_outbox", "outbox_depth",
-                 "outbox_oldest_ts_ms"):
+    for name in ("outbox", "next_outbox_id", "remove_from_outbox", "outbox_oldest_ts_ms"):
         timed(watch, state, name, "outbox")
-    timed(watch, sender, "_group", "group")
-    timed(watch, bridge.sender, "encode_write_request", "encode")
+    timed(watch, bridge.sender, "encode_batches", "encode")
     timed(watch, receiver, "send", "send")
 
     result: dict[str, Any] = {"rss_before": proc_status_mb()["VmRSS"], "evaluations": []}
@@ -162,7 +190,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
         sent = (metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0)
         result["evaluations"].append({
             "ok": ok, "wall": wall, "stages": dict(watch.seconds),
-            "samples": int(sent - sent_before), "outbox": state.outbox_depth(),
+            "samples": int(sent - sent_before), "outbox": state.outbox_samples(),
             "peak_rss": peak_rss_mb(),
         })
     stored = state.load(rule_key(group, rule))
@@ -180,15 +208,21 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
 # -- the parent: Tempo's answer, Prometheus, the figures ----------------------------------------
 
 
-async def serve_answer(body: bytes) -> tuple[web.AppRunner, str]:
-    """Serve ``body`` as the answer of every Tempo metrics query."""
+async def serve_answers(instant: bytes, ranged: bytes) -> tuple[web.AppRunner, str]:
+    """Serve ``instant`` as the answer of every instant query, and ``ranged`` (stamped
+    with the window asked for) as that of every range query."""
 
-    async def answer(_: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json")
+    async def answer_instant(_: web.Request) -> web.Response:
+        return web.Response(body=instant, content_type="application/json")
+
+    async def answer_range(request: web.Request) -> web.Response:
+        start, end = int(request.query["start"]), int(request.query["end"])
+        return web.Response(body=range_body(ranged, start, end),
+                            content_type="application/json")
 
     app = web.Application()
-    app.router.add_get("/api/metrics/query", answer)
-    app.router.add_get("/api/metrics/query_range", answer)
+    app.router.add_get("/api/metrics/query", answer_instant)
+    app.router.add_get("/api/metrics/query_range", answer_range)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -202,10 +236,10 @@ async def run(series: int, profile: bool) -> int:
 
     report = Report("evaluate")
     report.note(machine())
-    body = tempo_answer(series)
+    instant, ranged = tempo_answers(series)
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp, \
             start_prometheus(Path(tmp)) as prom:
-        runner, url = await serve_answer(body)
+        runner, url = await serve_answers(instant, ranged)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url,
@@ -221,8 +255,9 @@ async def run(series: int, profile: bool) -> int:
         stored = prom.query(f"count({RECORD})")
         in_prometheus = int(stored[0]["value"][1]) if stored else 0
 
-    report.note(f"Tempo answer: {series:,} series, {len(body) / 1e6:.1f} MB of JSON; "
-                "the engine and sender run in a child process")
+    report.note(f"Tempo's answer: {series:,} series; {len(ranged) / 1e6:.1f} MB of JSON for a "
+                "one-window range query (exemplars on), {len(instant) / 1e6:.1f} MB for an "
+                "instant one; the engine and sender run in a child process")
     first, steady = result["evaluations"]
     for name, evaluation in (("first", first), ("steady", steady)):
         report.note(f"{name} evaluation: {evaluation['samples']:,} samples sent")

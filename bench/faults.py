@@ -282,7 +282,7 @@ class ReceiverProxy:
     def _poisoned(self, body: bytes) -> bool:
         assert self.poison is not None
         wanted = self.poison.items()
-        return any(wanted <= dict(labels).items() for labels, _ in decode_write_request(body))
+        return any(wanted <= dict(labels).items() for labels, _, _ in decode_write_request(body))
 
 
 # -- the daemon process -----------------------------------------------------------------------

@@ -23,7 +23,7 @@ from bridge.redact import display_url
 from bridge.rulefmt import DEFAULT_INTERVAL
 from bridge.rules import Group
 from bridge.scheduler import Scheduler
-from bridge.sender import Sender
+from bridge.sender import Sender, encoder
 from bridge.status import Clock, GroupStatus, Reload, RuleStatus, Status, StatusBoard
 from bridge.systemd import Notifier
 from bridge.tempo import ClockSkew
@@ -63,13 +63,15 @@ class Daemon:
         self._clock_level = "OK"
         self.tempo = tempo_client(config, on_clock_skew=self._clock_skew)
         self.receiver = receiver_client(config)
+        encode = encoder(dict(config.remote_write.external_labels),
+                         config.remote_write.max_samples_per_send)
+        # tempo-bridge 0.1 left its outbox a row per sample: send it as requests too
+        self.state.convert_legacy_outbox(lambda samples: encode(samples, {}))
         self.sender = Sender(
             self.state,
             self.receiver,
             self.metrics,
-            max_samples_per_send=config.remote_write.max_samples_per_send,
             max_sample_age=config.remote_write.max_sample_age,
-            external_labels=dict(config.remote_write.external_labels),
             clock=clock,
             status=self.status,
         )
@@ -81,7 +83,8 @@ class Daemon:
             max_sample_age=config.remote_write.max_sample_age,
             retention=config.state_retention,
             clock=clock,
-            on_commit=self.sender.wake,
+            encode=encode,
+            on_commit=self.sender.enqueue,
             status=self.status,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
@@ -173,7 +176,7 @@ class Daemon:
         cutoff = self._clock() - self.config.state_retention
         try:
             gone = self.state.forget_removed(before=cutoff)
-            dropped = self.state.collect_garbage(sent_before_ms=int(cutoff * 1000))
+            dropped = self.state.collect_garbage()
         except StateError as exc:
             log.error("state maintenance failed", error=str(exc))
             return

@@ -24,6 +24,7 @@ from bridge.errors import StateError, TempoError
 from bridge.evaluation import (
     Context,
     EvaluationError,
+    LabelMapper,
     Stored,
     TempoKey,
     Update,
@@ -34,8 +35,9 @@ from bridge.evaluation import (
     settle_ages,
 )
 from bridge.metrics import Metrics
+from bridge.remote_write import Batch
 from bridge.rules import Group, Rule
-from bridge.series import Labels, Sample
+from bridge.series import Exemplar, Labels, Sample
 from bridge.state import RuleKey
 from bridge.status import Evaluation, StatusBoard, TempoContact
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
@@ -51,6 +53,9 @@ from bridge.windows import (
 
 log = structlog.get_logger("bridge.engine")
 
+Encode = Callable[[Sequence[Sample], Mapping[tuple[Labels, int], Sequence[Exemplar]]], list[Batch]]
+"""Turns an evaluation's samples and exemplars into remote-write requests."""
+
 
 def rule_key(group: Group, rule: Rule) -> RuleKey:
     """The identity of a rule's state: its group, record, expression and kind."""
@@ -61,7 +66,8 @@ class Store(Protocol):
     """Where the engine keeps rules' state: :class:`bridge.state.State`, or a
     :class:`MemoryStore` for dry runs."""
 
-    last_ts: Mapping[Labels, int]
+    @property
+    def last_ts(self) -> Mapping[Labels, int]: ...
 
     def load(self, key: RuleKey) -> Stored | None: ...
 
@@ -69,11 +75,14 @@ class Store(Protocol):
         ...
 
     def commit(
-        self, key: RuleKey, update: Update, *, interval: int | None = None,
-        tenant: str | None = None,
-    ) -> None: ...
+        self, key: RuleKey, update: Update, batches: Sequence[Batch] = (), *,
+        after: Stored | None = None, interval: int | None = None, tenant: str | None = None,
+    ) -> list[int]: ...
 
-    def mark_removed(self, key: RuleKey, at: float, update: Update | None = None) -> None: ...
+    def mark_removed(
+        self, key: RuleKey, at: float, update: Update | None = None,
+        batches: Sequence[Batch] = (),
+    ) -> list[int]: ...
 
     def last_checkpoint(self, group: str, record: str) -> int | None: ...
 
@@ -85,6 +94,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.rules: dict[RuleKey, Stored] = {}
         self.samples: dict[RuleKey, list[Sample]] = {}
+        self.exemplars: dict[RuleKey, dict[tuple[Labels, int], list[Exemplar]]] = {}
         self._kept: dict[RuleKey, dict[Window, dict[TempoKey, float]]] = {}
         self._last: dict[Labels, int] = {}
         self.last_ts: Mapping[Labels, int] = self._last
@@ -97,11 +107,12 @@ class MemoryStore:
         return {w: kept[w] for w in windows if w in kept}
 
     def commit(
-        self, key: RuleKey, update: Update, *, interval: int | None = None,
-        tenant: str | None = None,
-    ) -> None:
+        self, key: RuleKey, update: Update, batches: Sequence[Batch] = (), *,
+        after: Stored | None = None, interval: int | None = None, tenant: str | None = None,
+    ) -> list[int]:
         stored = self.rules.get(key)
-        self.rules[key] = (stored or Stored(update.checkpoint)).apply(update)
+        self.rules[key] = after or (stored or Stored(update.checkpoint)).apply(update)
+        self.exemplars.setdefault(key, {}).update(update.exemplars)
         kept = self._kept.setdefault(key, {})
         kept.update(update.keep)
         for window in [w for w in kept if w.end <= update.prune_upto]:
@@ -109,10 +120,13 @@ class MemoryStore:
         self.samples.setdefault(key, []).extend(update.samples)
         for labels, ts, _value in update.samples:
             self._last[labels] = max(self._last.get(labels, ts), ts)
+        return []
 
-    def mark_removed(self, key: RuleKey, at: float, update: Update | None = None) -> None:
-        if update is not None:
-            self.commit(key, update)
+    def mark_removed(
+        self, key: RuleKey, at: float, update: Update | None = None,
+        batches: Sequence[Batch] = (),
+    ) -> list[int]:
+        return self.commit(key, update) if update is not None else []
 
     def last_checkpoint(self, group: str, record: str) -> int | None:
         return None
@@ -131,7 +145,8 @@ class Engine:
         max_sample_age: float = 0.0,
         retention: float = 0.0,
         clock: Callable[[], float] = time.time,
-        on_commit: Callable[[], None] = lambda: None,
+        encode: Encode | None = None,
+        on_commit: Callable[[Sequence[int], Sequence[Batch]], None] = lambda ids, batches: None,
         status: StatusBoard | None = None,
     ) -> None:
         self._tempo = tempo
@@ -141,9 +156,11 @@ class Engine:
         self._max_sample_age = max_sample_age
         self._retention = int(retention)
         self._clock = clock
+        self._encode = encode
         self._on_commit = on_commit
         self._status = status
         self._locks: dict[RuleKey, asyncio.Lock] = {}
+        self._mappers: dict[RuleKey, LabelMapper] = {}
 
     async def evaluate_group(self, group: Group) -> bool:
         """Evaluate every rule of ``group`` up to now; True if all of them succeeded."""
@@ -187,11 +204,13 @@ class Engine:
             if stored is None:
                 return
             update = retire(stored, interval, store.last_ts)
-            store.mark_removed(key, self._clock(), update)
+            batches = self._batches(update)
+            ids = store.mark_removed(key, self._clock(), update, batches)
+            self._mappers.pop(key, None)
             log.info("rule removed", group=key.group, rule=key.record, kind=key.kind,
                      series_ended=len(stored.live))
-        if update.samples:
-            self._on_commit()
+        if batches:
+            self._on_commit(ids, batches)
 
     async def _evaluate(self, run: _Run) -> bool:
         group, rule = run.group, run.rule
@@ -209,12 +228,12 @@ class Engine:
                 # contiguous with the windows to catch up: read in the same queries
                 reread = pending
                 break
-            for query in plan_queries(pending, self._limits):
+            for query in plan_queries(pending, self._limits, single_range=group.exemplars):
                 settled = await self._step(run, stored, query, "settle")
                 if settled is None:
                     return False
                 stored = settled
-        for query in plan_queries(reread + due, self._limits):
+        for query in plan_queries(reread + due, self._limits, single_range=group.exemplars):
             next_state = await self._step(run, stored, query, "evaluation")
             if next_state is None:
                 return False
@@ -263,23 +282,35 @@ class Engine:
         since_ms = int((run.now - self._max_sample_age) * 1000) if self._max_sample_age else 0
         context = Context(run.now, since_ms, self._store.last_ts, self._retention)
         again = [r.window for r in reads if r.window.end <= stored.checkpoint]
+        mapper = self._mappers.get(run.key)
+        if mapper is None or not mapper.fits(rule, group):
+            mapper = self._mappers[run.key] = LabelMapper(rule, group)
         try:
             kept = self._store.kept(run.key, again)
-            update = evaluate(group, rule, stored, reads, kept, context)
+            update = evaluate(group, rule, stored, reads, kept, context, mapper)
         except EvaluationError as exc:
             self._failed(run, query, what, exc.reason, exc)
             return None
+        after = stored.apply(update)
+        batches = self._batches(update)
         try:
-            self._commit(run, update)
+            ids = self._commit(run, update, batches, after)
         except StateError as exc:
             self._failed(run, query, what, "state", exc)
             return None
-        stored = stored.apply(update)
-        run.stored = stored
+        if update.dropped:
+            mapper.forget(after.totals)
+        run.stored = after
         self._observe(run, query, update)
-        if update.samples:
-            self._on_commit()
-        return stored
+        if batches:
+            self._on_commit(ids, batches)
+        return after
+
+    def _batches(self, update: Update) -> list[Batch]:
+        """The remote-write requests that carry the update's samples."""
+        if self._encode is None or not update.samples:
+            return []
+        return self._encode(update.samples, update.exemplars)
 
     async def _read(self, run: _Run, query: Query, what: str) -> list[WindowRead] | None:
         """Run one query against Tempo; on failure count and log it and return None."""
@@ -300,9 +331,12 @@ class Engine:
         self._contact(None)
         return reads_from_answer(query, answer)
 
-    def _commit(self, run: _Run, update: Update) -> None:
-        self._store.commit(run.key, update, interval=run.group.interval,
-                           tenant=run.group.tenant)
+    def _commit(
+        self, run: _Run, update: Update, batches: Sequence[Batch] = (),
+        after: Stored | None = None,
+    ) -> list[int]:
+        return self._store.commit(run.key, update, batches, after=after,
+                                  interval=run.group.interval, tenant=run.group.tenant)
 
     def _observe(self, run: _Run, query: Query, update: Update) -> None:
         names = (run.group.name, run.rule.record)

@@ -17,12 +17,13 @@ receiver refuses a sample as out of order or as a duplicate.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bridge.rules import Group, Rule
-from bridge.series import STALE_NAN, Labels, Sample
+from bridge.series import STALE_NAN, Exemplar, Labels, Sample
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query, Window
 
@@ -59,6 +60,9 @@ class WindowRead:
     values: Mapping[TempoKey, float]
     merged: int = 0
     """Series of the answer summed into another with the same labels (see TempoKey)."""
+    exemplars: Mapping[TempoKey, Sequence[Exemplar]] = field(default_factory=dict)
+    """Spans Tempo picked for each series, those that started in the window (range
+    answers only)."""
 
 
 def reads_from_answer(
@@ -72,6 +76,8 @@ def reads_from_answer(
     """
     per_end: dict[int, dict[TempoKey, float]] = {w.end * 1000: {} for w in query.windows}
     merged: dict[int, int] = dict.fromkeys(per_end, 0)
+    picked: dict[int, dict[TempoKey, list[Exemplar]]] = {end: {} for end in per_end}
+    ends = sorted(per_end)
     keys: dict[tuple[tuple[str, str], ...], TempoKey] = {}
     for series in answer:
         items = tuple(sorted(series.labels.items()))
@@ -82,6 +88,10 @@ def reads_from_answer(
         else:
             points = series.samples
             always = all(name == "__name__" for name, _value in items)
+            for exemplar in series.exemplars:
+                end = _end_of(ends, exemplar.ts_ms)
+                if end is not None and query.windows[0].start * 1000 < exemplar.ts_ms:
+                    picked[end].setdefault(key, []).append(exemplar)
         for ts_ms, value in points:
             if value == 0 and not always:
                 continue
@@ -93,7 +103,14 @@ def reads_from_answer(
                 values_at[key] += value
             else:
                 values_at[key] = value
-    return [WindowRead(w, per_end[w.end * 1000], merged[w.end * 1000]) for w in query.windows]
+    return [WindowRead(w, per_end[w.end * 1000], merged[w.end * 1000], picked[w.end * 1000])
+            for w in query.windows]
+
+
+def _end_of(ends: Sequence[int], ts_ms: int) -> int | None:
+    """The first of ``ends`` (ascending) at or after ``ts_ms``: the end of its window."""
+    i = bisect.bisect_left(ends, ts_ms)
+    return ends[i] if i < len(ends) else None
 
 
 @dataclass
@@ -124,6 +141,9 @@ class Stored:
     legacy: Mapping[Labels, float] = field(default_factory=dict)
     """Totals kept by tempo-bridge 0.1 per Prometheus series; a Tempo series that maps to
     one of them when it first grows continues from it."""
+    ended: Mapping[Labels, int] = field(default_factory=dict)
+    """Series given a stale marker at or after the checkpoint, and its timestamp (ms): no
+    sample of theirs may be written there again."""
 
     def apply(self, update: Update) -> Stored:
         """This state with ``update`` committed."""
@@ -137,7 +157,8 @@ class Stored:
         legacy = {k: v for k, v in self.legacy.items() if k not in update.adopted}
         return Stored(
             checkpoint=update.checkpoint, totals=totals, live=update.live,
-            settled=dict(update.settled), recorded=tuple(sorted(kept)), legacy=legacy,
+            ended=dict(update.ended), settled=dict(update.settled),
+            recorded=tuple(sorted(kept)), legacy=legacy,
         )
 
 
@@ -163,6 +184,10 @@ class Update:
     live: frozenset[Labels]
     settled: dict[int, int]
     samples: list[Sample] = field(default_factory=list)
+    exemplars: dict[tuple[Labels, int], list[Exemplar]] = field(default_factory=dict)
+    """Exemplars of samples, by the sample's series and timestamp (ms)."""
+    ended: dict[Labels, int] = field(default_factory=dict)
+    """What :attr:`Stored.ended` becomes."""
     totals: dict[TempoKey, Total] = field(default_factory=dict)
     """Totals that changed (new ones included)."""
     dropped: set[TempoKey] = field(default_factory=set)
@@ -205,19 +230,35 @@ def series_labels(
     return tuple([pairs.setdefault(pair, pair) for pair in items])
 
 
-class _Mapper:
-    """Tempo keys to Prometheus labels for one evaluation, each key mapped once."""
+class LabelMapper:
+    """Tempo keys to Prometheus labels for a rule, each key mapped once: kept from one
+    evaluation to the next while the rule maps labels the same way."""
 
     def __init__(self, rule: Rule, group: Group) -> None:
         self._rule, self._group = rule, group
         self._labels: dict[TempoKey, Labels] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self.signature = _mapping(rule, group)
+
+    def fits(self, rule: Rule, group: Group) -> bool:
+        """Whether ``rule`` of ``group`` maps labels as the one this mapper was made for."""
+        return _mapping(rule, group) == self.signature
+
+    def forget(self, keep: Iterable[TempoKey]) -> None:
+        """Drop the mappings of every key but ``keep`` (series gone from the state)."""
+        wanted = set(keep)
+        self._labels = {k: v for k, v in self._labels.items() if k in wanted}
 
     def __call__(self, key: TempoKey) -> Labels:
         labels = self._labels.get(key)
         if labels is None:
             labels = self._labels[key] = series_labels(self._rule, self._group, key, self._pairs)
         return labels
+
+
+def _mapping(rule: Rule, group: Group) -> tuple[object, ...]:
+    return (rule.record, rule.by, tuple(rule.rename.items()), rule.missing_value,
+            tuple(group.labels.items()), tuple(rule.labels.items()))
 
 
 def evaluate(
@@ -227,6 +268,7 @@ def evaluate(
     reads: Sequence[WindowRead],
     kept: Mapping[Window, Mapping[TempoKey, float]],
     context: Context,
+    mapper: LabelMapper | None = None,
 ) -> Update:
     """The update one query's answer makes to a rule.
 
@@ -235,16 +277,19 @@ def evaluate(
     values as last read), the others are new. Raises :class:`EvaluationError` when a
     window holds more series than the rule's ``limit``.
     """
-    mapper = _Mapper(rule, group)
+    if mapper is None or not mapper.fits(rule, group):
+        mapper = LabelMapper(rule, group)
     _check_limit(rule, reads, mapper)
-    writer = _Writer(stored.live, context)
+    writer = _Writer(stored, context)
     if rule.kind == "counter":
         update = _Counter(group, rule, stored, mapper, writer, context).run(reads, kept)
     else:
-        update = _gauge(stored, reads, mapper, writer)
+        update = _gauge(group, stored, reads, mapper, writer)
     update.settled = _settled(stored, reads, context.now)
     update.samples = writer.samples
+    update.exemplars = writer.exemplars
     update.live = frozenset(writer.live)
+    update.ended = writer.ended
     if update.settled:
         update.prune_upto = min(update.settled.values())
         update.keep = {w: v for w, v in update.keep.items() if w.end > update.prune_upto}
@@ -266,7 +311,8 @@ def settle_ages(group: Group, rule: Rule, stored: Stored) -> Update | None:
     if settled == dict(stored.settled):
         return None
     prune = min(settled.values()) if settled else stored.checkpoint
-    return Update(stored.checkpoint, stored.live, settled, prune_upto=prune)
+    return Update(stored.checkpoint, stored.live, settled, ended=dict(stored.ended),
+                  prune_upto=prune)
 
 
 def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Update:
@@ -275,11 +321,11 @@ def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Upda
     The marker is on the rule's own grid, not at the wall clock, so a rule put back at
     once writes its next windows after it, not before.
     """
-    writer = _Writer(stored.live, Context(now=0.0, last_ts=last_ts))
+    writer = _Writer(stored, Context(now=0.0, last_ts=last_ts))
     end = (stored.checkpoint // interval + 1) * interval
     writer.end_window(end * 1000, {})
     return Update(stored.checkpoint, frozenset(writer.live), dict(stored.settled),
-                  samples=writer.samples, prune_upto=0)
+                  samples=writer.samples, ended=writer.ended, prune_upto=0)
 
 
 # -- counters --------------------------------------------------------------------------
@@ -288,7 +334,7 @@ def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Upda
 class _Counter:
     """One counter evaluation: settle growth, then each new window in order."""
 
-    def __init__(self, group: Group, rule: Rule, stored: Stored, mapper: _Mapper,
+    def __init__(self, group: Group, rule: Rule, stored: Stored, mapper: LabelMapper,
                  writer: _Writer, context: Context) -> None:
         self.group, self.rule, self.stored = group, rule, stored
         self.map, self.writer, self.context = mapper, writer, context
@@ -297,6 +343,9 @@ class _Counter:
         self.adopted: set[Labels] = set()
         self.keep: dict[Window, dict[TempoKey, float]] = {}
         self.stats = Stats()
+        self.exemplar_limit = group.exemplars_per_series if group.exemplars else 0
+        # exemplars of late spans a settle pass found: written with the next window end
+        self.late: dict[Labels, list[Exemplar]] = {}
         self.checkpoint = stored.checkpoint
         # the Tempo keys of each Prometheus series, and when the series last grew
         self.keys: dict[Labels, list[TempoKey]] = {}
@@ -369,6 +418,8 @@ class _Counter:
                 self._add(key, labels, gain, at)
                 counted[key] = value
                 self.stats.grown += 1
+                if self.exemplar_limit and key in read.exemplars:
+                    self.late.setdefault(labels, []).extend(read.exemplars[key])
             for labels, value in previous.items():
                 self.writer.resume(labels, at * 1000, value)
             self.keep[read.window] = counted
@@ -413,7 +464,9 @@ class _Counter:
         for labels, value in previous.items():
             if labels in values:
                 self.writer.resume(labels, window.start * 1000, value)
-        self.writer.end_window(end * 1000, values)
+        exemplars = _exemplars(read, self.map, self.exemplar_limit, self.late)
+        self.late = {}
+        self.writer.end_window(end * 1000, values, exemplars)
 
     def _expire(self) -> set[TempoKey]:
         """Totals of series idle for longer than the retention are dropped, together with
@@ -440,10 +493,12 @@ def _counts(value: float) -> bool:
 
 
 def _gauge(
-    stored: Stored, reads: Sequence[WindowRead], mapper: _Mapper, writer: _Writer
+    group: Group, stored: Stored, reads: Sequence[WindowRead], mapper: LabelMapper,
+    writer: _Writer,
 ) -> Update:
     """Write each window's values; series no longer present get stale markers."""
     stats = Stats()
+    limit = group.exemplars_per_series if group.exemplars else 0
     checkpoint = stored.checkpoint
     for read in reads:
         if read.window.end <= stored.checkpoint:
@@ -460,8 +515,21 @@ def _gauge(
         checkpoint = read.window.end
         stats.recorded += 1
         if checkpoint * 1000 >= writer.since_ms:
-            writer.end_window(checkpoint * 1000, values)
+            writer.end_window(checkpoint * 1000, values, _exemplars(read, mapper, limit, {}))
     return Update(checkpoint, frozenset(), {}, stats=stats)
+
+
+def _exemplars(
+    read: WindowRead, mapper: LabelMapper, limit: int, extra: Mapping[Labels, list[Exemplar]],
+) -> dict[Labels, list[Exemplar]]:
+    """The exemplars to write with each series' sample at the window's end: at most
+    ``limit`` per series, from the spans Tempo picked (and ``extra`` ones)."""
+    if not limit:
+        return {}
+    found: dict[Labels, list[Exemplar]] = {labels: list(e) for labels, e in extra.items()}
+    for key, exemplars in read.exemplars.items():
+        found.setdefault(mapper(key), []).extend(exemplars)
+    return {labels: picked for labels, e in found.items() if (picked := _pick(e, limit))}
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -470,20 +538,24 @@ def _gauge(
 class _Writer:
     """The samples of one evaluation: each series' timestamps only ever increase."""
 
-    def __init__(self, live: frozenset[Labels], context: Context) -> None:
-        self.live: set[Labels] = set(live)
+    def __init__(self, stored: Stored, context: Context) -> None:
+        self.live: set[Labels] = set(stored.live)
+        self.ended: dict[Labels, int] = dict(stored.ended)
         self.since_ms = context.since_ms
         self._last_ts = context.last_ts
         self._written: dict[Labels, int] = {}
         self.samples: list[Sample] = []
+        self.exemplars: dict[tuple[Labels, int], list[Exemplar]] = {}
 
-    def _write(self, labels: Labels, ts_ms: int, value: float) -> None:
+    def _write(self, labels: Labels, ts_ms: int, value: float) -> bool:
         last = self._written.get(labels)
         if last is None:
             last = self._last_ts.get(labels, -1)
-        if ts_ms > last:
-            self.samples.append((labels, ts_ms, value))
-            self._written[labels] = ts_ms
+        if ts_ms <= last:
+            return False
+        self.samples.append((labels, ts_ms, value))
+        self._written[labels] = ts_ms
+        return True
 
     def resume(self, labels: Labels, ts_ms: int, value: float) -> None:
         """A series not written at the last window end starts again: its previous value at
@@ -493,13 +565,29 @@ class _Writer:
             self._write(labels, ts_ms, value)
         self.live.add(labels)
 
-    def end_window(self, ts_ms: int, values: Mapping[Labels, float]) -> None:
-        """Write ``values`` at a window end; live series missing from them end (stale)."""
+    def end_window(
+        self, ts_ms: int, values: Mapping[Labels, float],
+        exemplars: Mapping[Labels, list[Exemplar]] | None = None,
+    ) -> None:
+        """Write ``values`` (and their exemplars) at a window end; live series missing from
+        them end with a stale marker."""
+        ended = {}
         for labels in sorted(self.live - values.keys()):
-            self._write(labels, ts_ms, STALE_NAN)
+            if self._write(labels, ts_ms, STALE_NAN):
+                ended[labels] = ts_ms
+        self.ended = ended
         for labels, value in values.items():
-            self._write(labels, ts_ms, value)
+            if self._write(labels, ts_ms, value) and exemplars and labels in exemplars:
+                self.exemplars[(labels, ts_ms)] = exemplars[labels]
         self.live = set(values)
+
+
+def _pick(found: Iterable[Exemplar], limit: int) -> list[Exemplar]:
+    """The exemplars that explain a value best: the largest contributions (for a sum),
+    the latest among equals (for a count, whose exemplars carry the bucket's value)."""
+    usable = [e for e in found if not math.isnan(e.value)]
+    usable.sort(key=lambda e: (e.value, e.ts_ms), reverse=True)
+    return usable[:limit]
 
 
 # -- settle checkpoints --------------------------------------------------------------------
@@ -520,7 +608,7 @@ def _settled(stored: Stored, reads: Sequence[WindowRead], now: float) -> dict[in
     return settled
 
 
-def _check_limit(rule: Rule, reads: Iterable[WindowRead], mapper: _Mapper) -> None:
+def _check_limit(rule: Rule, reads: Iterable[WindowRead], mapper: LabelMapper) -> None:
     if not rule.limit:
         return
     for read in reads:

@@ -1,4 +1,10 @@
-"""Sender: drains the outbox to the remote-write receiver, in order, with retries."""
+"""Sender: posts the outbox's requests to the remote-write receiver, in order, with retries.
+
+Each committed evaluation's requests are handed over in memory right after the commit
+(:meth:`Sender.enqueue`); the outbox is their durable copy, read back only after a
+restart or when the memory queue was full. A request leaves the outbox once the receiver
+took it, or once its samples are counted as dropped.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,25 +21,32 @@ import structlog
 from bridge.errors import ReceiverError, StateError
 from bridge.metrics import Metrics
 from bridge.remote_write import (
+    Batch,
     RemoteWriteClient,
-    add_external_labels,
+    Series,
+    decode_write_request,
+    encode_batches,
     encode_write_request,
     retrying,
 )
-from bridge.series import Labels, format_labels
-from bridge.state import OutboxRow, State
+from bridge.series import Exemplar, Labels, Sample, format_labels
+from bridge.state import State
 from bridge.status import ReceiverAnswer, StatusBoard
 
 log = structlog.get_logger("bridge.sender")
 
+MEMORY_QUEUE_BYTES = 64 * 1024 * 1024
+"""Requests handed over in memory beyond this many bytes are read back from the outbox."""
+
 
 class Sender:
-    """Sends queued samples oldest first; a sample leaves the outbox once it is accepted.
+    """Posts queued requests oldest first; a request leaves the outbox once it is accepted.
 
     Retryable failures (5xx, 429, network) are retried with backoff for as long as it
-    takes. A request the receiver refuses (other 4xx) is logged with its body and its
-    samples are counted as dropped. Samples older than ``max_sample_age`` or older than
-    the last one accepted for their series are dropped before sending.
+    takes. A request the receiver refuses with 400 (one bad sample refuses it all) is
+    split until the refused series are found, which alone are dropped; other 4xx answers
+    drop the request. Samples older than ``max_sample_age`` when their turn comes (after a
+    long outage) are dropped before sending.
     """
 
     def __init__(
@@ -42,9 +55,7 @@ class Sender:
         client: RemoteWriteClient,
         metrics: Metrics,
         *,
-        max_samples_per_send: int,
         max_sample_age: float,
-        external_labels: dict[str, str],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         status: StatusBoard | None = None,
@@ -52,38 +63,51 @@ class Sender:
         self._state = state
         self._client = client
         self._metrics = metrics
-        self._batch = max_samples_per_send
         self._max_age_ms = int(max_sample_age * 1000)
-        self._external = external_labels
         self._clock = clock
         self._sleep = sleep
         self._status = status
         self._wake = asyncio.Event()
+        self._memory: dict[int, Batch] = {}
+        self._memory_bytes = 0
+        self._done = 0  # the outbox id of the last request taken care of
+
+    def enqueue(self, ids: Sequence[int], batches: Sequence[Batch]) -> None:
+        """Requests just committed to the outbox under ``ids``: keep them in memory (up to
+        :data:`MEMORY_QUEUE_BYTES`) and wake the sender."""
+        for request_id, batch in zip(ids, batches, strict=True):
+            if self._memory_bytes + len(batch.body) > MEMORY_QUEUE_BYTES:
+                break
+            self._memory[request_id] = batch
+            self._memory_bytes += len(batch.body)
+        self._wake.set()
 
     def wake(self) -> None:
-        """Tell the sender that the outbox has new samples."""
+        """Tell the sender that the outbox may have new requests."""
         self._wake.set()
 
     async def run(self, idle: float = 5.0) -> None:
-        """Drain the outbox whenever woken (or every ``idle`` seconds), until cancelled."""
+        """Send whenever woken (or every ``idle`` seconds), until cancelled."""
         while True:
             self._wake.clear()
             try:
                 await self.drain()
             except (StateError, sqlite3.Error) as exc:
-                # the samples stay queued; try again at the next wake-up or after ``idle``
+                # the requests stay queued; try again at the next wake-up or after ``idle``
                 log.error("cannot read or update the outbox", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), idle)
 
     async def drain(self) -> None:
-        """Send everything in the outbox; returns when it is empty."""
-        while rows := self._state.outbox_head(self._batch):
-            await self._send(rows)
+        """Send everything queued; returns when the outbox is empty."""
+        while requests := self._next():
+            for request_id, batch in requests:
+                await self._send(request_id, batch)
+                self._done = request_id
         self.update_gauges()
 
     def update_gauges(self) -> None:
-        depth = self._state.outbox_depth()
+        depth = self._state.outbox_samples()
         self._metrics.outbox_samples.set(depth)
         oldest = self._state.outbox_oldest_ts_ms()
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)
@@ -91,27 +115,59 @@ class Sender:
         if self._status is not None:
             self._status.outbox(depth, age)
 
-    async def _send(self, rows: list[OutboxRow]) -> None:
-        keep = self._sendable(rows)
-        kept = {r.id for r in keep}
-        stale = [r for r in rows if r.id not in kept]
-        batch = self._group(keep)
-        rejected = await self._deliver(batch) if batch else []
-        rejected_ids = {r.id for s in rejected for r in s.rows}
-        delivered = [r for r in keep if r.id not in rejected_ids]
-        self._metrics.samples_sent.inc(len(delivered) - sum(s.dropped for s in batch))
-        self._state.remove_from_outbox(
-            delivered=delivered, dropped=stale + [r for s in rejected for r in s.rows]
-        )
+    def _next(self) -> list[tuple[int, Batch]]:
+        """The next requests in outbox order: the next one from memory when it is there,
+        else a few read back from the outbox."""
+        request_id = self._state.next_outbox_id(after=self._done)
+        if request_id is None:
+            return []
+        batch = self._memory.get(request_id)
+        if batch is not None:
+            return [(request_id, batch)]
+        return self._state.outbox(after=self._done, limit=16)
 
-    async def _deliver(self, batch: list[_Series]) -> list[_Series]:
-        """Send ``batch``, retrying what may succeed later; return the series refused.
+    def _forget(self, request_id: int) -> None:
+        batch = self._memory.pop(request_id, None)
+        if batch is not None:
+            self._memory_bytes -= len(batch.body)
 
-        A 400 refuses the whole request for one bad sample (Prometheus keeps none of
-        it), so a refused batch is split in halves until the bad series are found; the
-        others are delivered. Other 4xx answers (auth, not found) refuse the batch.
-        """
-        body = encode_write_request([(s.labels, s.samples) for s in batch])
+    async def _send(self, request_id: int, batch: Batch) -> None:
+        """Deliver one request (what is still young enough of it) and remove it."""
+        min_ts = int(self._clock() * 1000) - self._max_age_ms if self._max_age_ms else None
+        if min_ts is not None and batch.min_ts < min_ts:
+            batch = self._without_old(batch, min_ts)
+        if batch.samples:
+            delivered = await self._deliver(batch.body, batch.samples, lambda: series_of(batch))
+            self._metrics.samples_sent.inc(delivered)
+        self._state.remove_from_outbox([request_id])
+        self._forget(request_id)
+
+    def _without_old(self, batch: Batch, min_ts: int) -> Batch:
+        """The request without the samples older than ``min_ts`` (the receiver would
+        refuse them, and the whole request with them)."""
+        kept: list[Series] = []
+        dropped = count = 0
+        low = batch.max_ts
+        for labels, points, exemplars in decode_write_request(batch.body):
+            young = [(ts, v) for ts, v in points if ts >= min_ts]
+            dropped += len(points) - len(young)
+            if young:
+                kept.append((labels, young, exemplars))
+                count += len(young)
+                low = min(low, young[0][0])
+        self._metrics.samples_dropped.labels("too_old").inc(dropped)
+        log.warning("samples too old for the receiver dropped", samples=dropped)
+        if not count:
+            return Batch(b"", 0, batch.min_ts, batch.max_ts)
+        return Batch(encode_write_request(kept), count, low, batch.max_ts)
+
+    async def _deliver(
+        self, body: bytes, samples: int, series: Callable[[], list[_Series]]
+    ) -> int:
+        """Send ``body``, retrying what may succeed later; how many samples the receiver
+        took. A 400 refuses the whole request for one bad sample (Prometheus keeps none
+        of it), so a refused request is split in halves until the bad series are found,
+        and only their samples are dropped. Other 4xx answers (auth, not found) refuse it."""
         try:
             async for attempt in retrying(sleep=self._sleep, before_sleep=self._on_retry):
                 with attempt:
@@ -122,65 +178,43 @@ class Sender:
                         raise
                     self._answered(status, None)
         except ReceiverError as exc:
-            if exc.status == 400 and len(batch) > 1:
-                half = len(batch) // 2
-                return await self._deliver(batch[:half]) + await self._deliver(batch[half:])
-            if exc.status == 400 and len(batch[0].values) > 1:
-                # Most often a resend after a lost acknowledgement: the receiver has the
-                # older samples and refuses them as out of order. The newest carries on.
-                series = batch[0]
-                newest = max(series.values)
-                only = _Series(series.labels, {newest: series.values[newest]}, series.rows)
-                if not await self._deliver([only]):
-                    series.dropped = len(series.values) - 1
-                    self._metrics.samples_dropped.labels("out_of_order").inc(series.dropped)
-                    log.warning(
-                        "older samples refused, the newest accepted",
-                        series=format_labels(series.labels), samples=series.dropped, error=str(exc),
-                    )
-                    return []
-                return batch
-            samples = sum(len(s.samples) for s in batch)
+            if exc.status == 400:
+                return await self._split(series(), exc)
             self._metrics.samples_dropped.labels("rejected").inc(samples)
-            log.error(
-                "remote write rejected", reason=exc.reason, status=exc.status,
-                series=len(batch), samples=samples,
-                first_series=format_labels(batch[0].labels), error=str(exc),
-            )
-            return batch
-        return []
+            log.error("remote write rejected", reason=exc.reason, status=exc.status,
+                      samples=samples, error=str(exc))
+            return 0
+        return samples
 
-    def _sendable(self, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """Rows the receiver can still take: recent enough, not older than the last sent."""
-        min_ts = int(self._clock() * 1000) - self._max_age_ms if self._max_age_ms else None
-        last_sent = self._state.last_sent(r.series_id for r in rows)
-        keep = []
-        too_old = out_of_order = 0
-        for row in rows:
-            if min_ts is not None and row.ts_ms < min_ts:
-                too_old += 1
-            elif row.ts_ms <= last_sent.get(row.series_id, -1):
-                out_of_order += 1
-            else:
-                keep.append(row)
-        if too_old:
-            self._metrics.samples_dropped.labels("too_old").inc(too_old)
-        if out_of_order:
-            self._metrics.samples_dropped.labels("out_of_order").inc(out_of_order)
-            log.warning("samples older than the last sent dropped", samples=out_of_order)
-        return keep
-
-    def _group(self, rows: list[OutboxRow]) -> list[_Series]:
-        """One time series per label set, samples in time order, one per timestamp."""
-        by_series: dict[int, _Series] = {}
-        for row in rows:
-            series = by_series.get(row.series_id)
-            if series is None:
-                labels = add_external_labels(row.labels, self._external)
-                series = by_series[row.series_id] = _Series(labels, {}, [])
-            series.values[row.ts_ms] = row.value
-            series.rows.append(row)
-        return list(by_series.values())
+    async def _split(self, batch: list[_Series], exc: ReceiverError) -> int:
+        """Find, by halves, the series the receiver refuses; deliver the others."""
+        if len(batch) > 1:
+            half = len(batch) // 2
+            taken = 0
+            for part in (batch[:half], batch[half:]):
+                taken += await self._deliver(
+                    _encode(part), sum(len(s.samples) for s in part), _given(part))
+            return taken
+        (series,) = batch
+        if len(series.samples) > 1:
+            # Most often a resend after a lost acknowledgement: the receiver has the older
+            # samples and refuses them as out of order. The newest carries the total on.
+            newest = [series.samples[-1]]
+            only = _Series(series.labels, newest, [
+                e for e in series.exemplars if e.ts_ms <= newest[0][0]][-1:])
+            refused_before = len(series.samples) - 1
+            if await self._deliver(_encode([only]), 1, _given([only])):
+                self._metrics.samples_dropped.labels("out_of_order").inc(refused_before)
+                log.warning("older samples refused, the newest accepted",
+                            series=format_labels(series.labels), samples=refused_before,
+                            error=str(exc))
+                return 1
+            self._metrics.samples_dropped.labels("rejected").inc(refused_before)
+            return 0
+        self._metrics.samples_dropped.labels("rejected").inc(1)
+        log.error("remote write rejected", reason=exc.reason, status=exc.status,
+                  series=format_labels(series.labels), samples=1, error=str(exc))
+        return 0
 
     def _answered(self, status: int | None, error: str | None) -> None:
         if self._status is not None:
@@ -193,14 +227,34 @@ class Sender:
 
 @dataclass
 class _Series:
-    """One series of a batch: its labels, samples by timestamp, and the outbox rows."""
+    """One series of a refused request: its labels, samples and exemplars."""
 
     labels: Labels
-    values: dict[int, float]
-    rows: list[OutboxRow]
-    dropped: int = 0
-    """Samples the receiver refused while it took the series' newest one."""
+    samples: list[tuple[int, float]]
+    exemplars: list[Exemplar]
 
-    @property
-    def samples(self) -> list[tuple[int, float]]:
-        return sorted(self.values.items())
+
+def series_of(batch: Batch) -> list[_Series]:
+    return [_Series(labels, samples, exemplars)
+            for labels, samples, exemplars in decode_write_request(batch.body)]
+
+
+def _given(part: list[_Series]) -> Callable[[], list[_Series]]:
+    return lambda: part
+
+
+def _encode(part: Sequence[_Series]) -> bytes:
+    return encode_write_request([(s.labels, s.samples, s.exemplars) for s in part])
+
+
+def encoder(
+    external: Mapping[str, str], max_samples: int,
+) -> Callable[[Sequence[Sample], Mapping[tuple[Labels, int], Sequence[Exemplar]]], list[Batch]]:
+    """How evaluations' samples become requests: external labels, request size."""
+
+    def encode(
+        samples: Sequence[Sample], exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
+    ) -> list[Batch]:
+        return encode_batches(samples, exemplars, external, max_samples)
+
+    return encode

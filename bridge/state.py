@@ -1,15 +1,19 @@
 """State: one SQLite database with each rule's checkpoint, totals, kept window values and
-live series, and the outbox of samples not yet accepted by the receiver.
+live series, and the outbox of remote-write requests not yet accepted by the receiver.
 
-An evaluation's :class:`bridge.evaluation.Update` is committed in one transaction
-(:meth:`State.commit`), so a crash leaves either the whole evaluation or none of it.
-The outbox is read by the sender in insertion order.
+An evaluation's :class:`bridge.evaluation.Update`, with the requests that carry its
+samples, is committed in one transaction (:meth:`State.commit`), so a crash leaves either
+the whole evaluation or none of it. Each write is one row where it can be: a rule's
+totals are one row, a kept window is one row, an outbox request is one row holding the
+encoded request as it is posted.
 
-A rule is known by its identity (:class:`RuleKey`: group, record, expression, kind).
-Label sets, Tempo's and Prometheus', are stored once each in ``series`` and referred to by
-id. The timestamp of the last sample queued for each series is kept in memory
-(:attr:`State.last_ts`), so that evaluations never write a sample a receiver would
-refuse as out of order.
+A rule is known by its identity (:class:`RuleKey`: group, record, expression, kind). Label
+sets, Tempo's and Prometheus', are stored once each in ``series`` and referred to by id.
+What each rule holds is kept in memory after its first load, the state being its only
+writer. The timestamp of the last sample queued for each series is kept in memory too
+(:attr:`State.last_ts`), so that evaluations never write a sample a receiver would refuse
+as out of order; after a restart it is known again from each rule's live series (written
+at its checkpoint) and ended ones (stale-marked at or after it).
 """
 
 from __future__ import annotations
@@ -17,12 +21,11 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import math
 import os
 import sqlite3
 import struct
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import IO, NamedTuple
 
 from bridge.errors import StateError
 from bridge.evaluation import Stored, TempoKey, Total, Update
+from bridge.remote_write import Batch
 from bridge.series import Labels, Sample
 from bridge.windows import Window
 
@@ -54,15 +58,20 @@ CREATE TABLE IF NOT EXISTS series (
     labels      TEXT NOT NULL UNIQUE -- a label set, Tempo's or Prometheus'
 );
 CREATE TABLE IF NOT EXISTS totals (
-    rule_id     TEXT NOT NULL,
-    series_id   INTEGER NOT NULL,   -- the Tempo series
-    total       REAL NOT NULL,
-    last_grown  INTEGER NOT NULL,
-    PRIMARY KEY (rule_id, series_id)
+    rule_id     TEXT PRIMARY KEY,
+    ids         BLOB NOT NULL,      -- Tempo series ids (int64)
+    vals        BLOB NOT NULL,      -- their totals (float64)
+    grown       BLOB NOT NULL       -- when each last grew (int64, unix seconds)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS live (
     rule_id     TEXT NOT NULL,
     series_id   INTEGER NOT NULL,   -- a Prometheus series written at the checkpoint
+    PRIMARY KEY (rule_id, series_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ended (
+    rule_id     TEXT NOT NULL,
+    series_id   INTEGER NOT NULL,   -- a Prometheus series stale-marked at or after it
+    ts_ms       INTEGER NOT NULL,
     PRIMARY KEY (rule_id, series_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
@@ -86,16 +95,14 @@ CREATE TABLE IF NOT EXISTS legacy (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    series_id   INTEGER NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    value       REAL,               -- NULL for a NaN (SQLite cannot hold one) ...
-    nan_bits    INTEGER             -- ... whose exact bits are kept here (stale markers)
-);
-CREATE TABLE IF NOT EXISTS sent (
-    series_id   INTEGER PRIMARY KEY,
-    ts_ms       INTEGER NOT NULL
+    body        BLOB NOT NULL,      -- a remote-write request as it is posted
+    samples     INTEGER NOT NULL,
+    min_ts      INTEGER NOT NULL,
+    max_ts      INTEGER NOT NULL
 );
 """
+
+_RULE_TABLES = ("rules", "totals", "live", "ended", "windows", "settle", "legacy")
 
 
 class RuleKey(NamedTuple):
@@ -128,13 +135,8 @@ class KnownRule:
     """Prometheus series written at its checkpoint."""
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    series_id: int
-    labels: Labels
-    ts_ms: int
-    value: float
+Encoder = Callable[[Sequence[Sample]], list[Batch]]
+"""Turns samples into remote-write requests (external labels, request size)."""
 
 
 class State:
@@ -157,31 +159,40 @@ class State:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             _migrate(self._db)
+            self._read()
         except (OSError, sqlite3.Error) as exc:
             if self._lock is not None:
                 self._lock.close()
             raise StateError(f"cannot open the state database {path}: {exc}") from exc
+
+    def _read(self) -> None:
+        db = self._db
         self._pending: list[Labels] = []  # label sets given an id in the open transaction
         self._next_id: int | None = None  # the next new id in the open transaction
         self._ids: dict[Labels, int] = {}
         self._labels: dict[int, Labels] = {}
-        for series_id, text in self._db.execute("SELECT series_id, labels FROM series"):
+        for series_id, text in db.execute("SELECT series_id, labels FROM series"):
             labels = _decode_labels(text)
             self._ids[labels] = series_id
             self._labels[series_id] = labels
-        self._live: dict[str, frozenset[Labels]] = {}
-        # what the open transaction changed in memory, to undo if it rolls back
-        self._undo_last: dict[int, int | None] = {}
-        self._undo_live: dict[str, frozenset[Labels] | None] = {}
-        self._last: dict[int, int] = dict(
-            self._db.execute(
-                "SELECT series_id, max(ts_ms) FROM"
-                " (SELECT series_id, ts_ms FROM sent UNION ALL SELECT series_id, ts_ms FROM outbox)"
-                " GROUP BY series_id"
-            ).fetchall()
+        self._cache: dict[str, Stored] = {}
+        self._outbox_samples = int(
+            db.execute("SELECT coalesce(sum(samples), 0) FROM outbox").fetchone()[0]
         )
-        self.last_ts: Mapping[Labels, int] = _LastQueued(self._ids, self._last)
-        """The timestamp (ms) of the last sample queued for each series, sent or not."""
+        # what the open transaction changed in memory, to undo if it rolls back
+        self._undo_last: dict[Labels, int | None] = {}
+        self._undo_cache: dict[str, Stored | None] = {}
+        self.last_ts: dict[Labels, int] = {}
+        """The timestamp (ms) of the last sample queued for each series, by any rule."""
+        last = self.last_ts
+        for sid, checkpoint in db.execute(
+            "SELECT live.series_id, rules.checkpoint FROM live JOIN rules USING (rule_id)"
+        ):
+            labels = self._labels[sid]
+            last[labels] = max(last.get(labels, -1), checkpoint * 1000)
+        for sid, ts in db.execute("SELECT series_id, ts_ms FROM ended"):
+            labels = self._labels[sid]
+            last[labels] = max(last.get(labels, -1), ts)
 
     def close(self) -> None:
         self._db.close()
@@ -194,23 +205,32 @@ class State:
     def load(self, key: RuleKey) -> Stored | None:
         """What the state holds of a rule, or None if it has never run."""
         rule_id = key.rule_id
+        cached = self._cache.get(rule_id)
+        if cached is not None:
+            return cached
         db = self._db
         row = db.execute("SELECT checkpoint FROM rules WHERE rule_id = ?", (rule_id,)).fetchone()
         if row is None:
             return None
         labels = self._labels
-        totals = {
-            labels[sid]: Total(total, last_grown)
-            for sid, total, last_grown in db.execute(
-                "SELECT series_id, total, last_grown FROM totals WHERE rule_id = ?", (rule_id,)
-            )
-        }
+        totals: dict[TempoKey, Total] = {}
+        blobs = db.execute(
+            "SELECT ids, vals, grown FROM totals WHERE rule_id = ?", (rule_id,)
+        ).fetchone()
+        if blobs is not None:
+            ids, vals, grown = (array("q", blobs[0]), array("d", blobs[1]),
+                                array("q", blobs[2]))
+            totals = {labels[i]: Total(v, g) for i, v, g in zip(ids, vals, grown, strict=True)}
         live = frozenset(
             labels[sid] for (sid,) in db.execute(
                 "SELECT series_id FROM live WHERE rule_id = ?", (rule_id,)
             )
         )
-        self._live[rule_id] = live
+        ended = {
+            labels[sid]: ts for sid, ts in db.execute(
+                "SELECT series_id, ts_ms FROM ended WHERE rule_id = ?", (rule_id,)
+            )
+        }
         settled = dict(
             db.execute("SELECT age, checkpoint FROM settle WHERE rule_id = ?", (rule_id,))
         )
@@ -225,7 +245,9 @@ class State:
                 "SELECT series_id, total FROM legacy WHERE rule_id = ?", (rule_id,)
             )
         }
-        return Stored(int(row[0]), totals, live, settled, recorded, legacy)
+        stored = Stored(int(row[0]), totals, live, settled, recorded, legacy, ended)
+        self._cache[rule_id] = stored
+        return stored
 
     def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
         """The values kept for settling of ``windows`` (those the state has)."""
@@ -245,13 +267,19 @@ class State:
         return result
 
     def commit(
-        self, key: RuleKey, update: Update, *, interval: int | None = None,
-        tenant: str | None = None,
-    ) -> None:
-        """Store one evaluation's update atomically (and the rule itself, if new)."""
+        self, key: RuleKey, update: Update, batches: Sequence[Batch] = (), *,
+        after: Stored | None = None, interval: int | None = None, tenant: str | None = None,
+    ) -> list[int]:
+        """Store one evaluation atomically, with the requests that carry its samples; the
+        requests' outbox ids, in order. ``after`` is the rule's state with ``update``
+        applied, when the caller has it already."""
         rule_id = key.rule_id
         db = self._db
+        if after is None:
+            before = self.load(key)
+            after = (before or Stored(update.checkpoint)).apply(update)
         with self._transaction(f"store the evaluation of {key.record}"):
+            self._undo_cache.setdefault(rule_id, self._cache.get(rule_id))
             db.execute(
                 "INSERT INTO rules (rule_id, group_name, record, expr, kind, checkpoint,"
                 " interval, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rule_id) DO"
@@ -260,25 +288,15 @@ class State:
                 " tenant = coalesce(excluded.tenant, tenant)",
                 (rule_id, *key, update.checkpoint, interval, tenant),
             )
-            if update.totals:
-                db.executemany(
-                    "INSERT INTO totals (rule_id, series_id, total, last_grown) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (rule_id, series_id) DO UPDATE SET total = excluded.total,"
-                    " last_grown = excluded.last_grown",
-                    [(rule_id, self._id(k), t.value, t.last_grown)
-                     for k, t in update.totals.items()],
-                )
-            if update.dropped:
-                db.executemany(
-                    "DELETE FROM totals WHERE rule_id = ? AND series_id = ?",
-                    [(rule_id, self._ids[k]) for k in update.dropped if k in self._ids],
-                )
+            if update.totals or update.dropped:
+                self._store_totals(rule_id, after.totals)
             if update.adopted:
                 db.executemany(
                     "DELETE FROM legacy WHERE rule_id = ? AND series_id = ?",
                     [(rule_id, self._ids[k]) for k in update.adopted if k in self._ids],
                 )
             self._store_live(rule_id, update.live)
+            self._store_ended(rule_id, update.ended)
             self._store_settled(rule_id, update.settled)
             if update.keep:
                 db.executemany(
@@ -291,20 +309,30 @@ class State:
                 "DELETE FROM windows WHERE rule_id = ? AND window_end <= ?",
                 (rule_id, update.prune_upto),
             )
-            self._queue(update.samples)
+            ids = self._queue(update.samples, batches)
+            self._cache[rule_id] = after
+        return ids
 
-    def mark_removed(self, key: RuleKey, at: float, update: Update | None = None) -> None:
+    def mark_removed(
+        self, key: RuleKey, at: float, update: Update | None = None,
+        batches: Sequence[Batch] = (),
+    ) -> list[int]:
         """A rule left the rule files at ``at`` (unix time): commit its last update (the
         stale markers of its series) and start its retention."""
+        rule_id = key.rule_id
         with self._transaction(f"retire {key.record}"):
-            rule_id = key.rule_id
+            self._undo_cache.setdefault(rule_id, self._cache.get(rule_id))
             self._db.execute(
                 "UPDATE rules SET removed_at = ? WHERE rule_id = ? AND removed_at IS NULL",
                 (at, rule_id),
             )
+            ids: list[int] = []
             if update is not None:
                 self._store_live(rule_id, update.live)
-                self._queue(update.samples)
+                self._store_ended(rule_id, update.ended)
+                ids = self._queue(update.samples, batches)
+            self._cache.pop(rule_id, None)
+        return ids
 
     def known_rules(self) -> list[KnownRule]:
         """Every rule the state holds."""
@@ -345,99 +373,118 @@ class State:
                     self._forget(key.rule_id)
         return gone
 
-    def collect_garbage(self, sent_before_ms: int) -> int:
-        """Forget the ``sent`` marks older than ``sent_before_ms`` and every label set
-        nothing refers to any more; returns how many label sets were dropped."""
+    def collect_garbage(self) -> int:
+        """Forget every label set nothing refers to any more; how many were dropped."""
         db = self._db
         with self._transaction("collect unused series"):
-            db.execute("DELETE FROM sent WHERE ts_ms < ?", (sent_before_ms,))
             used: set[int] = set()
-            for query in (
-                "SELECT series_id FROM totals", "SELECT series_id FROM live",
-                "SELECT series_id FROM legacy", "SELECT series_id FROM outbox",
-                "SELECT series_id FROM sent",
-            ):
+            for query in ("SELECT series_id FROM live", "SELECT series_id FROM ended",
+                          "SELECT series_id FROM legacy"):
                 used.update(sid for (sid,) in db.execute(query))
+            for (blob,) in db.execute("SELECT ids FROM totals"):
+                used.update(array("q", blob))
             for (blob,) in db.execute("SELECT vals FROM windows"):
                 used.update(_decode_values(blob)[0])
             unused = [sid for sid in self._labels if sid not in used]
             db.executemany("DELETE FROM series WHERE series_id = ?", [(s,) for s in unused])
         for sid in unused:
-            self._ids.pop(self._labels.pop(sid), None)
-            self._last.pop(sid, None)
+            labels = self._labels.pop(sid)
+            self._ids.pop(labels, None)
+            self.last_ts.pop(labels, None)
         return len(unused)
 
     def size(self) -> dict[str, int]:
         """Rows per table, for tests and benchmarks."""
         return {
             table: int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-            for table in ("rules", "series", "totals", "live", "windows", "settle", "legacy",
-                          "outbox", "sent")
+            for table in (*_RULE_TABLES, "series", "outbox")
         }
 
     # outbox ----------------------------------------------------------------
 
-    def outbox_head(self, limit: int) -> list[OutboxRow]:
-        """The oldest ``limit`` queued samples, in insertion order."""
+    def outbox(self, after: int = 0, limit: int = 64) -> list[tuple[int, Batch]]:
+        """Up to ``limit`` queued requests with ids above ``after``, oldest first."""
         return [
-            OutboxRow(i, sid, self._labels[sid], ts, v if bits is None else _nan(bits))
-            for i, sid, ts, v, bits in self._db.execute(
-                "SELECT id, series_id, ts_ms, value, nan_bits FROM outbox ORDER BY id LIMIT ?",
-                (limit,),
+            (i, Batch(bytes(body), samples, low, high))
+            for i, body, samples, low, high in self._db.execute(
+                "SELECT id, body, samples, min_ts, max_ts FROM outbox WHERE id > ?"
+                " ORDER BY id LIMIT ?", (after, limit),
             )
         ]
 
-    def outbox_depth(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
-
-    def outbox_oldest_ts_ms(self) -> int | None:
-        row = self._db.execute("SELECT min(ts_ms) FROM outbox").fetchone()
+    def next_outbox_id(self, after: int) -> int | None:
+        """The id of the oldest queued request after ``after``, if any."""
+        row = self._db.execute("SELECT min(id) FROM outbox WHERE id > ?", (after,)).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def last_sent(self, series_ids: Iterable[int]) -> dict[int, int]:
-        """Timestamp of the newest sample accepted by the receiver, per series."""
-        ids = list(set(series_ids))
-        result: dict[int, int] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            result.update(
-                self._db.execute(
-                    f"SELECT series_id, ts_ms FROM sent WHERE series_id IN ({marks})", chunk
-                ).fetchall()
-            )
-        return result
+    def outbox_samples(self) -> int:
+        """Samples in the queued requests."""
+        return self._outbox_samples
 
-    def remove_from_outbox(
-        self, *, delivered: Sequence[OutboxRow] = (), dropped: Sequence[OutboxRow] = ()
-    ) -> None:
-        """Remove sent rows, advancing each delivered series' last sent timestamp."""
+    def outbox_oldest_ts_ms(self) -> int | None:
+        row = self._db.execute("SELECT min(min_ts) FROM outbox").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def remove_from_outbox(self, ids: Iterable[int]) -> None:
+        """Remove requests that were delivered (or whose samples were dropped)."""
+        ids = sorted(set(ids))
+        if not ids:
+            return
         with self._transaction("update the outbox"):
-            # The rows of a batch have consecutive ids: delete runs of ids, not each id.
-            self._db.executemany(
-                "DELETE FROM outbox WHERE id BETWEEN ? AND ?",
-                _runs(sorted({r.id for r in (*delivered, *dropped)})),
+            removed = sum(
+                int(self._db.execute(
+                    "SELECT coalesce(sum(samples), 0) FROM outbox WHERE id BETWEEN ? AND ?", run
+                ).fetchone()[0])
+                for run in _runs(ids)
             )
-            newest: dict[int, int] = {}
-            for r in delivered:
-                newest[r.series_id] = max(newest.get(r.series_id, r.ts_ms), r.ts_ms)
-            self._db.executemany(
-                "INSERT INTO sent (series_id, ts_ms) VALUES (?, ?) ON CONFLICT (series_id)"
-                " DO UPDATE SET ts_ms = max(ts_ms, excluded.ts_ms)",
-                list(newest.items()),
+            self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", _runs(ids))
+        self._outbox_samples -= removed
+
+    def convert_legacy_outbox(self, encode: Encoder) -> int:
+        """tempo-bridge 0.1 queued one row per sample, without external labels: encode the
+        samples it left as requests (``encode`` adds the external labels); how many."""
+        db = self._db
+        table = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'outbox_v0'"
+        ).fetchone()
+        if table is None:
+            return 0
+        samples: list[Sample] = [
+            (self._labels[sid], ts, value if bits is None else _nan(bits))
+            for sid, ts, value, bits in db.execute(
+                "SELECT series_id, ts_ms, value, nan_bits FROM outbox_v0 ORDER BY id"
             )
+        ]
+        batches = encode(samples) if samples else []
+        with self._transaction("convert the outbox of tempo-bridge 0.1"):
+            self._insert(batches)
+            db.execute("DROP TABLE outbox_v0")
+        self._outbox_samples += sum(b.samples for b in batches)
+        return len(samples)
 
     # internals ---------------------------------------------------------------
 
     def _forget(self, rule_id: str) -> None:
-        for table in ("rules", "totals", "live", "windows", "settle", "legacy"):
+        for table in _RULE_TABLES:
             self._db.execute(f"DELETE FROM {table} WHERE rule_id = ?", (rule_id,))
-        self._undo_live.setdefault(rule_id, self._live.pop(rule_id, None))
+        self._undo_cache.setdefault(rule_id, self._cache.pop(rule_id, None))
+
+    def _store_totals(self, rule_id: str, totals: Mapping[TempoKey, Total]) -> None:
+        """The rule's totals, as one row."""
+        ids = array("q", [self._id(k) for k in totals])
+        vals = array("d", [t.value for t in totals.values()])
+        grown = array("q", [t.last_grown for t in totals.values()])
+        self._db.execute(
+            "INSERT OR REPLACE INTO totals (rule_id, ids, vals, grown) VALUES (?, ?, ?, ?)",
+            (rule_id, ids.tobytes(), vals.tobytes(), grown.tobytes()),
+        )
 
     def _store_live(self, rule_id: str, live: frozenset[Labels]) -> None:
         """Replace the rule's live set, writing only what changed."""
-        before = self._live.get(rule_id)
-        if before is None:
+        cached = self._cache.get(rule_id)
+        if cached is not None:
+            before = cached.live
+        else:
             before = frozenset(
                 self._labels[sid] for (sid,) in self._db.execute(
                     "SELECT series_id FROM live WHERE rule_id = ?", (rule_id,)
@@ -445,7 +492,6 @@ class State:
             )
         if live == before:
             return
-        self._undo_live.setdefault(rule_id, self._live.get(rule_id))
         self._db.executemany(
             "DELETE FROM live WHERE rule_id = ? AND series_id = ?",
             [(rule_id, self._ids[labels]) for labels in before - live],
@@ -454,7 +500,16 @@ class State:
             "INSERT INTO live (rule_id, series_id) VALUES (?, ?)",
             [(rule_id, self._id(labels)) for labels in live - before],
         )
-        self._live[rule_id] = live
+
+    def _store_ended(self, rule_id: str, ended: Mapping[Labels, int]) -> None:
+        cached = self._cache.get(rule_id)
+        if cached is not None and dict(cached.ended) == dict(ended):
+            return
+        self._db.execute("DELETE FROM ended WHERE rule_id = ?", (rule_id,))
+        self._db.executemany(
+            "INSERT INTO ended (rule_id, series_id, ts_ms) VALUES (?, ?, ?)",
+            [(rule_id, self._id(labels), ts) for labels, ts in ended.items()],
+        )
 
     def _store_settled(self, rule_id: str, settled: Mapping[int, int]) -> None:
         self._db.execute(
@@ -467,18 +522,28 @@ class State:
             [(rule_id, age, c) for age, c in settled.items()],
         )
 
-    def _queue(self, samples: Sequence[Sample]) -> None:
-        rows = [(self._id(k), ts, *_encode_value(v)) for k, ts, v in samples]
-        self._db.executemany(
-            "INSERT INTO outbox (series_id, ts_ms, value, nan_bits) VALUES (?, ?, ?, ?)", rows
-        )
-        last, undo = self._last, self._undo_last
-        for sid, ts, _value, _bits in rows:
-            before = last.get(sid)
+    def _queue(self, samples: Sequence[Sample], batches: Sequence[Batch]) -> list[int]:
+        """Queue the requests that carry ``samples``; note each series' last timestamp."""
+        ids = self._insert(batches)
+        self._outbox_samples += sum(b.samples for b in batches)
+        last, undo = self.last_ts, self._undo_last
+        for labels, ts, _value in samples:
+            before = last.get(labels)
             if before is None or ts > before:
-                if sid not in undo:
-                    undo[sid] = before
-                last[sid] = ts
+                if labels not in undo:
+                    undo[labels] = before
+                last[labels] = ts
+        return ids
+
+    def _insert(self, batches: Sequence[Batch]) -> list[int]:
+        ids = []
+        for batch in batches:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (body, samples, min_ts, max_ts) VALUES (?, ?, ?, ?)",
+                (batch.body, batch.samples, batch.min_ts, batch.max_ts),
+            )
+            ids.append(int(cursor.lastrowid or 0))
+        return ids
 
     def _encode_values(self, values: Mapping[TempoKey, float]) -> bytes:
         ids = array("q", [self._id(k) for k in values])
@@ -508,8 +573,8 @@ class State:
     def _transaction(self, what: str) -> Iterator[None]:
         """One write transaction; any failure rolls it back and raises StateError.
 
-        What the transaction changed in memory (new label sets, queued timestamps, live
-        sets) is undone with it.
+        What the transaction changed in memory (new label sets, queued timestamps, the
+        rules it holds) is undone with it.
         """
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -531,40 +596,23 @@ class State:
             self._pending.clear()
             self._next_id = None  # looked up again in the next transaction, under its lock
             self._undo_last.clear()
-            self._undo_live.clear()
+            self._undo_cache.clear()
 
     def _undo(self) -> None:
         for labels in self._pending:
             series_id = self._ids.pop(labels, None)
             if series_id is not None:
                 self._labels.pop(series_id, None)
-        for sid, ts in self._undo_last.items():
+        for labels, ts in self._undo_last.items():
             if ts is None:
-                self._last.pop(sid, None)
+                self.last_ts.pop(labels, None)
             else:
-                self._last[sid] = ts
-        for rule_id, live in self._undo_live.items():
-            if live is None:
-                self._live.pop(rule_id, None)
+                self.last_ts[labels] = ts
+        for rule_id, stored in self._undo_cache.items():
+            if stored is None:
+                self._cache.pop(rule_id, None)
             else:
-                self._live[rule_id] = live
-
-
-class _LastQueued(Mapping[Labels, int]):
-    """``State.last_ts``: label set -> timestamp of its last queued sample."""
-
-    def __init__(self, ids: Mapping[Labels, int], last: Mapping[int, int]) -> None:
-        self._ids, self._last = ids, last
-
-    def __getitem__(self, labels: Labels) -> int:
-        return self._last[self._ids[labels]]
-
-    def __iter__(self) -> Iterator[Labels]:
-        labels_of = {i: labels for labels, i in self._ids.items()}
-        return (labels_of[i] for i in self._last)
-
-    def __len__(self) -> int:
-        return len(self._last)
+                self._cache[rule_id] = stored
 
 
 # -- schema versions ----------------------------------------------------------------------
@@ -600,27 +648,27 @@ def _from_version_0(db: sqlite3.Connection) -> None:
     Its counter totals become legacy totals that the Tempo series mapping to them take
     over; its series all count as live (they were written at the checkpoint). Kept window
     values were per Prometheus series and cannot be compared with Tempo's: they are
-    dropped, and every settle age starts at the checkpoint.
+    dropped, and every settle age starts at the checkpoint. Its outbox, a row per sample,
+    waits in ``outbox_v0`` for :meth:`State.convert_legacy_outbox`.
     """
     old = db.execute("SELECT rule_id, group_name, record, expr, kind FROM rules").fetchall()
     db.execute("ALTER TABLE rules ADD COLUMN interval INTEGER")
     db.execute("ALTER TABLE rules ADD COLUMN tenant TEXT")
     db.execute("ALTER TABLE rules ADD COLUMN removed_at REAL")
-    db.execute("ALTER TABLE totals RENAME TO legacy_v0")
     db.execute(
         "CREATE TABLE legacy (rule_id TEXT NOT NULL, series_id INTEGER NOT NULL,"
         " total REAL NOT NULL, PRIMARY KEY (rule_id, series_id)) WITHOUT ROWID"
     )
-    db.execute("INSERT INTO legacy SELECT rule_id, series_id, total FROM legacy_v0")
+    db.execute("INSERT INTO legacy SELECT rule_id, series_id, total FROM totals")
     db.execute(
         "CREATE TABLE live (rule_id TEXT NOT NULL, series_id INTEGER NOT NULL,"
         " PRIMARY KEY (rule_id, series_id)) WITHOUT ROWID"
     )
-    db.execute("INSERT INTO live SELECT rule_id, series_id FROM legacy_v0")
+    db.execute("INSERT INTO live SELECT rule_id, series_id FROM totals")
     db.execute("INSERT OR IGNORE INTO live SELECT rule_id, series_id FROM live_gauges")
-    db.execute("DROP TABLE legacy_v0")
-    db.execute("DROP TABLE live_gauges")
-    db.execute("DROP TABLE window_values")
+    for table in ("totals", "live_gauges", "window_values", "sent"):
+        db.execute(f"DROP TABLE IF EXISTS {table}")
+    db.execute("ALTER TABLE outbox RENAME TO outbox_v0")
     db.execute(
         "UPDATE settle SET checkpoint ="
         " (SELECT checkpoint FROM rules WHERE rules.rule_id = settle.rule_id)"
@@ -669,13 +717,6 @@ def _lock(path: Path) -> IO[str]:
     return handle
 
 
-def _encode_value(value: float) -> tuple[float | None, int | None]:
-    """SQLite turns NaN into NULL: keep a NaN's exact bits (a stale marker's) instead."""
-    if math.isnan(value):
-        return None, _BITS.unpack(_DOUBLE.pack(value))[0]
-    return value, None
-
-
 def _nan(bits: int) -> float:
     value: float = _DOUBLE.unpack(_BITS.pack(bits))[0]
     return value
@@ -697,3 +738,5 @@ def _encode_labels(labels: Labels) -> str:
 
 def _decode_labels(text: str) -> Labels:
     return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+

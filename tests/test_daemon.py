@@ -24,6 +24,7 @@ from bridge.evaluation import Update
 from bridge.series import is_stale_nan
 from bridge.state import RuleKey
 from tests.doubles.tempo import Span, TempoDouble
+from tests.support.outbox import queued
 
 COUNTER = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
 GAUGE = '{ resource.service.name = "svc" } | max_over_time(span.cost) by (span.model)'
@@ -173,8 +174,8 @@ async def test_reload_retires_removed_rules_and_restarts_changed_counters(
     answer = await running.http.post("/-/reload")
     assert answer.status_code == 200
     # both retired rules end their series with stale markers at their next window end
-    stale = [r for r in daemon.state.outbox_head(100000) if is_stale_nan(r.value)]
-    assert {dict(r.labels)["__name__"] for r in stale} >= {"biggest"}
+    stale = [labels for labels, _, value in queued(daemon.state) if is_stale_nan(value)]
+    assert {dict(labels)["__name__"] for labels in stale} >= {"biggest"}
     retired = daemon.state.load(keys["biggest"])
     assert retired is not None
     assert retired.live == frozenset()

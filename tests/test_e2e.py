@@ -140,7 +140,7 @@ async def run_daemon_until(env: Env, checkpoint_at_least: int) -> Daemon:
             rules = daemon.state.known_rules()
             if (len(rules) == len(METRICS)
                     and all(r.checkpoint >= checkpoint_at_least for r in rules)
-                    and daemon.state.outbox_depth() == 0):
+                    and daemon.state.outbox_samples() == 0):
                 break
         else:
             pytest.fail("the daemon did not reach the checkpoint in time")

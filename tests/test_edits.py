@@ -208,11 +208,11 @@ def _window_index(starts: list[int], t: float) -> int | None:
 
 def assert_prometheus_would_take(h: Harness) -> None:
     last: dict[Labels, int] = {}
-    for row in h.state.outbox_head(10**7):
-        assert row.ts_ms > last.get(row.labels, -1), (
-            f"{row.labels} at {row.ts_ms} after {last.get(row.labels)}: refused as out of order"
+    for labels, ts, _value in h.written:
+        assert ts > last.get(labels, -1), (
+            f"{labels} at {ts} after {last.get(labels)}: refused as out of order"
         )
-        last[row.labels] = row.ts_ms
+        last[labels] = ts
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -288,9 +288,9 @@ async def test_random_edits_keep_every_counter_exact(tmp_path: Path, seed: int) 
 def _last_written(h: Harness, live: Iterable[Labels], ts_ms: int) -> dict[Labels, float]:
     wanted = set(live)
     found: dict[Labels, float] = {}
-    for row in h.state.outbox_head(10**7):
-        if row.labels in wanted and row.ts_ms == ts_ms and not is_stale_nan(row.value):
-            found[row.labels] = row.value
+    for labels, ts, value in h.written:
+        if labels in wanted and ts == ts_ms and not is_stale_nan(value):
+            found[labels] = value
     return found
 
 

@@ -1,9 +1,10 @@
-"""Sender: the outbox drained in order, 400s narrowed to the bad series, nothing resent."""
+"""Sender: queued requests posted in order, 400s narrowed to the bad series, too old samples
+left out, memory and outbox in step."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -14,39 +15,37 @@ from bridge.errors import StateError
 from bridge.evaluation import Update
 from bridge.metrics import Metrics
 from bridge.remote_write import RemoteWriteClient, decode_write_request
-from bridge.sender import Sender
-from bridge.series import Labels
-from bridge.state import OutboxRow, RuleKey, State
+from bridge.sender import Sender, encoder
+from bridge.series import Exemplar, Labels, Sample
+from bridge.state import RuleKey, State
 
 URL = "http://receiver/api/v1/write"
 NOW = 1795780800.0
+RULE = RuleKey("g", "x_total", "e", "counter")
 
 
 def series(name: str) -> Labels:
     return (("__name__", "x_total"), ("model", name))
 
 
-def fill(state: State, samples: list[tuple[Labels, int, float]]) -> None:
-    state.commit(RuleKey("g", "x_total", "e", "counter"),
-                 Update(0, frozenset(), {}, samples=samples))
+def fill(state: State, sender: Sender | None, samples: list[Sample], *, per_request: int = 1000,
+         exemplars: dict[tuple[Labels, int], list[Exemplar]] | None = None) -> None:
+    """Commit ``samples`` as an evaluation would; hand them to ``sender`` in memory."""
+    batches = encoder({"cluster": "eu"}, per_request)(samples, exemplars or {})
+    ids = state.commit(RULE, Update(0, frozenset(), {}, samples=samples), batches)
+    if sender is not None:
+        sender.enqueue(ids, batches)
 
 
 async def no_sleep(_: float) -> None:
     return None
 
 
-def make_sender(tmp_path: Path, **kwargs: object) -> tuple[Sender, State, Metrics]:
+def make_sender(tmp_path: Path, max_sample_age: float = 3000.0) -> tuple[Sender, State, Metrics]:
     state = State(tmp_path / "s.sqlite")
     metrics = Metrics()
-    options: dict[str, object] = {
-        "max_samples_per_send": 1000, "max_sample_age": 3000.0,
-        "external_labels": {"cluster": "eu"},
-    }
-    options.update(kwargs)
-    sender = Sender(
-        state, RemoteWriteClient(URL), metrics, clock=lambda: NOW, sleep=no_sleep,
-        **options,  # type: ignore[arg-type]
-    )
+    sender = Sender(state, RemoteWriteClient(URL), metrics, clock=lambda: NOW, sleep=no_sleep,
+                    max_sample_age=max_sample_age)
     return sender, state, metrics
 
 
@@ -61,27 +60,49 @@ def dropped(metrics: Metrics, reason: str) -> float | None:
     )
 
 
+def sent(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("tempo_bridge_samples_sent_total")
+
+
+def models(bodies: Iterable[bytes]) -> list[str]:
+    return [dict(labels)["model"] for body in bodies for labels, _, _ in decode_write_request(body)]
+
+
 @respx.mock
 async def test_a_400_drops_only_the_series_it_refuses(tmp_path: Path) -> None:
     received: list[Labels] = []
 
     def receiver(request: httpx.Request) -> httpx.Response:
         batch = decode_write_request(request.content)
-        if any(dict(labels)["model"] == "bad" for labels, _ in batch):
+        if any(dict(labels)["model"] == "bad" for labels, _, _ in batch):
             return httpx.Response(400, text="out of order sample\n")
-        received.extend(labels for labels, _ in batch)
+        received.extend(labels for labels, _, _ in batch)
         return httpx.Response(204)
 
     respx.post(URL).mock(side_effect=receiver)
     sender, state, metrics = make_sender(tmp_path)
     ts = int(NOW * 1000)
-    fill(state, [(series(m), ts, 1.0) for m in ["a", "b", "bad", "c", "d"]])
+    fill(state, sender, [(series(m), ts, 1.0) for m in ["a", "b", "bad", "c", "d"]])
     await sender.drain()
     assert sorted(dict(labels)["model"] for labels in received) == ["a", "b", "c", "d"]
     assert all(dict(labels)["cluster"] == "eu" for labels in received)
-    assert state.outbox_depth() == 0
+    assert state.outbox_samples() == 0
     assert dropped(metrics, "rejected") == 1
-    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 4
+    assert sent(metrics) == 4
+
+
+@respx.mock
+async def test_a_series_refused_whole_counts_all_its_samples_as_dropped(tmp_path: Path) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(400, text="out of bounds\n"))
+    sender, state, metrics = make_sender(tmp_path)
+    ts = int(NOW * 1000)
+    fill(state, sender, [(series("a"), ts - 2000, 1.0), (series("a"), ts - 1000, 2.0),
+                         (series("a"), ts, 3.0)])
+    await sender.drain()
+    assert dropped(metrics, "rejected") == 3  # the newest alone refused too: all three
+    assert dropped(metrics, "out_of_order") is None
+    assert not sent(metrics)
+    assert state.outbox_samples() == 0
 
 
 @respx.mock
@@ -95,10 +116,10 @@ async def test_retryable_failures_are_retried_until_accepted(tmp_path: Path) -> 
         ]
     )
     sender, state, metrics = make_sender(tmp_path)
-    fill(state, [(series("a"), int(NOW * 1000), 1.0)])
+    fill(state, sender, [(series("a"), int(NOW * 1000), 1.0)])
     await sender.drain()
     assert route.call_count == 4
-    assert state.outbox_depth() == 0
+    assert state.outbox_samples() == 0
     for reason in ("http_503", "http_429", "network"):
         assert metrics.registry.get_sample_value(
             "tempo_bridge_send_retries_total", {"reason": reason}
@@ -106,53 +127,58 @@ async def test_retryable_failures_are_retried_until_accepted(tmp_path: Path) -> 
 
 
 @respx.mock
-async def test_other_4xx_drop_the_batch_without_splitting(tmp_path: Path) -> None:
+async def test_other_4xx_drop_the_request_without_splitting(tmp_path: Path) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(401, text="no auth"))
     sender, state, metrics = make_sender(tmp_path)
-    fill(state, [(series(m), int(NOW * 1000), 1.0) for m in "abcd"])
+    fill(state, sender, [(series(m), int(NOW * 1000), 1.0) for m in "abcd"])
     await sender.drain()
     assert route.call_count == 1
-    assert state.outbox_depth() == 0
+    assert state.outbox_samples() == 0
     assert dropped(metrics, "rejected") == 4
 
 
 @respx.mock
-async def test_too_old_and_not_newer_samples_are_not_sent(tmp_path: Path) -> None:
+async def test_samples_too_old_when_their_turn_comes_are_left_out(tmp_path: Path) -> None:
     bodies: list[bytes] = []
     respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
     sender, state, metrics = make_sender(tmp_path, max_sample_age=600.0)
     now_ms = int(NOW * 1000)
-    fill(state, [(series("a"), now_ms - 601_000, 1.0), (series("a"), now_ms, 2.0)])
+    trace = Exemplar("abc", 1.0, now_ms - 5000)
+    fill(state, sender, [(series("a"), now_ms - 601_000, 1.0), (series("a"), now_ms, 2.0),
+                         (series("b"), now_ms - 700_000, 3.0)],
+         exemplars={(series("a"), now_ms): [trace]})
     await sender.drain()
-    assert dropped(metrics, "too_old") == 1
-    # a crash after sending and before the outbox was cleared: the same samples again
-    fill(state, [(series("a"), now_ms, 2.0), (series("a"), now_ms - 1000, 1.5)])
-    await sender.drain()
-    assert dropped(metrics, "out_of_order") == 2
-    assert len(bodies) == 1
-    assert decode_write_request(bodies[0]) == [
-        ((("__name__", "x_total"), ("cluster", "eu"), ("model", "a")), [(now_ms, 2.0)])
-    ]
+    assert dropped(metrics, "too_old") == 2
+    assert [decode_write_request(body) for body in bodies] == [[
+        ((("__name__", "x_total"), ("cluster", "eu"), ("model", "a")), [(now_ms, 2.0)],
+         [trace]),
+    ]]
+    assert sent(metrics) == 1
 
 
 @respx.mock
-async def test_batches_follow_max_samples_per_send_in_order(tmp_path: Path) -> None:
+async def test_requests_are_sent_in_outbox_order_from_memory_or_from_the_outbox(
+    tmp_path: Path,
+) -> None:
     bodies: list[bytes] = []
     respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
-    sender, state, _ = make_sender(tmp_path, max_samples_per_send=2)
+    sender, state, _ = make_sender(tmp_path)
     ts = int(NOW * 1000)
-    fill(state, [(series("a"), ts + i * 1000, float(i)) for i in range(5)])
+    # queued by an earlier run (only in the outbox), then handed over in memory
+    fill(state, None, [(series("old"), ts, 1.0)])
+    fill(state, sender, [(series(m), ts, 1.0) for m in "ab"], per_request=1)
+    fill(state, None, [(series("c"), ts, 1.0)])  # the memory queue was full
+    fill(state, sender, [(series("d"), ts, 1.0)])
     await sender.drain()
-    got = [s for body in bodies for _, samples in decode_write_request(body) for s in samples]
-    assert [len(decode_write_request(b)[0][1]) for b in bodies] == [2, 2, 1]
-    assert got == [(ts + i * 1000, float(i)) for i in range(5)]
-    sender.update_gauges()
+    assert models(bodies) == ["old", "a", "b", "c", "d"]
+    assert state.outbox_samples() == 0
+    assert state.outbox() == []
 
 
 @pytest.mark.parametrize("depth", [0, 3])
 async def test_outbox_gauges(tmp_path: Path, depth: int) -> None:
     sender, state, metrics = make_sender(tmp_path)
-    fill(state, [(series("a"), int(NOW * 1000) - 30_000 + i, 1.0) for i in range(depth)])
+    fill(state, None, [(series(str(i)), int(NOW * 1000) - 30_000 + i, 1.0) for i in range(depth)])
     sender.update_gauges()
     assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == depth
     age = metrics.registry.get_sample_value("tempo_bridge_outbox_oldest_sample_age_seconds")
@@ -169,10 +195,10 @@ async def test_a_resend_the_receiver_already_has_is_not_counted_as_rejected(
 
     def prometheus(request: httpx.Request) -> httpx.Response:
         batch = decode_write_request(request.content)
-        for labels, samples in batch:
+        for labels, samples, _ in batch:
             if samples[0][0] < stored.get(labels, 0):
                 return httpx.Response(400, text="out of order sample\n")
-        for labels, samples in batch:
+        for labels, samples, _ in batch:
             stored[labels] = samples[-1][0]
         return httpx.Response(204)
 
@@ -180,44 +206,45 @@ async def test_a_resend_the_receiver_already_has_is_not_counted_as_rejected(
     sender, state, metrics = make_sender(tmp_path)
     ts = int(NOW * 1000)
     resent = [(series("a"), ts - 60_000, 1.0), (series("a"), ts, 2.0), (series("b"), ts, 5.0)]
-    fill(state, resent)
+    fill(state, sender, resent)
     await sender.drain()
-    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 3
-    # a bridge whose acknowledgement was lost still has the same samples queued
+    assert sent(metrics) == 3
+    # a bridge whose acknowledgement was lost still has the same request queued
     (tmp_path / "again").mkdir()
     sender, state, metrics = make_sender(tmp_path / "again")
-    fill(state, resent)
+    fill(state, None, resent)
     await sender.drain()
-    assert state.outbox_depth() == 0
+    assert state.outbox_samples() == 0
     assert dropped(metrics, "rejected") is None
     assert dropped(metrics, "out_of_order") == 1
-    assert metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") == 2
+    assert sent(metrics) == 2
 
 
 @respx.mock
 async def test_a_failing_state_does_not_stop_the_sender(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    respx.post(URL).mock(return_value=httpx.Response(204))
+    route = respx.post(URL).mock(return_value=httpx.Response(204))
     sender, state, _ = make_sender(tmp_path)
-    fill(state, [(series("a"), int(NOW * 1000), 1.0)])
+    fill(state, sender, [(series("a"), int(NOW * 1000), 1.0)])
     real = state.remove_from_outbox
     failures: list[int] = []
 
-    def failing_once(**kwargs: Sequence[OutboxRow]) -> None:
+    def failing_once(ids: Iterable[int]) -> None:
         if not failures:
             failures.append(1)
             raise StateError("cannot update the outbox: disk I/O error")
-        real(**kwargs)
+        real(ids)
 
     monkeypatch.setattr(state, "remove_from_outbox", failing_once)
     task = asyncio.create_task(sender.run(idle=0.05))
     try:
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if state.outbox_depth() == 0:
+            if state.outbox_samples() == 0:
                 break
     finally:
         task.cancel()
     assert failures == [1]
-    assert state.outbox_depth() == 0  # sent again (an identical resend) and removed
+    assert state.outbox_samples() == 0  # sent again (an identical resend) and removed
+    assert route.call_count == 2

@@ -12,15 +12,21 @@ import pytest
 
 from bridge.errors import StateError
 from bridge.evaluation import Stored, TempoKey, Total, Update
-from bridge.series import STALE_NAN, Labels, is_stale_nan
+from bridge.remote_write import Batch, encode_batches
+from bridge.series import STALE_NAN, Labels, Sample, is_stale_nan
 from bridge.state import RuleKey, State, _decode_labels
 from bridge.windows import Window
+from tests.support.outbox import queued
 
 A: Labels = (("__name__", "x_total"), ("model", "a"))
 B: Labels = (("__name__", "x_total"), ("model", "b"))
 KA: TempoKey = (("span.model", "a"),)
 KB: TempoKey = (("span.model", "b"),)
 RULE = RuleKey("g", "x_total", "{} | count_over_time() by (span.model)", "counter")
+
+
+def requests(samples: list[Sample], per_request: int = 2000) -> list[Batch]:
+    return encode_batches(samples, {}, {}, per_request)
 
 
 def update(checkpoint: int, **kwargs: object) -> Update:
@@ -32,11 +38,12 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     assert state.load(RULE) is None
     window = Window(60, 120)
-    state.commit(RULE, update(
+    samples: list[Sample] = [(A, 60_000, 0.0), (A, 120_000, 1.5)]
+    ids = state.commit(RULE, update(
         120, totals={KA: Total(1.5, 120), KB: Total(2.0, 60)}, live=frozenset({A}),
-        settled={600: 60}, keep={window: {KA: 1.5}}, prune_upto=60,
-        samples=[(A, 60_000, 0.0), (A, 120_000, 1.5)],
-    ), interval=60, tenant="t1")
+        settled={600: 60}, keep={window: {KA: 1.5}}, prune_upto=60, samples=samples,
+    ), encode_batches(samples, {}, {}, 2000), interval=60, tenant="t1")
+    assert len(ids) == 1
     state.close()
 
     state = State(tmp_path / "s.sqlite")
@@ -45,11 +52,11 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
         120, {KA: Total(1.5, 120), KB: Total(2.0, 60)}, frozenset({A}), {600: 60}, (window,)
     )
     assert state.kept(RULE, [window, Window(120, 180)]) == {window: {KA: 1.5}}
-    rows = state.outbox_head(10)
-    assert [(r.labels, r.ts_ms, r.value) for r in rows] == [(A, 60_000, 0.0), (A, 120_000, 1.5)]
+    assert queued(state) == samples
+    assert state.outbox_samples() == 2
     (known,) = state.known_rules()
     assert (known.key, known.checkpoint, known.interval, known.tenant) == (RULE, 120, 60, "t1")
-    assert state.last_ts[A] == 120_000  # rebuilt from the outbox
+    assert state.last_ts[A] == 120_000  # A is live: written at the checkpoint
 
 
 def test_identity_is_group_record_expr_and_kind() -> None:
@@ -62,7 +69,7 @@ def test_identity_is_group_record_expr_and_kind() -> None:
 def test_a_failed_commit_leaves_nothing_on_disk_or_in_memory(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset({A}),
-                              samples=[(A, 60_000, 1.0)]))
+                              samples=[(A, 60_000, 1.0)]), requests([(A, 60_000, 1.0)]))
 
     class BoomError(Exception):
         pass
@@ -83,17 +90,18 @@ def test_a_failed_commit_leaves_nothing_on_disk_or_in_memory(tmp_path: Path) -> 
     assert stored is not None
     assert (stored.checkpoint, stored.totals, stored.live) == (60, {KA: Total(1.0, 60)},
                                                               frozenset({A}))
-    assert state.outbox_depth() == 1
+    assert state.outbox_samples() == 1
     assert B not in state.last_ts
     # the label sets KB and B were rolled back with the transaction and can be made again
     state.commit(RULE, update(120, totals={KB: Total(1.0, 120)}, live=frozenset({B}),
-                              samples=[(B, 120_000, 1.0)]))
+                              samples=[(B, 120_000, 1.0)]), requests([(B, 120_000, 1.0)]))
     state.close()
     state = State(tmp_path / "s.sqlite")
     stored = state.load(RULE)
     assert stored is not None
     assert stored.live == {B}
-    assert state.outbox_head(10)[-1].labels == B
+    assert stored.totals == {KA: Total(1.0, 60), KB: Total(1.0, 120)}
+    assert queued(state)[-1][0] == B
 
 
 def test_the_live_set_is_replaced(tmp_path: Path) -> None:
@@ -119,34 +127,47 @@ def test_settle_ages_and_kept_windows_are_replaced_and_pruned(tmp_path: Path) ->
     assert state.kept(RULE, windows) == {Window(120, 180): {KA: 180.0}}
 
 
-def test_outbox_is_read_in_order_and_last_sent_only_grows(tmp_path: Path) -> None:
+def test_the_outbox_holds_requests_in_order_until_they_are_removed(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
-    state.commit(RULE, update(60, samples=[(A, 60_000, 1.0), (B, 60_000, 2.0)]))
-    state.commit(RULE, update(120, samples=[(A, 120_000, 3.0)]))
-    rows = state.outbox_head(2)
-    assert [(r.labels, r.ts_ms) for r in rows] == [(A, 60_000), (B, 60_000)]
-    state.remove_from_outbox(delivered=rows)
-    assert state.outbox_depth() == 1
-    assert state.outbox_oldest_ts_ms() == 120_000
-    last = state.outbox_head(1)
-    state.remove_from_outbox(delivered=last)
-    ids = {r.labels: r.series_id for r in rows}
-    assert state.last_sent([ids[A], ids[B]]) == {ids[A]: 120_000, ids[B]: 60_000}
-    assert state.outbox_depth() == 0
-    assert state.outbox_oldest_ts_ms() is None
+    first = state.commit(RULE, update(60), requests([(A, 60_000, 1.0), (B, 60_000, 2.0)], 1))
+    second = state.commit(RULE, update(120), requests([(A, 120_000, 3.0)]))
+    assert len(first) == 2
+    assert [i for i, _ in state.outbox()] == [*first, *second]
+    assert state.next_outbox_id(after=0) == first[0]
+    assert state.next_outbox_id(after=first[1]) == second[0]
+    assert (state.outbox_samples(), state.outbox_oldest_ts_ms()) == (3, 60_000)
+    state.remove_from_outbox(first)
+    assert (state.outbox_samples(), state.outbox_oldest_ts_ms()) == (1, 120_000)
+    assert [i for i, _ in state.outbox(after=0)] == second
     state.close()
     state = State(tmp_path / "s.sqlite")
-    assert (state.last_ts[A], state.last_ts[B]) == (120_000, 60_000)  # from what was sent
+    assert state.outbox_samples() == 1
+    state.remove_from_outbox(second)
+    assert state.outbox_oldest_ts_ms() is None
+    assert state.next_outbox_id(after=0) is None
+
+
+def test_series_ended_at_the_checkpoint_are_remembered(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.sqlite")
+    state.commit(RULE, update(120, live=frozenset({A}), ended={B: 120_000},
+                              samples=[(A, 120_000, 1.0), (B, 120_000, STALE_NAN)]))
+    state.close()
+    state = State(tmp_path / "s.sqlite")
+    # after a restart: no sample of A or B at or before 120 s
+    assert (state.last_ts[A], state.last_ts[B]) == (120_000, 120_000)
+    stored = state.load(RULE)
+    assert stored is not None
+    assert stored.ended == {B: 120_000}
 
 
 def test_removed_rules_are_forgotten_after_the_retention(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     other = RULE._replace(record="y_total")
     state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset({A}),
-                              samples=[(A, 60_000, 1.0)]))
+                              samples=[(A, 60_000, 1.0)]), requests([(A, 60_000, 1.0)]))
     state.commit(other, update(60, totals={KB: Total(1.0, 60)}))
-    stale = update(60, samples=[(A, 120_000, STALE_NAN)])
-    state.mark_removed(RULE, 1000.0, stale)
+    stale = update(60, samples=[(A, 120_000, STALE_NAN)], ended={A: 120_000})
+    state.mark_removed(RULE, 1000.0, stale, requests([(A, 120_000, STALE_NAN)]))
     (known,) = [k for k in state.known_rules() if k.key == RULE]
     assert (known.removed_at, known.live) == (1000.0, 0)
     assert state.forget_removed(before=1000.0) == []
@@ -157,11 +178,11 @@ def test_removed_rules_are_forgotten_after_the_retention(tmp_path: Path) -> None
     assert state.forget_removed(before=2000.0) == [RULE]
     assert state.load(RULE) is None
     assert state.load(other) is not None
-    # the outbox still refers to A: it stays until sent, then its label set can go
-    state.remove_from_outbox(delivered=state.outbox_head(10))
-    assert state.collect_garbage(sent_before_ms=10**15) == 2  # KA and A
+    # the queued requests carry their own labels: A and KA can go at once
+    assert state.collect_garbage() == 2
     assert state.size()["series"] == 1  # KB
     assert A not in state.last_ts
+    assert state.outbox_samples() == 2
 
 
 def test_unopenable_state_is_a_state_error(tmp_path: Path) -> None:
@@ -181,12 +202,13 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 def test_stale_markers_keep_their_bits(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
-    state.commit(RULE, update(60, samples=[(A, 60_000, STALE_NAN), (B, 60_000, float("nan"))]))
+    samples: list[Sample] = [(A, 60_000, STALE_NAN), (B, 60_000, float("nan"))]
+    state.commit(RULE, update(60, samples=samples), requests(samples))
     state.close()
-    stale, nan = State(tmp_path / "s.sqlite").outbox_head(10)
-    assert is_stale_nan(stale.value)
-    assert math.isnan(nan.value)
-    assert not is_stale_nan(nan.value)
+    (_, _, stale), (_, _, nan) = queued(State(tmp_path / "s.sqlite"))
+    assert is_stale_nan(stale)
+    assert math.isnan(nan)
+    assert not is_stale_nan(nan)
 
 
 def test_an_exclusive_state_refuses_a_second_bridge(tmp_path: Path) -> None:
@@ -226,6 +248,8 @@ INSERT INTO live_gauges VALUES ('old-gauge', 2);
 INSERT INTO window_values VALUES ('old-counter', 600, 1, 2.0);
 INSERT INTO settle VALUES ('old-counter', 600, 540);
 INSERT INTO outbox (series_id, ts_ms, value) VALUES (1, 600000, 42.0);
+INSERT INTO outbox (series_id, ts_ms, value, nan_bits) VALUES (2, 660000, NULL,
+    9218868437227405314);
 INSERT INTO sent VALUES (2, 600000);
 """
 
@@ -249,7 +273,15 @@ def test_a_version_0_state_is_upgraded(tmp_path: Path) -> None:
     assert gauge is not None
     assert gauge.live == {top}
     assert (state.last_ts[A], state.last_ts[top]) == (600_000, 600_000)
-    assert [r.labels for r in state.outbox_head(10)] == [A]
+    # its outbox, a row per sample, becomes requests with the external labels
+    assert state.outbox_samples() == 0
+    assert state.convert_legacy_outbox(lambda s: encode_batches(s, {}, {"z": "1"}, 10)) == 2
+    rows = queued(state)
+    assert [(labels, ts) for labels, ts, _ in rows] == [((*A, ("z", "1")), 600_000),
+                                                       ((*top, ("z", "1")), 660_000)]
+    assert is_stale_nan(rows[1][2])
+    assert state.outbox_samples() == 2
+    assert state.convert_legacy_outbox(lambda s: encode_batches(s, {}, {}, 10)) == 0
     state.close()
     State(path).close()  # opened again: nothing to upgrade
     assert _decode_labels('[["a","b"]]') == (("a", "b"),)

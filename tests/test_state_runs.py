@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -11,6 +12,7 @@ import pytest
 
 from bridge.errors import StateError
 from bridge.evaluation import Total, Update
+from bridge.remote_write import Batch, encode_batches
 from bridge.series import Labels, Sample
 from bridge.state import RuleKey, State, _decode_labels, _encode_labels, _runs
 
@@ -25,12 +27,12 @@ def test_runs_of_consecutive_ids() -> None:
 
 def test_remove_from_outbox_keeps_the_rows_between_runs(tmp_path: Path) -> None:
     state = State(tmp_path / "state.sqlite")
-    labels = (("__name__", "x"),)
-    state.commit(RULE, Update(60, frozenset(), {}, samples=[(labels, t, 1.0) for t in range(10)]))
-    rows = state.outbox_head(10)
-    state.remove_from_outbox(delivered=rows[:3] + rows[5:7], dropped=rows[9:])
-    assert [r.ts_ms for r in state.outbox_head(10)] == [3, 4, 7, 8]
-    assert state.last_sent([rows[0].series_id]) == {rows[0].series_id: 6}
+    samples: list[Sample] = [((("__name__", "x"),), t, 1.0) for t in range(10)]
+    ids = state.commit(RULE, Update(60, frozenset(), {}, samples=samples),
+                       encode_batches(samples, {}, {}, 1))
+    state.remove_from_outbox(ids[:3] + ids[5:7] + ids[9:])
+    assert [batch.min_ts for _, batch in state.outbox()] == [3, 4, 7, 8]
+    assert state.outbox_samples() == 4
     state.close()
 
 
@@ -40,13 +42,13 @@ def test_new_series_get_the_ids_sqlite_would_give_and_survive_a_failed_commit(
     state = State(tmp_path / "state.sqlite")
     a, b, c, d = ((("__name__", n),) for n in "abcd")
 
-    def commit(*labels: Labels, samples: list[Sample] | None = None) -> None:
+    def commit(*labels: Labels, batches: Sequence[Batch] = ()) -> None:
         totals = {k: Total(1.0, 60) for k in labels}
-        state.commit(RULE, Update(60, frozenset(), {}, totals=totals, samples=samples or []))
+        state.commit(RULE, Update(60, frozenset(), {}, totals=totals), batches)
 
     commit(a, b)
-    with pytest.raises(StateError):  # a sample SQLite cannot store: nothing is kept
-        commit(d, samples=[(d, cast(int, object()), 1.0)])
+    with pytest.raises(StateError):  # a request SQLite cannot store: nothing is kept
+        commit(d, batches=[Batch(cast(bytes, object()), 1, 0, 0)])
     commit(c, b)
     state.close()
     reopened = State(tmp_path / "state.sqlite")

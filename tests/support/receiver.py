@@ -65,7 +65,7 @@ class FaultyReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        samples = sum(len(points) for _, points in decode_write_request(body))
+        samples = sum(len(points) for _, points, _ in decode_write_request(body))
         if self._faults:
             status = self._faults.popleft()
             self.refused.append(Refused(status, samples))
