@@ -29,11 +29,10 @@ from typing import Any, Literal
 
 import httpx
 
-from tests import traffic
-from tests.traffic import Key
+from tests.support import traffic
+from tests.support.traffic import Key
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
 EXAMPLE_CONFIG = ROOT / "examples" / "bridge.yaml"
 
 FIGURE = re.compile(
@@ -181,7 +180,7 @@ def machine() -> str:
 # -- OpenRouter spans -------------------------------------------------------------------------
 
 def make_spans(start: float, seconds: float, mean_gap: float, seed: int) -> list[Any]:
-    """The synthetic OpenRouter traffic of ``tests/traffic.py``, requests about
+    """The synthetic OpenRouter traffic of ``tests/support/traffic.py``, requests about
     ``mean_gap`` seconds apart over ``(start, start + seconds)``."""
     return traffic.make_spans(start, seconds, seed, gap=(0.2 * mean_gap, 1.8 * mean_gap))
 

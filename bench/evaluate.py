@@ -198,7 +198,7 @@ async def serve_answer(body: bytes) -> tuple[web.AppRunner, str]:
 
 
 async def run(series: int, profile: bool) -> int:
-    from tests.prometheus_server import start_prometheus
+    from tests.support.prometheus import start_prometheus
 
     report = Report("evaluate")
     report.note(machine())

@@ -59,8 +59,8 @@ from bridge.components import STATE_FILE
 from bridge.remote_write import decode_write_request
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
-from tests.traffic import openrouter_spans, span_truth
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.traffic import openrouter_spans, span_truth
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
@@ -176,7 +176,7 @@ def truth(
     spans: Iterable[Span], metrics: Metrics, after: int, upto: int
 ) -> dict[SeriesKey, float]:
     """The counter totals the default rules must reach over the windows in ``(after, upto]``
-    (``tests/traffic.py``: their ``LLM Generation`` spans of the ``openrouter`` service by
+    (``tests/support/traffic.py``: their ``LLM Generation`` spans of the ``openrouter`` service by
     model, provider and API key name), keyed by record and labels."""
     return {
         (record, labels): total

@@ -30,9 +30,7 @@ import pytest
 
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
-from tests.test_e2e import (
-    DEFAULT_RULES,
+from tests.support.e2e import (
     METRICS,
     Env,
     checkpoints,
@@ -41,7 +39,9 @@ from tests.test_e2e import (
     write_config,
     write_rules,
 )
-from tests.traffic import make_spans
+from tests.support.files import DEFAULT_RULES
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.traffic import make_spans
 
 pytestmark = pytest.mark.prometheus
 

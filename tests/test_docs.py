@@ -11,7 +11,7 @@ from bridge.check import check
 from bridge.metrics import Metrics
 from bridge.rules import load_rule_files
 from tests.doubles.tempo import parse_metrics_query
-from tests.promtool import promtool
+from tests.support.promtool import promtool
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

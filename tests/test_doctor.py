@@ -9,9 +9,8 @@ with and without ``--web.enable-remote-write-receiver`` and with an out-of-order
 from __future__ import annotations
 
 import json
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,7 +19,10 @@ import pytest
 from bridge.cli import main
 from bridge.doctor import parse_go_duration, read_prometheus_config, read_tempo_settings
 from tests.doubles.captures import find_tempo_api, load_capture
-from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.support.files import Rule, write_rules
+from tests.support.files import write_config as write_bridge_config
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.prometheus
 
@@ -107,12 +109,6 @@ def tempo() -> Iterator[FakeTempo]:
 
 
 @pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def prom_without_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     with start_prometheus(
         tmp_path_factory.mktemp("prometheus-off"), remote_write_receiver=False
@@ -129,31 +125,18 @@ def prom_out_of_order(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom
 
 
 def write_config(
-    directory: Path, tempo_url: str, write_url: str, *, extra_tempo: str = "",
-    extra_remote_write: str = "", group: str = "interval: 1m\n    query_offset: 2m",
+    directory: Path, tempo_url: str, write_url: str, *, tempo: Mapping[str, str] = {},
+    remote_write: Mapping[str, str] = {}, tenant: str | None = None,
 ) -> Path:
-    (directory / "rules.yaml").write_text(
-        f"""\
-groups:
-  - name: costs
-    {group}
-    rules:
-      - record: requests_total
-        expr: '{{ }} | count_over_time()'
-        kind: counter
-"""
+    """One group ``costs`` (1m windows, query offset 2m) and a config with Tempo's default
+    cutoff and ingest delay, changed by ``tempo`` and ``remote_write``."""
+    write_rules(directory / "rules.yaml", Rule("requests_total", "{ } | count_over_time()"),
+                group="costs", interval="1m", query_offset="2m", settle=None, tenant=tenant)
+    return write_bridge_config(
+        directory, tempo_url, write_url,
+        tempo={"query_end_cutoff": None, "ingest_delay": None, **tempo},
+        remote_write=remote_write, state_dir=None, web=None,
     )
-    config = directory / "bridge.yaml"
-    config.write_text(
-        f"""\
-tempo:
-  url: {tempo_url}
-{extra_tempo}remote_write:
-  url: {write_url}
-{extra_remote_write}rule_files: [rules.yaml]
-"""
-    )
-    return config
 
 
 def doctor(
@@ -166,13 +149,6 @@ def doctor(
 
 def group_at(config: Path) -> str:
     return f"group costs ({config.parent / 'rules.yaml'}:2)"
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def tempo_ok(url: str) -> list[str]:
@@ -312,7 +288,7 @@ def test_max_duration_longer_than_the_bridges(
         "tempo.max_duration: 168h in the bridge's config"
     )
     # mirrored in the bridge's config: fine
-    config = write_config(tmp_path, tempo.url, prom.write_url, extra_tempo="  max_duration: 1w\n")
+    config = write_config(tmp_path, tempo.url, prom.write_url, tempo={"max_duration": "1w"})
     code, lines = doctor(capsys, config)
     assert code == 0
     assert lines[5] == (
@@ -359,7 +335,7 @@ def test_status_config_not_served(
 def test_unreachable_tempo(
     tmp_path: Path, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     config = write_config(tmp_path, url, prom.write_url)
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -380,9 +356,8 @@ def test_query_refused_and_no_secret_printed(
     (tmp_path / "rw-token").write_text(TOKEN + "\n")
     config = write_config(
         tmp_path, tempo.url, prom.write_url,
-        extra_tempo="  bearer_token_file: tempo-token\n",
-        extra_remote_write="  bearer_token_file: rw-token\n",
-        group="interval: 1m\n    query_offset: 2m\n    tenant: team-a",
+        tempo={"bearer_token_file": "tempo-token"},
+        remote_write={"bearer_token_file": "rw-token"}, tenant="team-a",
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -418,7 +393,7 @@ def test_prometheus_without_the_receiver(
 def test_unreachable_receiver(
     tmp_path: Path, tempo: FakeTempo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{unused_port()}/api/v1/write"
+    url = f"http://127.0.0.1:{free_port()}/api/v1/write"
     config = write_config(tmp_path, tempo.url, url)
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -433,7 +408,7 @@ def test_no_sample_age_limit_against_prometheus_without_out_of_order_window(
     tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_remote_write="  max_sample_age: 0s\n"
+        tmp_path, tempo.url, prom.write_url, remote_write={"max_sample_age": "0s"}
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -450,7 +425,7 @@ def test_sample_age_above_what_prometheus_takes(
     tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_remote_write="  max_sample_age: 1h\n"
+        tmp_path, tempo.url, prom.write_url, remote_write={"max_sample_age": "1h"}
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -475,7 +450,7 @@ def test_sample_age_against_an_out_of_order_window(
                "remote_write.max_sample_age: 2h or less"),
     ]:
         config = write_config(
-            tmp_path, tempo.url, url, extra_remote_write=f"  max_sample_age: {age}\n"
+            tmp_path, tempo.url, url, remote_write={"max_sample_age": age}
         )
         code, lines = doctor(capsys, config)
         assert lines[-2] == expected
@@ -488,7 +463,7 @@ def test_a_receiver_that_is_not_prometheus_is_not_judged(
     # Mimir's write path, with a key in the query string that must not be printed
     write_url = f"{tempo.url}/api/v1/push?api_key={TOKEN}"
     config = write_config(
-        tmp_path, tempo.url, write_url, extra_remote_write="  max_sample_age: 0s\n"
+        tmp_path, tempo.url, write_url, remote_write={"max_sample_age": "0s"}
     )
     code, lines = doctor(capsys, config)
     assert lines[-3:] == [

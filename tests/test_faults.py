@@ -24,7 +24,7 @@ from bridge.rules import Group, load_rule_files
 from bridge.state import State
 from bridge.tempo import TempoClient
 from tests.doubles.tempo import Response, Span, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.support.prometheus import PrometheusServer, start_prometheus
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import httpx
 DEFAULT_BINARY = "/usr/bin/prometheus"
 READY_TIMEOUT = 30.0
 _CONFIG = """\
-# Written by tests/prometheus_server.py: no scrape targets, only the receiver.
+# Written by tests/support/prometheus.py: no scrape targets, only the receiver.
 global:
   scrape_interval: 1m
   evaluation_interval: 1m
