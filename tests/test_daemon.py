@@ -1,201 +1,184 @@
-"""Daemon: HTTP endpoints, reload (good, bad, removed and changed rules) and SIGHUP."""
+"""Daemon: HTTP endpoints, reload (good, bad, removed and changed rules) and SIGHUP.
+
+The wall clock is time-machine's, frozen at ``T0 + 0.5`` and moved by the tests; the
+daemon, APScheduler and the Tempo double all read it. The double holds four spans a
+second, so each one-second window's count is known exactly. The sender is idle: samples
+stay in the outbox, where the tests read them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import textwrap
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from time_machine import TimeMachineFixture
 
-from bridge.components import load_rules
-from bridge.config import load_config
 from bridge.daemon import Daemon
 from bridge.series import is_stale_nan
+from bridge.state import RuleState
 from tests.doubles.tempo import Span, TempoDouble
+from tests.support.daemon import make_daemon, running
+from tests.support.files import Rule, rules_yaml, write_config
+from tests.support.servers import eventually, serving
 
+T0 = 1795780800  # a multiple of 3600
 COUNTER = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
 GAUGE = '{ resource.service.name = "svc" } | max_over_time(span.cost) by (span.model)'
+SPANS_PER_WINDOW = 4
 
 
 def rules_text(counter_expr: str = COUNTER, with_gauge: bool = True) -> str:
-    gauge = textwrap.indent(
-        textwrap.dedent(
-            f"""\
-            - record: biggest
-              expr: '{GAUGE}'
-              kind: gauge
-            """
-        ),
-        "      ",
-    )
-    return textwrap.dedent(
-        f"""\
-        groups:
-          - name: g
-            interval: 1s
-            query_offset: 1s
-            settle: [60s]
-            rules:
-              - record: requests_total
-                expr: '{counter_expr}'
-                kind: counter
-        """
-    ) + (gauge if with_gauge else "")
+    rules = [Rule("requests_total", counter_expr)]
+    if with_gauge:
+        rules.append(Rule("biggest", GAUGE, "gauge"))
+    return rules_yaml(*rules)
 
 
 @dataclass
-class Running:
+class Bridge:
+    """The running daemon, its Tempo double, rule file and HTTP client, and the clock."""
+
     daemon: Daemon
     tempo: TempoDouble
     rules: Path
     http: httpx.AsyncClient
-    task: asyncio.Task[None]
+    clock: TimeMachineFixture
+
+    def rule_ids(self) -> dict[str, str]:
+        return {record: rule_id for rule_id, _, record, _ in self.daemon.state.known_rules()}
+
+    def stored(self, rule_id: str) -> RuleState:
+        stored = self.daemon.state.rule_state(rule_id)
+        assert stored is not None
+        return stored
+
+    async def recorded(self, record: str, checkpoint: int, other_than: str = "") -> str:
+        """Wait until a rule recording ``record`` (not ``other_than``) has recorded the
+        window ending at ``checkpoint``; its id."""
+
+        def found() -> str | None:
+            for rule_id, _, name, _ in self.daemon.state.known_rules():
+                state = self.daemon.state.rule_state(rule_id)
+                if name == record and rule_id != other_than and state is not None \
+                        and state.checkpoint >= checkpoint:
+                    return rule_id
+            return None
+
+        await eventually(found, f"{record} recorded up to {checkpoint - T0:+d} s")
+        rule_id = found()
+        assert rule_id is not None
+        assert self.stored(rule_id).checkpoint == checkpoint
+        return rule_id
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on and let the scheduler see it (its ticks run what is due)."""
+        self.clock.shift(seconds)
+        self.daemon.scheduler.wakeup()
 
 
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
-    now = time.time()
+async def bridge(tmp_path: Path, time_machine: TimeMachineFixture) -> AsyncIterator[Bridge]:
+    time_machine.move_to(T0 + 0.5, tick=False)
     tempo = TempoDouble(
         [
-            Span(start_ns=int((now + i / 4) * 1e9), attributes={"model": "m", "cost": 1.0},
-                 resource={"service.name": "svc"})
+            Span(start_ns=T0 * 10**9 + 500_000_000 + i * 10**9 // SPANS_PER_WINDOW,
+                 attributes={"model": "m", "cost": 1.0}, resource={"service.name": "svc"})
             for i in range(-20, 200)
         ],
         query_end_cutoff=0,
     )
-    url = await tempo.start()
     rules = tmp_path / "rules.yaml"
     rules.write_text(rules_text())
-    config_path = tmp_path / "bridge.yaml"
-    config_path.write_text(
-        textwrap.dedent(
-            f"""\
-            tempo: {{url: "{url}", query_end_cutoff: 0s, ingest_delay: 0s}}
-            remote_write: {{url: "http://127.0.0.1:9/api/v1/write"}}
-            state_dir: state
-            rule_files: [rules.yaml]
-            web: {{listen_address: "127.0.0.1:0"}}
-            """
-        )
-    )
-    config = load_config(config_path)
-    daemon = Daemon(config_path, config, load_rules(config))
-    daemon.sender.run = _idle  # type: ignore[method-assign]  # keep samples in the outbox
-    task = asyncio.create_task(daemon.run())
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if daemon.web.port:
-            break
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.web.port}") as http:
-        await wait_ready(http)
-        yield Running(daemon, tempo, rules, http, task)
-    daemon.stop()
-    await task
-    await tempo.stop()
+    async with serving(tempo) as url:
+        daemon = make_daemon(write_config(tmp_path, url))
+        daemon.sender.run = _idle  # type: ignore[method-assign]  # keep samples in the outbox
+        async with running(daemon), httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{daemon.web.port}"
+        ) as http:
+            yield Bridge(daemon, tempo, rules, http, time_machine)
 
 
 async def _idle(idle: float = 5.0) -> None:
     await asyncio.Event().wait()
 
 
-async def wait_ready(http: httpx.AsyncClient) -> None:
-    for _ in range(100):
-        try:
-            if (await http.get("/-/ready")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    pytest.fail("the daemon never became ready")
-
-
-def rule_ids(daemon: Daemon) -> dict[str, str]:
-    return {record: rule_id for rule_id, _, record, _ in daemon.state.known_rules()}
-
-
-async def test_health_ready_and_metrics(running: Running) -> None:
-    assert (await running.http.get("/-/healthy")).status_code == 200
-    assert (await running.http.get("/-/ready")).status_code == 200
-    await asyncio.sleep(1.5)
-    text = (await running.http.get("/metrics")).text
-    assert 'tempo_bridge_windows_evaluated_total{group="g",rule="requests_total"}' in text
+async def test_health_ready_and_metrics(bridge: Bridge) -> None:
+    assert (await bridge.http.get("/-/healthy")).status_code == 200
+    assert (await bridge.http.get("/-/ready")).status_code == 200
+    # at start, the latest due window: (T0 - 2, T0 - 1], read 1 s after its end
+    await bridge.recorded("requests_total", T0 - 1)
+    text = (await bridge.http.get("/metrics")).text
+    assert 'tempo_bridge_windows_evaluated_total{group="g",rule="requests_total"} 1.0' in text
     assert "tempo_bridge_rules 2.0" in text
     assert "tempo_bridge_config_last_reload_successful 1.0" in text
-    assert (await running.http.get("/-/reload")).status_code == 405  # POST only
+    assert (await bridge.http.get("/-/reload")).status_code == 405  # POST only
 
 
-async def test_a_bad_reload_keeps_the_running_rules(running: Running) -> None:
-    before = running.daemon.scheduler.groups
-    running.rules.write_text("groups:\n  - name: g\n    interval: 7s\n    rules: []\n")
-    answer = await running.http.post("/-/reload")
+async def test_a_bad_reload_keeps_the_running_rules(bridge: Bridge) -> None:
+    before = bridge.daemon.scheduler.groups
+    bridge.rules.write_text("groups:\n  - name: g\n    interval: 7s\n    rules: []\n")
+    answer = await bridge.http.post("/-/reload")
     assert answer.status_code == 400
-    assert f"{running.rules}:3:15: " in answer.text
+    assert f"{bridge.rules}:3:15: " in answer.text
     assert "divide" in answer.text
-    assert running.daemon.scheduler.groups == before
-    text = (await running.http.get("/metrics")).text
+    assert bridge.daemon.scheduler.groups == before
+    text = (await bridge.http.get("/metrics")).text
     assert "tempo_bridge_config_last_reload_successful 0.0" in text
 
 
-async def test_reload_retires_gauges_and_restarts_changed_counters(running: Running) -> None:
-    daemon = running.daemon
-    await asyncio.sleep(2.5)
-    ids = rule_ids(daemon)
-    old_counter = daemon.state.rule_state(ids["requests_total"])
-    gauge = daemon.state.rule_state(ids["biggest"])
-    assert old_counter is not None
-    assert gauge is not None
-    assert gauge.live_gauges
+async def test_reload_retires_gauges_and_restarts_changed_counters(bridge: Bridge) -> None:
+    daemon = bridge.daemon
+    await bridge.recorded("requests_total", T0 - 1)
+    await bridge.recorded("biggest", T0 - 1)
+    bridge.advance(2)  # now T0 + 2.5: the windows up to T0 + 1 are due
+    counter = await bridge.recorded("requests_total", T0 + 1)
+    gauge = await bridge.recorded("biggest", T0 + 1)
+    ids = bridge.rule_ids()
+    assert bridge.stored(gauge).live_gauges
+    old_totals = bridge.stored(counter).totals
+    assert sum(old_totals.values()) == 3 * SPANS_PER_WINDOW  # (T0 - 2, T0 + 1]
+
     # an unchanged reload keeps everything
-    assert (await running.http.post("/-/reload")).status_code == 200
-    assert rule_ids(daemon) == ids
-    # the counter's expression changes, the gauge goes away
-    running.rules.write_text(
+    assert (await bridge.http.post("/-/reload")).status_code == 200
+    assert bridge.rule_ids() == ids
+    # a change of whitespace only is no change
+    bridge.rules.write_text(
         rules_text(COUNTER.replace("count_over_time()", "count_over_time() "), with_gauge=False)
     )
-    assert (await running.http.post("/-/reload")).status_code == 200  # whitespace only
+    assert (await bridge.http.post("/-/reload")).status_code == 200
     assert [g.rules[0].expr for g in daemon.scheduler.groups] == [COUNTER]
-    running.rules.write_text(rules_text(COUNTER.replace("= ", "=~ "), with_gauge=False))
-    changed_at = time.time()
-    answer = await running.http.post("/-/reload")
+    # the counter's expression changes, the gauge goes away
+    bridge.rules.write_text(rules_text(COUNTER.replace("= ", "=~ "), with_gauge=False))
+    answer = await bridge.http.post("/-/reload")
     assert answer.status_code == 200
     stale = [r for r in daemon.state.outbox_head(100000) if is_stale_nan(r.value)]
     assert {dict(r.labels)["__name__"] for r in stale} == {"biggest"}
-    retired = daemon.state.rule_state(ids["biggest"])
-    assert retired is not None
-    assert retired.live_gauges == set()
-    await asyncio.sleep(1.5)
-    new_ids = rule_ids(daemon)
-    changed = [i for r, i in new_ids.items() if i != ids["requests_total"] and r != "biggest"]
-    assert changed, "a changed expression must start a rule of its own"
-    fresh = daemon.state.rule_state(changed[0])
-    assert fresh is not None
-    old = daemon.state.rule_state(ids["requests_total"])
-    assert old is not None
-    # the old rule's totals stay in the state, no longer evaluated; the new one starts anew
-    await asyncio.sleep(1.5)
-    still = daemon.state.rule_state(ids["requests_total"])
-    assert still is not None
-    assert (still.checkpoint, still.totals) == (old.checkpoint, old.totals)
-    assert fresh.checkpoint > old_counter.checkpoint
-    # the new rule counts only windows from the change on (4 spans a second), not the old
-    # rule's total: its first window is the latest one due at the reload
-    assert sum(fresh.totals.values()) <= 4 * (time.time() - changed_at + 2)
+    assert bridge.stored(gauge).live_gauges == set()
+
+    # the changed rule is a rule of its own: it starts with the latest due window, at once
+    fresh = await bridge.recorded("requests_total", T0 + 1, other_than=counter)
+    assert sum(bridge.stored(fresh).totals.values()) == SPANS_PER_WINDOW  # (T0, T0 + 1]
+    bridge.advance(3)
+    await bridge.recorded("requests_total", T0 + 4, other_than=counter)
+    # the new rule counts only the windows from the change on, not the old rule's total
+    assert sum(bridge.stored(fresh).totals.values()) == 4 * SPANS_PER_WINDOW  # (T0, T0 + 4]
+    # the old rule's totals stay in the state, no longer evaluated
+    old = bridge.stored(counter)
+    assert (old.checkpoint, old.totals) == (T0 + 1, old_totals)
 
 
-async def test_sighup_reloads(running: Running) -> None:
-    running.rules.write_text(rules_text(with_gauge=False))
+async def test_sighup_reloads(bridge: Bridge) -> None:
+    bridge.rules.write_text(rules_text(with_gauge=False))
     os.kill(os.getpid(), signal.SIGHUP)
-    for _ in range(50):
-        await asyncio.sleep(0.05)
-        if sum(len(g.rules) for g in running.daemon.scheduler.groups) == 1:
-            break
-    assert [r.record for g in running.daemon.scheduler.groups for r in g.rules] == [
+    await eventually(
+        lambda: sum(len(g.rules) for g in bridge.daemon.scheduler.groups) == 1, "the reload"
+    )
+    assert [r.record for g in bridge.daemon.scheduler.groups for r in g.rules] == [
         "requests_total"
     ]
