@@ -31,6 +31,7 @@ from bridge.systemd import Notifier, monotonic_usec, socket_address, watchdog_in
 from tests.doubles.tempo import TempoDouble
 from tests.support import mdwe
 from tests.support.daemon import make_daemon, running
+from tests.support.files import Rule, write_rules
 from tests.support.files import write_config as write_bridge_config
 from tests.support.servers import eventually, free_port, receiving, serving
 
@@ -212,20 +213,10 @@ def test_a_missing_socket_is_reported_not_raised() -> None:
 # -- the daemon, in-process -------------------------------------------------------------------
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
-RULES = """\
-groups:
-  - name: notify
-    interval: 1s
-    query_offset: 1s
-    rules:
-      - record: spans_total
-        expr: '{ } | count_over_time()'
-        kind: counter
-"""
-
-
 def write_config(directory: Path, tempo_url: str, write_url: str) -> Path:
-    (directory / "rules.yaml").write_text(RULES)
+    """One group ``notify`` counting every span in one-second windows, and its config."""
+    write_rules(directory / "rules.yaml", Rule("spans_total", "{ } | count_over_time()"),
+                group="notify", settle=None)
     return write_bridge_config(directory, tempo_url, write_url)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support.servers import free_port
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
 READY_TIMEOUT = 30.0
@@ -49,13 +50,6 @@ def find_binary(env_var: str, default: str, error: type[RuntimeError]) -> str:
 def prometheus_binary() -> str:
     """The path of the prometheus binary to run; raises if there is none."""
     return find_binary("PROMETHEUS_BIN", DEFAULT_BINARY, PrometheusError)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrometheusServer:
@@ -92,7 +86,7 @@ class PrometheusServer:
         # The free port can be taken between our probe and Prometheus's bind:
         # then Prometheus exits at once and we try another port.
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             self.write_url = f"{self.url}/api/v1/write"
             if self._start_on(port):
