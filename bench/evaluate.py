@@ -106,14 +106,15 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     import bridge.engine
     import bridge.sender
     from bridge.config import RemoteWriteConfig, TempoConfig
-    from bridge.engine import Engine
+    from bridge.engine import Engine, rule_key
     from bridge.logs import configure
     from bridge.metrics import Metrics
     from bridge.remote_write import RemoteWriteClient
-    from bridge.rules import load_rule_files
+    from bridge.rulefmt import load_rule_files
     from bridge.sender import Sender
     from bridge.state import State
     from bridge.tempo import TempoClient
+    from bridge.windows import Limits
 
     configure("warning", stream=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
@@ -127,16 +128,15 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     receiver = RemoteWriteClient(write_url)
     sender = Sender(state, receiver, metrics, max_samples_per_send=remote.max_samples_per_send,
                     max_sample_age=remote.max_sample_age, external_labels={})
-    engine = Engine(tempo, state, metrics, max_duration=int(TempoConfig().max_duration))
+    engine = Engine(tempo, state, metrics, limits=Limits(int(TempoConfig().max_duration)))
 
     watch = Stopwatch()
     for name in ("instant", "range"):
         timed(watch, tempo, name, "tempo")
-    timed(watch, bridge.engine, "windows_from_answer", "labels")
-    timed(watch, bridge.engine, "accumulate", "accumulate")
-    timed(watch, bridge.engine, "window_values", "values")
-    timed(watch, state, "rule_state", "load")
-    timed(watch, state, "commit_evaluation", "commit")
+    timed(watch, bridge.engine, "reads_from_answer", "split")
+    timed(watch, bridge.engine, "evaluate", "evaluate")
+    timed(watch, state, "load", "load")
+    timed(watch, state, "commit", "commit")
     for name in ("outbox_head", "last_sent", "remove_from_outbox", "outbox_depth",
                  "outbox_oldest_ts_ms"):
         timed(watch, state, name, "outbox")
@@ -165,7 +165,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
             "samples": int(sent - sent_before), "outbox": state.outbox_depth(),
             "peak_rss": peak_rss_mb(),
         })
-    stored = state.rule_state(rule.rule_id(group.name))
+    stored = state.load(rule_key(group, rule))
     result["series"] = len(stored.totals) if stored else 0
     result["peak_rss"] = peak_rss_mb()
     result["rss_after"] = proc_status_mb()["VmRSS"]

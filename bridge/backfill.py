@@ -24,27 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.components import open_state, tempo_client
+from bridge.components import limits, open_state, tempo_client
 from bridge.config import Config
-from bridge.engine import dry_run
+from bridge.engine import DryRun, dry_run, rule_key
 from bridge.errors import BridgeError
+from bridge.evaluation import Update
 from bridge.openmetrics import Family, format_openmetrics
 from bridge.remote_write import add_external_labels
-from bridge.rules import Group, Rule
-from bridge.series import Labels, Sample, is_stale_nan
+from bridge.rules import Group
+from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
-from bridge.windows import align_down
-
-
-@dataclass(frozen=True)
-class RuleSamples:
-    """What one rule wrote over the range, from zero."""
-
-    group: Group
-    rule: Rule
-    samples: list[Sample]
-    checkpoint: int | None
-    """End of the last window evaluated; None when the range held no whole window."""
+from bridge.windows import Limits
 
 
 @dataclass(frozen=True)
@@ -59,45 +49,19 @@ class Summary:
     notes: tuple[str, ...]
 
 
-async def dry_run_rules(
-    tempo: TempoClient,
-    groups: Sequence[Group],
-    start: float,
-    end: float,
-    only: Sequence[str] | None,
-    max_duration: int,
-    *,
-    end_for: Callable[[Group], float] | None = None,
-) -> list[RuleSamples]:
-    """Dry-run every rule (or those recorded as one of ``only``) over ``(start, end]``.
-
-    ``end_for`` may move a group's end earlier (it is never moved later).
-    """
-    runs = []
-    for group in groups:
-        group_end = end if end_for is None else min(end, end_for(group))
-        last = align_down(group_end, group.interval)
-        checkpoint = last if last > align_down(start, group.interval) else None
-        for rule in group.rules:
-            if only and rule.record not in only:
-                continue
-            samples: list[Sample] = []
-            if checkpoint is not None:
-                samples = await dry_run(tempo, group, rule, start, group_end, max_duration)
-            runs.append(RuleSamples(group, rule, samples, checkpoint))
-    return runs
-
-
 async def evaluate_range(
     tempo: TempoClient,
     groups: Sequence[Group],
     start: float,
     end: float,
     only: Sequence[str] | None,
-    max_duration: int,
+    limits: Limits,
+    *,
+    now: float,
 ) -> list[Family]:
-    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero."""
-    runs = await dry_run_rules(tempo, groups, start, end, only, max_duration)
+    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero;
+    windows younger than their group's ``query_offset`` are left out."""
+    runs = await dry_run(tempo, groups, start, end, limits, now=now, only=only)
     return [(run.rule.record, run.rule.kind, run.samples) for run in runs]
 
 
@@ -144,10 +108,7 @@ async def backfill(
             )
     tempo = tempo_client(config)
     try:
-        runs = await dry_run_rules(
-            tempo, groups, start, end, only, int(config.tempo.max_duration),
-            end_for=lambda g: now - g.query_offset,
-        )
+        runs = await dry_run(tempo, groups, start, end, limits(config), now=now, only=only)
     finally:
         await tempo.aclose()
     external = dict(config.remote_write.external_labels)
@@ -180,7 +141,7 @@ def _refuse_known_rules(
         known = sorted(
             f"{group.name}/{rule.record}" for group in groups for rule in group.rules
             if (not only or rule.record in only)
-            and state.rule_state(rule.rule_id(group.name)) is not None
+            and state.load(rule_key(group, rule)) is not None
         )
     finally:
         state.close()
@@ -192,27 +153,24 @@ def _refuse_known_rules(
         )
 
 
-def _seed(config: Config, runs: Sequence[RuleSamples]) -> None:
-    """Store each rule's totals (or live gauges) and checkpoint as the daemon would."""
+def _seed(config: Config, runs: Sequence[DryRun]) -> None:
+    """Store each rule's final state as the daemon would have: its totals, live series
+    and checkpoint. The backfilled windows are in blocks, which settle passes could not
+    amend, so every settle age starts at the checkpoint."""
     state = open_state(config, exclusive=True)
     try:
         for run in runs:
-            if run.checkpoint is None:
+            if run.stored is None:
                 continue
-            last_ms = run.checkpoint * 1000
-            final: dict[Labels, float] = {
-                labels: value for labels, ts, value in run.samples if ts == last_ms
-            }
-            counter = run.rule.kind == "counter"
-            state.commit_evaluation(
-                rule_id=run.rule.rule_id(run.group.name), group=run.group.name,
-                record=run.rule.record, expr=run.rule.expr, kind=run.rule.kind,
-                checkpoint=run.checkpoint,
-                totals=final if counter else None,
-                live_gauges=None if counter else
-                {labels for labels, value in final.items() if not is_stale_nan(value)},
-                # the backfilled windows are in blocks, which settling could not amend
-                settled={age: run.checkpoint for age in run.group.settle} or None,
+            stored = run.stored
+            ages = run.group.settle if run.rule.kind == "counter" else ()
+            state.commit(
+                rule_key(run.group, run.rule),
+                Update(
+                    stored.checkpoint, stored.live, dict.fromkeys(ages, stored.checkpoint),
+                    totals=dict(stored.totals), prune_upto=stored.checkpoint,
+                ),
+                interval=run.group.interval, tenant=run.group.tenant,
             )
     finally:
         state.close()

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bridge.config import load_config
+from bridge.config import TempoConfig, load_config
 from bridge.errors import ConfigError, Issue
-from bridge.rules import DEFAULT_MIN_QUERY_OFFSET, check_rule_files, expand_rule_files
+from bridge.rulefmt import check_rule_files, expand_rule_files
 
 
 def check(config_path: Path | None, rule_paths: Sequence[Path]) -> list[Issue]:
@@ -18,14 +18,14 @@ def check(config_path: Path | None, rule_paths: Sequence[Path]) -> list[Issue]:
     """
     issues: list[Issue] = []
     paths = list(rule_paths)
-    min_query_offset = DEFAULT_MIN_QUERY_OFFSET
+    min_query_offset = TempoConfig().min_query_offset
     if config_path is not None:
         try:
             config = load_config(config_path)
         except ConfigError as exc:
             issues.extend(exc.issues)
         else:
-            min_query_offset = config.min_query_offset
+            min_query_offset = config.tempo.min_query_offset
             paths = expand_rule_files(config.rule_files) + paths
     issues.extend(check_rule_files(paths, min_query_offset=min_query_offset))
     return sorted(issues)

@@ -14,7 +14,7 @@ from typing import TextIO
 from bridge import __version__
 from bridge.backfill import backfill, evaluate_range
 from bridge.check import check, format_issues
-from bridge.components import load_rules, tempo_client
+from bridge.components import limits, load_rules, tempo_client
 from bridge.config import Config, load_config
 from bridge.daemon import Daemon
 from bridge.doctor import DEFAULT_LONGEST_REQUEST, diagnose, format_report, problems
@@ -162,7 +162,7 @@ async def _eval(
     tempo = tempo_client(config)
     try:
         families = await evaluate_range(
-            tempo, groups, start, end, only, int(config.tempo.max_duration)
+            tempo, groups, start, end, only, limits(config), now=time.time()
         )
     finally:
         await tempo.aclose()

@@ -3,13 +3,17 @@ remote-write client and the state. The daemon and every command use these."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from bridge.config import Config
 from bridge.remote_write import RemoteWriteClient
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.state import State
-from bridge.tempo import TempoClient
+from bridge.tempo import ClockSkew, TempoClient
+from bridge.windows import Limits
 
 STATE_FILE = "tempo-bridge.sqlite"
 """The SQLite file in ``state_dir``."""
@@ -17,11 +21,12 @@ STATE_FILE = "tempo-bridge.sqlite"
 
 def load_rules(config: Config) -> list[Group]:
     """The rule groups named by ``config.rule_files``; raises ConfigError."""
-    return load_rule_files(config.rule_files, min_query_offset=config.min_query_offset)
+    return load_rule_files(config.rule_files, min_query_offset=config.tempo.min_query_offset)
 
 
 def tempo_client(
-    config: Config, transport: httpx.AsyncBaseTransport | None = None
+    config: Config, transport: httpx.AsyncBaseTransport | None = None,
+    on_clock_skew: Callable[[ClockSkew], None] | None = None,
 ) -> TempoClient:
     """A Tempo client with the config's URL, tenant, credentials and timeout."""
     return TempoClient(
@@ -30,6 +35,7 @@ def tempo_client(
         headers=config.tempo.auth_headers(),
         timeout=config.tempo.timeout,
         transport=transport,
+        on_clock_skew=on_clock_skew,
     )
 
 
@@ -47,3 +53,9 @@ def receiver_client(
 def open_state(config: Config, *, exclusive: bool = False) -> State:
     """The state database in ``config.state_dir`` (``exclusive``: as its one owner)."""
     return State(config.state_dir / STATE_FILE, exclusive=exclusive)
+
+
+def limits(config: Config) -> Limits:
+    """What Tempo accepts in one range query, as the config mirrors it."""
+    return Limits(max_duration=int(config.tempo.max_duration),
+                  max_intervals=config.tempo.max_intervals)

@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -23,25 +23,17 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import ErrorDetails
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
-from pydantic_settings.sources.utils import parse_env_vars
 from ruamel.yaml.comments import CommentedMap
 
-from bridge.durations import parse_duration
+from bridge.durations import DAY, format_duration, parse_duration
 from bridge.errors import ConfigError, Issue
-from bridge.rules import label_name_problem, tenant_problem
+from bridge.names import label_name_problem, tenant_problem
 from bridge.yamlfile import (
     YamlFile,
     describe,
     load_yaml,
     locate,
+    lookup,
     node_position,
     os_error_message,
     to_plain,
@@ -69,9 +61,16 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
+def _a_day_or_more(seconds: float) -> float:
+    if seconds < DAY:
+        raise ValueError(f"must be at least 1d, got {format_duration(seconds)}")
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 """A duration written as "30s", "1h30m"...; seconds."""
 PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+Retention = Annotated[float, BeforeValidator(_duration), AfterValidator(_a_day_or_more)]
 
 
 def _http_url(url: str) -> str:
@@ -243,6 +242,13 @@ class TempoConfig(_Endpoint):
     query_end_cutoff: Duration = 30.0  # Tempo answers nothing for the last 30 s
     ingest_delay: Duration = 15.0  # a span becomes queryable this long after it arrives
     max_duration: PositiveDuration = 24 * 3600.0  # Tempo's longest range query
+    max_intervals: int = Field(default=10000, ge=1)  # Tempo's most steps in a range query
+
+    @property
+    def min_query_offset(self) -> float:
+        """The shortest query_offset that sees complete windows: Tempo's cutoff + ingest delay
+        (45 s with the defaults); rule files are checked against it."""
+        return self.query_end_cutoff + self.ingest_delay
 
 
 class RemoteWriteConfig(_Endpoint):
@@ -260,49 +266,21 @@ class WebConfig(_Section):
     listen_address: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9478"
 
 
-class Config(BaseSettings):
+class Config(BaseModel):
     """The whole configuration; build it with :func:`load_config`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True,
-        extra="forbid", frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     tempo: TempoConfig = TempoConfig()
     remote_write: RemoteWriteConfig = RemoteWriteConfig()
     state_dir: Path = Path("data")
+    # Totals of rules removed, and of counter series idle, for longer are dropped.
+    state_retention: Retention = 30.0 * DAY
     rule_files: list[Annotated[str, Field(min_length=1)]]
     web: WebConfig = WebConfig()
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)
     ] = "info"
-
-    @property
-    def min_query_offset(self) -> float:
-        """The shortest query_offset that sees complete windows: Tempo's cutoff + ingest delay."""
-        return self.tempo.query_end_cutoff + self.tempo.ingest_delay
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Keyword arguments, then the environment; load_config puts the environment first."""
-        return init_settings, env_settings
-
-
-class _Environment(EnvSettingsSource):
-    """The TEMPO_BRIDGE_* variables of a given mapping rather than of os.environ."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        super().__init__(Config)
-        self.env_vars = parse_env_vars(
-            environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
-        )
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -322,17 +300,10 @@ def load_config(path: Path, environ: Mapping[str, str] = os.environ) -> Config:
             f"the config is a mapping with keys such as tempo and rule_files, "
             f"not {describe(document.root)}",
         )])
-    environment = _Environment(environ)
-    try:
-        from_env = environment()
-    except SettingsError as exc:
-        raise ConfigError([_bad_env_json(exc, environ)]) from None
+    from_env = environment_overrides(environ)
     locator = _Locator(document, from_env, environ)
     try:
-        from_file = InitSettingsSource(Config, init_kwargs=to_plain(document.root))
-        # The environment beats the file. (_build_sources is a documented keyword of
-        # BaseSettings.__init__ that mypy cannot see through pydantic's dataclass transform.)
-        config = Config(_build_sources=((environment, from_file), {}))  # type: ignore[call-arg]
+        config = Config.model_validate(_merge(to_plain(document.root), from_env))
     except ValidationError as exc:
         raise ConfigError([locator.validation_issue(e) for e in exc.errors()]) from None
 
@@ -354,20 +325,75 @@ def load_config(path: Path, environ: Mapping[str, str] = os.environ) -> Config:
     return config
 
 
-def _bad_env_json(exc: SettingsError, environ: Mapping[str, str]) -> Issue:
-    """The Issue for an environment variable whose list or mapping is not valid JSON."""
-    cause = exc.__cause__
-    if not isinstance(cause, json.JSONDecodeError):
-        return Issue(ENV_FILE, 0, 0, str(exc))
-    names = sorted(
-        name for name, value in environ.items()
-        if name.upper().startswith(ENV_PREFIX) and value == cause.doc
-    )
-    return Issue(
-        ENV_FILE, 0, 0,
-        f"{names[0] if names else ENV_PREFIX}: {cause.doc!r} is not valid JSON ({cause.msg}); "
-        'write lists and mappings in JSON there, such as ["a", "b"] or {"key": "value"}',
-    )
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The config values of the ``TEMPO_BRIDGE_*`` variables of ``environ``, nested by ``__``.
+
+    ``TEMPO_BRIDGE_TEMPO__URL=http://tempo:3200`` gives ``{"tempo": {"url": ...}}``. Names
+    are case-insensitive and read in lower case, mapping keys written in a name too
+    (``..._EXTERNAL_LABELS__ZONE=a`` sets the label ``zone``); an empty variable is unset.
+    A section, list or mapping (``TEMPO_BRIDGE_RULE_FILES``, ``TEMPO_BRIDGE_TEMPO``) is
+    written in JSON, and a variable naming a key inside it is merged over it. Unknown keys
+    are kept, for validation to report them. Raises ConfigError for JSON that is not.
+    """
+    found: list[tuple[tuple[str, ...], str, str]] = []
+    for name, value in environ.items():
+        if name.upper().startswith(ENV_PREFIX) and value != "":
+            path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
+            found.append((path, name, value))
+    overrides: dict[str, Any] = {}
+    issues = []
+    for path, name, value in sorted(found):  # a section before the keys inside it
+        decoded: Any = value
+        if _is_json(path):
+            try:
+                decoded = json.loads(value)
+            except json.JSONDecodeError as exc:
+                issues.append(Issue(
+                    ENV_FILE, 0, 0,
+                    f"{name}: {value!r} is not valid JSON ({exc.msg}); write lists and "
+                    'mappings in JSON there, such as ["a", "b"] or {"key": "value"}',
+                ))
+                continue
+        section = overrides
+        for part in path[:-1]:
+            if not isinstance(section.get(part), dict):
+                section[part] = {}
+            section = section[part]
+        section[path[-1]] = _merge(section[path[-1]], decoded) if path[-1] in section else decoded
+    if issues:
+        raise ConfigError(issues)
+    return overrides
+
+
+def _is_json(path: tuple[str, ...]) -> bool:
+    """Whether the value at ``path`` is a section, list or mapping, written in JSON."""
+    annotation: Any = None
+    model: type[BaseModel] | None = Config
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:  # unknown, or a key inside a mapping: a string
+            return False
+        annotation = field.annotation
+        model = _model_in(annotation)
+    return model is not None or get_origin(annotation) in (list, dict)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model class ``annotation`` names (also as ``Model | None``), if any."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _merge(base: Any, override: Any) -> Any:
+    """``override`` over ``base``: mappings are merged key by key, anything else replaced."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if key in merged else value
+    return merged
 
 
 Loc = tuple[str | int, ...]
@@ -411,10 +437,10 @@ class _Locator:
         """Whether the value at ``loc`` (or else its nearest parent) comes from a variable."""
         for depth in range(len(loc), -1, -1):
             prefix = loc[:depth]
-            in_env, value = _walk(self.from_env, prefix)
+            in_env, value = lookup(self.from_env, prefix)
             if in_env and not isinstance(value, dict):
                 return True  # a leaf value from the environment beats the file
-            if _walk(self.document.root, prefix)[0]:
+            if lookup(self.document.root, prefix)[0]:
                 return False
             if in_env:
                 return True
@@ -432,33 +458,17 @@ class _Locator:
         return ENV_PREFIX + "__".join(str(part) for part in loc).upper()
 
 
-def _walk(data: Any, loc: Loc) -> tuple[bool, Any]:
-    """(found, value) of the key path ``loc`` in nested dicts and lists."""
-    for part in loc:
-        found = (part in data if isinstance(data, dict)
-                 else isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data))
-        if not found:
-            return False, None
-        data = data[part]
-    return True, data
-
-
 def _dotted(loc: Sequence[str | int]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def _fields_at(loc: Loc) -> list[str]:
     """The keys allowed in the section at ``loc``."""
-    model: type[BaseModel] = Config
+    model: type[BaseModel] | None = Config
     for part in loc:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not models:
-            return []
-        model = models[0]
-    return list(model.model_fields)
+        field = model.model_fields.get(str(part)) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
 
 
 def _sentence(error: ErrorDetails) -> str:

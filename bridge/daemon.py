@@ -6,26 +6,33 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
+import tenacity
 
 from bridge import __version__
-from bridge.components import load_rules, open_state, receiver_client, tempo_client
+from bridge.components import limits, load_rules, open_state, receiver_client, tempo_client
 from bridge.config import Config, load_config
-from bridge.engine import Engine
-from bridge.errors import ConfigError
+from bridge.doctor import check_clock_skew
+from bridge.engine import Engine, rule_key
+from bridge.errors import ConfigError, StateError
 from bridge.metrics import Metrics
 from bridge.redact import display_url
+from bridge.rulefmt import DEFAULT_INTERVAL
 from bridge.rules import Group
 from bridge.scheduler import Scheduler
 from bridge.sender import Sender
-from bridge.status import GroupStatus, Reload, RuleStatus, Status, StatusBoard
+from bridge.status import Clock, GroupStatus, Reload, RuleStatus, Status, StatusBoard
 from bridge.systemd import Notifier
+from bridge.tempo import ClockSkew
 from bridge.web import WebServer
 
 log = structlog.get_logger("bridge.daemon")
+
+MAINTENANCE_INTERVAL = 3600
+"""Seconds between two sweeps of the state for what its retention let go."""
 
 class Daemon:
     """One running tempo-bridge: evaluates rules on schedule until :meth:`stop`."""
@@ -38,11 +45,13 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config_path = config_path
         self.config = config
         self.metrics = Metrics()
         self._clock = clock
+        self._sleep = sleep
         self._stopping = asyncio.Event()
         self._ready = False
         self.status = StatusBoard(Status(
@@ -51,7 +60,8 @@ class Daemon:
             receiver_url=display_url(config.remote_write.url),
         ))
         self.state = open_state(config, exclusive=True)
-        self.tempo = tempo_client(config)
+        self._clock_level = "OK"
+        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew)
         self.receiver = receiver_client(config)
         self.sender = Sender(
             self.state,
@@ -67,14 +77,16 @@ class Daemon:
             self.tempo,
             self.state,
             self.metrics,
-            max_duration=int(config.tempo.max_duration),
+            limits=limits(config),
             max_sample_age=config.remote_write.max_sample_age,
+            retention=config.state_retention,
             clock=clock,
             on_commit=self.sender.wake,
             status=self.status,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
-        self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
+        self._sender_alive = False
+        self.web = WebServer(self.metrics.registry, self.reload, lambda: self.ready)
         self._groups = groups
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
 
@@ -84,13 +96,16 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        sender = asyncio.create_task(self.sender.run(), name="sender")
+        sender = asyncio.create_task(self._run_sender(), name="sender")
         watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
         try:
             await self.web.start(self.config.web.listen_address)
             self._set_groups(self._groups)
             self._reloaded(None)
+            await self._retire_absent()
             self.scheduler.start(self._groups)
+            await self._maintain()
+            self.scheduler.every("state maintenance", MAINTENANCE_INTERVAL, self._maintain)
             self._ready = True
             log.info(
                 "started", listen_address=self.config.web.listen_address,
@@ -122,6 +137,51 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and the sender running."""
+        return self._ready and self._sender_alive
+
+    async def _run_sender(self) -> None:
+        """Run the sender; an unexpected error is logged and counted, and the sender is
+        started again after a backoff (1 s doubling to 30 s). Meanwhile the bridge is not
+        ready, and the samples wait in the outbox."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(Exception),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            before_sleep=self._sender_failed,
+            sleep=self._sleep,
+        )
+        async for attempt in retrying:
+            with attempt:
+                self._sender_alive = True
+                self.status.sender(True)
+                await self.sender.run()
+
+    def _sender_failed(self, retry: tenacity.RetryCallState) -> None:
+        self._sender_alive = False
+        self.status.sender(False)
+        self.metrics.sender_restarts.inc()
+        error = retry.outcome.exception() if retry.outcome else None
+        wait = retry.next_action.sleep if retry.next_action else 0.0
+        log.error("sender failed, restarting it", error=repr(error), restart_in=round(wait, 1),
+                  exc_info=error)
+
+    async def _maintain(self) -> None:
+        """Drop the state of rules removed longer ago than ``state_retention``, and the
+        label sets and sent marks nothing needs any more."""
+        cutoff = self._clock() - self.config.state_retention
+        try:
+            gone = self.state.forget_removed(before=cutoff)
+            dropped = self.state.collect_garbage(sent_before_ms=int(cutoff * 1000))
+        except StateError as exc:
+            log.error("state maintenance failed", error=str(exc))
+            return
+        self.metrics.rules_forgotten.inc(len(gone))
+        if gone or dropped:
+            log.info("state maintenance", rules_forgotten=[f"{k.group}/{k.record}" for k in gone],
+                     series_forgotten=dropped)
+
     async def reload(self) -> str | None:
         """Re-read the rule files; a bad file keeps the running rules and is reported.
 
@@ -149,15 +209,37 @@ class Daemon:
             self._reloaded(str(exc))
             log.error("reload failed, previous rules kept", error=str(exc))
             return str(exc)
-        kept = {r.rule_id(g.name) for g in groups for r in g.rules}
-        removed = [(g, r) for g in self._groups for r in g.rules if r.rule_id(g.name) not in kept]
         self._set_groups(groups)
         self.scheduler.replace(groups)
-        for group, rule in removed:
-            await self.engine.retire(group, rule)
+        await self._retire_absent()
         self._reloaded(None)
         log.info("rules reloaded", groups=len(groups))
         return None
+
+    async def _retire_absent(self) -> None:
+        """Rules the state holds that are not in the rule files any more (removed, or
+        their identity edited) end their series with stale markers and start their
+        retention."""
+        loaded = {rule_key(g, r) for g in self._groups for r in g.rules}
+        for known in self.state.known_rules():
+            if known.removed_at is None and known.key not in loaded:
+                await self.engine.retire(known.key, known.interval or DEFAULT_INTERVAL)
+
+    def _clock_skew(self, skew: ClockSkew) -> None:
+        """Tempo answered: export how far its clock is from this host's, and log when the
+        skew starts (or stops) eating into the groups' margin ``query_offset -
+        query_end_cutoff - ingest_delay`` (windows would be read before Tempo has them)."""
+        self.metrics.tempo_clock_skew.set(skew.estimate)
+        self.metrics.tempo_clock_skew_certain.set(skew.certain)
+        (finding,) = check_clock_skew(skew, self.config, self._groups)
+        self.status.clock(Clock(skew.at, skew.estimate, skew.certain, finding.level,
+                                finding.message))
+        if finding.level == self._clock_level:
+            return
+        self._clock_level = finding.level
+        emit = {"OK": log.info, "WARN": log.warning}.get(finding.level, log.error)
+        emit("Tempo's clock", level=finding.level, skew=round(skew.estimate, 3),
+             message=finding.message)
 
     def _reloaded(self, errors: str | None) -> None:
         """Record the outcome of loading the rules (at start or on reload)."""

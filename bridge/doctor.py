@@ -7,7 +7,13 @@
 * Tempo's ``/status/config``: the ingestion time range slack against the longest expected
   request (spans that reach Tempo later than the slack after they started are dropped by
   Tempo), ``query_end_cutoff`` against the bridge's mirror of it and each group's
-  ``query_offset``, ``max_duration`` against the bridge's and each group's interval;
+  ``query_offset``, ``max_duration`` against the bridge's and each group's interval,
+  ``max_intervals`` against the bridge's, ``max_response_series`` against each rule's
+  ``limit``;
+* Tempo's per-tenant overrides (``/status/overrides/{tenant}``) of each tenant the rules
+  use: its ``max_metrics_duration`` against the bridge's ``max_duration``;
+* Tempo's clock (the ``Date`` header of its answers) against the host's: a skew eats into
+  each group's margin ``query_offset - query_end_cutoff - ingest_delay``;
 * the receiver accepts an empty remote-write request (Prometheus answers 404 when it was
   started without ``--web.enable-remote-write-receiver``); when it is a Prometheus that
   shows its config, ``max_sample_age`` against the age of samples it accepts.
@@ -20,11 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 from ruamel.yaml import YAML
@@ -33,12 +41,13 @@ from ruamel.yaml.error import YAMLError
 from bridge import USER_AGENT
 from bridge.components import receiver_client, tempo_client
 from bridge.config import Config
-from bridge.durations import DurationError, parse_duration
+from bridge.durations import DurationError, format_duration, parse_duration
 from bridge.errors import ReceiverError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group
-from bridge.tempo import TempoClient
+from bridge.tempo import ClockSkew, TempoClient
+from bridge.yamlfile import lookup
 
 Level = Literal["OK", "WARN", "FAIL"]
 
@@ -56,6 +65,14 @@ SLACK_KEYS: tuple[tuple[str, ...], ...] = (
 )
 CUTOFF_KEY = ("query_frontend", "query_end_cutoff")
 MAX_DURATION_KEY = ("query_frontend", "metrics", "max_duration")
+MAX_INTERVALS_KEY = ("query_frontend", "metrics", "max_intervals")
+MAX_RESPONSE_SERIES_KEY = ("query_frontend", "metrics", "max_response_series")
+#: Where a tenant's overrides (Tempo's runtime config, as ``yaml.Marshal`` writes them) set
+#: its own limit on a metrics query's range; 0 or absent: max_duration applies.
+TENANT_MAX_DURATION_KEY = ("read", "max_metrics_duration")
+OVERRIDES_PATH = "/status/overrides/{tenant}"
+#: The tenant of a Tempo without multitenancy, which ignores X-Scope-OrgID.
+SINGLE_TENANT = "single-tenant"
 BUILDINFO_PATH = "/api/status/buildinfo"
 STATUS_CONFIG_PATH = "/status/config"
 PROMETHEUS_WRITE_PATH = "/api/v1/write"
@@ -118,14 +135,6 @@ def parse_go_duration(text: str) -> float:
     return sum(float(number) * _GO_UNITS[unit] for number, unit in parts)
 
 
-def _dig(data: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(data, Mapping) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _load_yaml(text: str) -> Any:
     return YAML(typ="safe", pure=True).load(text)
 
@@ -141,6 +150,8 @@ class TempoSettings:
     slack_key: str
     query_end_cutoff: float | None
     max_duration: float | None
+    max_intervals: int | None = None
+    max_response_series: int | None = None  # Tempo leaves it out when it is 0 (no limit)
 
 
 def read_tempo_settings(text: str) -> TempoSettings:
@@ -158,7 +169,7 @@ def read_tempo_settings(text: str) -> TempoSettings:
         raise ValueError("not a YAML mapping")
 
     def duration(path: Sequence[str]) -> float | None:
-        value = _dig(document, path)
+        value = lookup(document, path)[1]
         if value is None:
             return None
         if isinstance(value, int) and not isinstance(value, bool):
@@ -172,11 +183,17 @@ def read_tempo_settings(text: str) -> TempoSettings:
         if slack is not None:
             slack_key = ".".join(path)
             break
+    def whole_number(path: Sequence[str]) -> int | None:
+        value = lookup(document, path)[1]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     return TempoSettings(
         slack=slack,
         slack_key=slack_key,
         query_end_cutoff=duration(CUTOFF_KEY),
         max_duration=duration(MAX_DURATION_KEY),
+        max_intervals=whole_number(MAX_INTERVALS_KEY),
+        max_response_series=whole_number(MAX_RESPONSE_SERIES_KEY),
     )
 
 
@@ -196,7 +213,7 @@ def read_prometheus_config(text: str) -> float | None:
         return None
     if not isinstance(document, Mapping) or "global" not in document:
         return None
-    tsdb = _dig(document, ("storage", "tsdb"))
+    tsdb = lookup(document, ("storage", "tsdb"))[1]
     if not isinstance(tsdb, Mapping):
         return 0.0
     window = tsdb.get("out_of_order_time_window")
@@ -216,13 +233,7 @@ def read_prometheus_config(text: str) -> float | None:
 
 def _d(seconds: float) -> str:
     """A duration both Tempo (Go) and the bridge (Prometheus) read: h, m, s, ms, no days."""
-    ms = round(seconds * 1000)
-    parts = []
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
-        count, ms = divmod(ms, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts) or "0s"
+    return format_duration(seconds, largest="h")
 
 
 def _group(group: Group) -> str:
@@ -257,6 +268,8 @@ def check_tempo_settings(
 
     findings += _check_cutoff(settings.query_end_cutoff, config, groups)
     findings += _check_max_duration(settings.max_duration, config, groups)
+    findings += _check_max_intervals(settings.max_intervals, config)
+    findings += _check_response_series(settings.max_response_series, groups)
     return findings
 
 
@@ -328,6 +341,135 @@ def _check_max_duration(
                 f"{key} in Tempo's config to at least {_d(2 * group.interval)}"
             ))
     return findings
+
+
+def _check_max_intervals(max_intervals: int | None, config: Config) -> list[Finding]:
+    """Tempo refuses a range query of more steps than its max_intervals ("step ... is too
+    small"): the bridge must not plan longer ones."""
+    key = ".".join(MAX_INTERVALS_KEY)
+    bridge = config.tempo.max_intervals
+    if max_intervals is None:
+        return [ok(f"Tempo's /status/config shows no {key}: Tempo sets no limit on the steps "
+                   f"of a range query; the bridge keeps to {bridge}")]
+    if max_intervals == 0:
+        return [ok(f"Tempo's {key} is 0 (no limit); the bridge keeps to {bridge}")]
+    if max_intervals < bridge:
+        return [warn(
+            f"Tempo's {key} is {max_intervals}, less than the bridge's tempo.max_intervals "
+            f"{bridge}: Tempo refuses the catch-up queries of more steps; set "
+            f"tempo.max_intervals: {max_intervals} in the bridge's config"
+        )]
+    if max_intervals == bridge:
+        return [ok(f"Tempo's {key} is {max_intervals}, as in tempo.max_intervals")]
+    return [ok(f"Tempo's {key} is {max_intervals}, more than tempo.max_intervals ({bridge})")]
+
+
+def _check_response_series(max_series: int | None, groups: Sequence[Group]) -> list[Finding]:
+    """Tempo cuts an answer with more series than its max_response_series and marks it
+    partial, which the bridge never records: every evaluation of a rule that has more
+    series fails. A rule's own ``limit`` (0 = none) must not be above it."""
+    key = ".".join(MAX_RESPONSE_SERIES_KEY)
+    if not max_series:
+        return [ok(f"Tempo's {key} is not set (no limit): Tempo answers every series")]
+    findings = []
+    for group in groups:
+        over = [r for r in group.rules if r.limit == 0 or r.limit > max_series]
+        if not over:
+            continue
+        rules = ", ".join(
+            f"{r.record} ({'no limit' if r.limit == 0 else f'limit {r.limit}'})" for r in over)
+        findings.append(warn(
+            f"{_group(group)}: Tempo's {key} is {max_series}, below the series these rules "
+            f"allow: {rules}; an answer with more series comes back partial, which the bridge "
+            f"never records, so the rule fails every evaluation; set limit: {max_series} or "
+            f"less on them, or raise {key} in Tempo's config"
+        ))
+    if not findings:
+        findings.append(ok(f"Tempo's {key} is {max_series}, at least every rule's limit"))
+    return findings
+
+
+def read_tenant_max_duration(payload: Any) -> float:
+    """A tenant's own limit on a metrics query's range, 0 when it has none, from Tempo's
+    ``/status/overrides/{tenant}`` JSON (``runtime_overrides`` holds the YAML of the
+    tenant's overrides); raises ValueError for anything else."""
+    text = lookup(payload, ("runtime_overrides",))[1]
+    if not isinstance(text, str):
+        raise ValueError("the answer has no runtime_overrides")
+    try:
+        overrides = _load_yaml(text)
+    except YAMLError as exc:
+        raise ValueError(f"runtime_overrides is not YAML ({exc.__class__.__name__})") from exc
+    value = lookup(overrides, TENANT_MAX_DURATION_KEY)[1]
+    if value is None:
+        return 0.0
+    text = str(value)
+    try:  # a Prometheus model.Duration ("12h", "1d"), or a Go duration ("12h0m0s")
+        return parse_duration(text)
+    except DurationError:
+        return parse_go_duration(text)
+
+
+def check_tenant_max_duration(
+    tenant: str, max_duration: float, config: Config, groups: Sequence[Group]
+) -> list[Finding]:
+    """What a tenant's own max_metrics_duration (0: none) means for the groups reading it."""
+    key = ".".join(TENANT_MAX_DURATION_KEY)
+    bridge = config.tempo.max_duration
+    if max_duration == 0:
+        return [ok(f"Tempo sets no {key} for tenant {tenant}: "
+                   f"query_frontend.metrics.max_duration applies")]
+    findings = []
+    if max_duration < bridge:
+        findings.append(warn(
+            f"Tempo's per-tenant override {key} of tenant {tenant} is {_d(max_duration)}, "
+            f"shorter than the bridge's tempo.max_duration {_d(bridge)}: Tempo refuses the "
+            f"longer catch-up queries of this tenant's groups; set tempo.max_duration: "
+            f"{_d(max_duration)} in the bridge's config, or raise the override in Tempo's"
+        ))
+    else:
+        findings.append(ok(
+            f"Tempo's per-tenant override {key} of tenant {tenant} is {_d(max_duration)}, "
+            f"at least tempo.max_duration ({_d(bridge)})"
+        ))
+    for group in groups:
+        if max_duration < 2 * group.interval:
+            findings.append(fail(
+                f"{_group(group)}: Tempo's {key} of tenant {tenant} {_d(max_duration)} is less "
+                f"than two intervals ({_d(2 * group.interval)}), so missed windows can never "
+                f"be caught up; raise it in Tempo's overrides to at least "
+                f"{_d(2 * group.interval)}"
+            ))
+    return findings
+def check_clock_skew(
+    skew: ClockSkew | None, config: Config, groups: Sequence[Group]
+) -> list[Finding]:
+    """Whether Tempo's clock differs from the host's by more than its ``Date`` header can
+    hide: WARN when the difference eats into the smallest margin ``query_offset -
+    query_end_cutoff - ingest_delay`` of the groups, FAIL when it surely exceeds it."""
+    if skew is None:
+        return [warn("Tempo's answers have no Date header: its clock is not compared with "
+                     "this host's")]
+    if skew.certain == 0:
+        return [ok("Tempo's clock agrees with this host's (to the Date header's second)")]
+    way = "ahead of" if skew.low > 0 else "behind"
+    low, high = sorted((abs(skew.low), abs(skew.high)))
+    apart = f"Tempo's clock is {low:.1f}s to {high:.1f}s {way} this host's"
+    cutoff, delay = config.tempo.query_end_cutoff, config.tempo.ingest_delay
+    if not groups:
+        return [warn(f"{apart}; synchronise both with NTP")]
+    group = min(groups, key=lambda g: g.query_offset)
+    margin = group.query_offset - cutoff - delay
+    what = (f"the smallest margin query_offset - query_end_cutoff - ingest_delay "
+            f"({_d(margin)}, {_group(group)})")
+    if skew.certain > margin:
+        return [fail(
+            f"{apart}, more than {what}: its windows are read before Tempo has all their "
+            f"spans; synchronise both clocks with NTP, or raise query_offset to at least "
+            f"{_d(math.ceil(cutoff + delay + high))}"
+        )]
+    return [warn(f"{apart}, at least {skew.certain:.1f}s of {what}; synchronise both clocks "
+                 f"with NTP")]
 
 
 def check_sample_age(max_sample_age: float, prometheus: PrometheusInfo | None) -> list[Finding]:
@@ -420,8 +562,39 @@ async def _check_tempo(
             ))
         else:
             findings += check_tempo_settings(settings, config, groups, longest_request)
+
+        findings += await _check_tenant_overrides(tempo, config, groups, redact)
+        findings += check_clock_skew(tempo.clock_skew, config, groups)
     finally:
         await tempo.aclose()
+    return findings
+
+
+def _tenants(config: Config, groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """The groups of each tenant the rules read ("a|b" reads both a and b)."""
+    tenants: dict[str, list[Group]] = {}
+    for group in groups:
+        for tenant in (group.tenant or config.tempo.tenant or SINGLE_TENANT).split("|"):
+            tenants.setdefault(tenant, []).append(group)
+    return dict(sorted(tenants.items()))
+
+
+async def _check_tenant_overrides(
+    tempo: TempoClient, config: Config, groups: Sequence[Group], redact: _Redactor
+) -> list[Finding]:
+    """Each tenant's own max_metrics_duration, read from Tempo's overrides page."""
+    findings = []
+    for tenant, its_groups in _tenants(config, groups).items():
+        path = OVERRIDES_PATH.format(tenant=quote(tenant, safe=""))
+        try:
+            max_duration = read_tenant_max_duration(await tempo.get_json(path))
+        except (TempoError, ValueError) as exc:
+            findings.append(warn(
+                f"cannot read Tempo's overrides of tenant {tenant} ({redact(str(exc))}): its "
+                f"{'.'.join(TENANT_MAX_DURATION_KEY)} is not checked"
+            ))
+        else:
+            findings += check_tenant_max_duration(tenant, max_duration, config, its_groups)
     return findings
 
 
@@ -502,14 +675,14 @@ async def _prometheus_info(
         try:
             answer = await http.get(f"{base}/api/v1/status/config")
             payload = answer.json() if answer.status_code == 200 else None
-            text = _dig(payload, ("data", "yaml"))
+            text = lookup(payload, ("data", "yaml"))[1]
             window = read_prometheus_config(text) if isinstance(text, str) else None
             if window is None:
                 return None
             build = (await http.get(f"{base}/api/v1/status/buildinfo")).json()
         except (httpx.HTTPError, ValueError):
             return None
-    version = _dig(build, ("data", "version"))
+    version = lookup(build, ("data", "version"))[1]
     return PrometheusInfo(str(version) if version else "?", window)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 # Largest unit first; a duration names each unit at most once, in this order (as Prometheus).
 UNITS: tuple[tuple[str, int], ...] = (
@@ -15,6 +16,8 @@ UNITS: tuple[tuple[str, int], ...] = (
     ("ms", 1),
 )
 _UNIT_MS = dict(UNITS)
+DAY = 24 * 3600
+"""Seconds in a day."""
 _PART = re.compile(r"([0-9]+)([a-zA-Z]+)")
 _MAX_MS = 2**63 - 1  # Prometheus keeps durations as int64 milliseconds
 
@@ -63,15 +66,22 @@ def parse_duration(text: str) -> float:
     return total_ms / 1000
 
 
-def format_duration(seconds: float) -> str:
-    """Prometheus notation of ``seconds``, to the millisecond (5400 -> "1h30m", 0 -> "0s")."""
+Unit = Literal["y", "w", "d", "h", "m", "s", "ms"]
+
+
+def format_duration(seconds: float, *, largest: Unit = "y") -> str:
+    """Prometheus notation of ``seconds``, to the millisecond (5400 -> "1h30m", 0 -> "0s").
+
+    ``largest`` is the largest unit to use: ``"h"`` gives what Go's ``time.ParseDuration``
+    reads too (Tempo's settings: "48h", not "2d").
+    """
     ms = round(seconds * 1000)
     if ms == 0:
         return "0s"
     sign = "-" if ms < 0 else ""
     ms = abs(ms)
     out = []
-    for unit, size in UNITS:
+    for unit, size in UNITS[[u for u, _ in UNITS].index(largest):]:
         count, ms = divmod(ms, size)
         if count:
             out.append(f"{count}{unit}")

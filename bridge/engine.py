@@ -1,66 +1,149 @@
-"""Engine: evaluates a rule's due windows: plan, query Tempo, evaluate, commit.
+"""Engine: evaluates a rule's due windows: load, plan, query Tempo, evaluate, commit.
 
-One Tempo query is one evaluation and one state transaction. A failed query stops the
-rule at the last committed window; the next tick starts again from there.
+For each rule the engine loads the stored state once, plans the queries (settle
+re-reads, then the windows due), and for each query reads Tempo's answer, evaluates it
+(:func:`bridge.evaluation.evaluate`, pure) and commits the update in one transaction. A
+failed query stops the rule at the last committed window; the next tick starts again
+from there. The same loop runs against an in-memory store for ``eval`` and ``backfill``
+(:func:`dry_run`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from bridge.errors import StateError, TempoError
 from bridge.evaluation import (
+    Context,
     EvaluationError,
-    SettleUpdate,
-    Window,
-    accumulate,
-    gauge_samples,
-    settle,
-    window_values,
-    windows_from_answer,
+    Stored,
+    TempoKey,
+    Update,
+    WindowRead,
+    evaluate,
+    reads_from_answer,
+    retire,
+    settle_ages,
 )
 from bridge.metrics import Metrics
 from bridge.rules import Group, Rule
-from bridge.series import STALE_NAN, Labels, Sample
-from bridge.state import State
+from bridge.series import Labels, Sample
+from bridge.state import RuleKey
 from bridge.status import Evaluation, StatusBoard, TempoContact
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
-from bridge.windows import Query, due_windows, initial_checkpoint, plan_queries
+from bridge.windows import (
+    Limits,
+    Query,
+    Window,
+    align_down,
+    due_windows,
+    initial_checkpoint,
+    plan_queries,
+)
 
 log = structlog.get_logger("bridge.engine")
 
 
+def rule_key(group: Group, rule: Rule) -> RuleKey:
+    """The identity of a rule's state: its group, record, expression and kind."""
+    return RuleKey(group.name, rule.record, rule.expr, rule.kind)
+
+
+class Store(Protocol):
+    """Where the engine keeps rules' state: :class:`bridge.state.State`, or a
+    :class:`MemoryStore` for dry runs."""
+
+    last_ts: Mapping[Labels, int]
+
+    def load(self, key: RuleKey) -> Stored | None: ...
+
+    def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
+        ...
+
+    def commit(
+        self, key: RuleKey, update: Update, *, interval: int | None = None,
+        tenant: str | None = None,
+    ) -> None: ...
+
+    def mark_removed(self, key: RuleKey, at: float, update: Update | None = None) -> None: ...
+
+    def last_checkpoint(self, group: str, record: str) -> int | None: ...
+
+
+class MemoryStore:
+    """A store that keeps everything in memory: the samples of a dry run and each rule's
+    final state (``backfill --seed-state`` copies it into the real state)."""
+
+    def __init__(self) -> None:
+        self.rules: dict[RuleKey, Stored] = {}
+        self.samples: dict[RuleKey, list[Sample]] = {}
+        self._kept: dict[RuleKey, dict[Window, dict[TempoKey, float]]] = {}
+        self._last: dict[Labels, int] = {}
+        self.last_ts: Mapping[Labels, int] = self._last
+
+    def load(self, key: RuleKey) -> Stored | None:
+        return self.rules.get(key)
+
+    def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
+        kept = self._kept.get(key, {})
+        return {w: kept[w] for w in windows if w in kept}
+
+    def commit(
+        self, key: RuleKey, update: Update, *, interval: int | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        stored = self.rules.get(key)
+        self.rules[key] = (stored or Stored(update.checkpoint)).apply(update)
+        kept = self._kept.setdefault(key, {})
+        kept.update(update.keep)
+        for window in [w for w in kept if w.end <= update.prune_upto]:
+            del kept[window]
+        self.samples.setdefault(key, []).extend(update.samples)
+        for labels, ts, _value in update.samples:
+            self._last[labels] = max(self._last.get(labels, ts), ts)
+
+    def mark_removed(self, key: RuleKey, at: float, update: Update | None = None) -> None:
+        if update is not None:
+            self.commit(key, update)
+
+    def last_checkpoint(self, group: str, record: str) -> int | None:
+        return None
+
+
 class Engine:
-    """Evaluates rules against Tempo and stores the results in the state."""
+    """Evaluates rules against Tempo and keeps the results in a store."""
 
     def __init__(
         self,
         tempo: TempoClient,
-        state: State,
+        store: Store,
         metrics: Metrics,
         *,
-        max_duration: int,
+        limits: Limits,
         max_sample_age: float = 0.0,
+        retention: float = 0.0,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[], None] = lambda: None,
         status: StatusBoard | None = None,
     ) -> None:
         self._tempo = tempo
-        self._state = state
+        self._store = store
         self._metrics = metrics
-        self._max_duration = max_duration
+        self._limits = limits
         self._max_sample_age = max_sample_age
+        self._retention = int(retention)
         self._clock = clock
         self._on_commit = on_commit
         self._status = status
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[RuleKey, asyncio.Lock] = {}
 
     async def evaluate_group(self, group: Group) -> bool:
         """Evaluate every rule of ``group`` up to now; True if all of them succeeded."""
@@ -75,223 +158,139 @@ class Engine:
 
         A rule is evaluated by one caller at a time (a reload can overlap two ticks).
         """
-        rule_id = rule.rule_id(group.name)
-        async with self._locks.setdefault(rule_id, asyncio.Lock()):
+        key = rule_key(group, rule)
+        async with self._locks.setdefault(key, asyncio.Lock()):
             self._metrics.evaluations.labels(group.name, rule.record).inc()
             started = time.monotonic()
-            outcome = _Outcome()
+            run = _Run(group, rule, key, now)
             try:
-                return await self._evaluate_rule(group, rule, rule_id, now, outcome)
+                return await self._evaluate(run)
             except (StateError, sqlite3.Error) as exc:
-                # reading the state failed: nothing was recorded, the next tick retries
+                # the state failed: what was committed stays, the next tick goes on from it
+                run.failed("state", exc)
                 self._metrics.evaluation_failures.labels(group.name, rule.record, "state").inc()
                 log.error("evaluation failed", group=group.name, rule=rule.record,
                           reason="state", error=str(exc))
-                outcome.failed("state", exc)
                 return False
             finally:
                 duration = time.monotonic() - started
                 self._metrics.evaluation_duration.labels(group.name).observe(duration)
-                self._report(group, rule, outcome, duration)
+                self._report(run, duration)
 
-    async def retire(self, group: Group, rule: Rule) -> None:
-        """A gauge rule was removed: end its live series with stale markers, now.
-
-        A removed counter keeps its totals, so that putting it back continues them.
-        """
-        if rule.kind != "gauge":
-            return
-        rule_id = rule.rule_id(group.name)
-        async with self._locks.setdefault(rule_id, asyncio.Lock()):
-            stored = self._state.rule_state(rule_id)
-            if stored is None or not stored.live_gauges:
+    async def retire(self, key: RuleKey, interval: int) -> None:
+        """A rule left the rule files: its live series end with stale markers at its next
+        window end, and its state is kept (putting the rule back continues it) until the
+        retention has passed."""
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            store = self._store
+            stored = store.load(key)
+            if stored is None:
                 return
-            ts_ms = int(self._clock() * 1000)
-            try:
-                self._state.commit_evaluation(
-                    rule_id=rule_id, group=group.name, record=rule.record, expr=rule.expr,
-                    kind=rule.kind, checkpoint=stored.checkpoint, live_gauges=(),
-                    samples=[(k, ts_ms, STALE_NAN) for k in sorted(stored.live_gauges)],
-                )
-            except StateError as exc:
-                log.error("cannot mark a removed rule's series stale", group=group.name,
-                          rule=rule.record, error=str(exc))
-                return
-            log.info("rule removed, its series marked stale", group=group.name,
-                     rule=rule.record, series=len(stored.live_gauges))
-        self._on_commit()
-
-    def _report(self, group: Group, rule: Rule, outcome: _Outcome, duration: float) -> None:
-        """Record the evaluation on the status board."""
-        if self._status is None:
-            return
-        status = self._status.rule(group.name, rule.record)
-        if status is None:
-            return
-        run = outcome.run
-        if run is not None:
-            status.checkpoint = run.checkpoint
-            status.settle = dict(run.settled)
-            status.windows_behind = len(due_windows(
-                run.checkpoint, self._clock(), group.interval, group.query_offset))
-        series = 0 if run is None else len(run.totals) if rule.kind == "counter" else len(run.live)
-        self._status.evaluated(group.name, rule.record, Evaluation(
-            at=self._clock(), duration=duration, series=series, queries=dict(outcome.queries),
-            windows=outcome.windows, error=outcome.error, reason=outcome.reason,
-        ))
-
-    async def _evaluate_rule(
-        self, group: Group, rule: Rule, rule_id: str, now: float, outcome: _Outcome
-    ) -> bool:
-        run = self._load(group, rule, rule_id, now)
-        run.outcome = outcome
-        outcome.run = run
-        reread: list[int] = []
-        if rule.kind == "counter":
-            catching_up = len(due_windows(run.checkpoint, now, group.interval,
-                                          group.query_offset)) > 1
-            # oldest age first: after a downtime its read covers the younger ages' windows
-            for age in sorted(group.settle, reverse=True):
-                due = self._settle_due(run, age, now)
-                if catching_up and due and due[-1] == run.checkpoint:
-                    # contiguous with the windows to catch up: read in the same queries
-                    reread = due
-                    break
-                if not await self._settle(run, age, now):
-                    return False
-        return await self._record(run, now, reread)
-
-    def _load(self, group: Group, rule: Rule, rule_id: str, now: float) -> _Run:
-        """The rule's state; a new rule's first checkpoint is stored at once, so a
-        failing first query does not move where it begins."""
-        stored = self._state.rule_state(rule_id)
-        if stored is None:
-            checkpoint = initial_checkpoint(now, group.interval, group.query_offset, group.start)
-            run = _Run(group, rule, rule_id, checkpoint, {}, set(), {})
-        else:
-            run = _Run(group, rule, rule_id, stored.checkpoint, stored.totals,
-                       stored.live_gauges, stored.settled)
-        if rule.kind == "counter":
-            # a settle age the rule has not seen yet starts at the checkpoint: no retro-reads
-            run.settled = {age: run.settled.get(age, run.checkpoint) for age in group.settle}
-        if stored is None or run.settled != stored.settled:
-            self._commit(run, settled=run.settled)
-        return run
-
-    async def _record(self, run: _Run, now: float, reread: list[int]) -> bool:
-        """Read and record the windows due after the checkpoint.
-
-        ``reread`` are recorded windows (a counter's, up to the checkpoint) due for a
-        settle pass, read by the same queries: a catch-up then costs no extra query.
-        """
-        group, rule = run.group, run.rule
-        due = due_windows(run.checkpoint, now, group.interval, group.query_offset)
-        names = (group.name, rule.record)
-        self._metrics.windows_behind.labels(*names).set(len(due))
-        # samples the receiver would refuse as too old are not even queued
-        since_ms = int((now - self._max_sample_age) * 1000) if self._max_sample_age else 0
-        for query in plan_queries(reread + due, group.interval, self._max_duration):
-            windows = await self._query(run, query, "evaluation")
-            if windows is None:
-                return False
-            recorded = [w for w in windows if w.end <= run.checkpoint]
-            windows = windows[len(recorded):]
-            samples: list[Sample] = []
-            try:
-                if rule.kind == "counter":
-                    values: dict[int, dict[Labels, float]] = {}
-                    if recorded:
-                        grown = self._settled(run, recorded)
-                        samples, values = grown.samples, grown.values
-                    counter = accumulate(run.totals, windows, group.interval, since_ms)
-                    run.totals = counter.totals
-                    samples += counter.samples
-                    for age in group.settle:
-                        run.settled[age] = _advance(
-                            run.settled[age], query, group.interval, now - age
-                        )
-                    if group.settle:
-                        values.update(window_values(windows))
-                    run.checkpoint = max(run.checkpoint, query.window_ends[-1])
-                    self._commit(run, samples, totals=run.totals, values=values or None,
-                                 settled=run.settled)
-                else:
-                    gauge = gauge_samples(run.live, windows, since_ms)
-                    run.live, samples = gauge.live, gauge.samples
-                    run.checkpoint = query.window_ends[-1]
-                    self._commit(run, samples, live=run.live)
-            except StateError as exc:
-                self._failed(run, query, "evaluation", "state", exc)
-                return False
-            run.outcome.windows += len(windows)
-            self._metrics.windows_evaluated.labels(*names).inc(len(windows))
-            self._metrics.windows_behind.labels(*names).dec(len(windows))
-            self._metrics.last_success.labels(*names).set(self._clock())
-            self._metrics.checkpoint.labels(*names).set(run.checkpoint)
-            self._log(run, query).info(
-                "evaluation", series=len(run.totals) if rule.kind == "counter" else len(run.live),
-                samples=len(samples),
-            )
+            update = retire(stored, interval, store.last_ts)
+            store.mark_removed(key, self._clock(), update)
+            log.info("rule removed", group=key.group, rule=key.record, kind=key.kind,
+                     series_ended=len(stored.live))
+        if update.samples:
             self._on_commit()
+
+    async def _evaluate(self, run: _Run) -> bool:
+        group, rule = run.group, run.rule
+        stored = self._load(run)
+        run.stored = stored
+        due = due_windows(stored.checkpoint, run.now, group.interval, group.query_offset)
+        self._metrics.windows_behind.labels(group.name, rule.record).set(len(due))
+        reread: list[Window] = []
+        # oldest age first: after a downtime its read covers the younger ages' windows
+        for age in sorted(stored.settled, reverse=True):
+            pending = self._settle_due(stored, age, run.now)
+            if not pending:
+                continue
+            if len(due) > 1 and pending[-1].end == stored.checkpoint:
+                # contiguous with the windows to catch up: read in the same queries
+                reread = pending
+                break
+            for query in plan_queries(pending, self._limits):
+                settled = await self._step(run, stored, query, "settle")
+                if settled is None:
+                    return False
+                stored = settled
+        for query in plan_queries(reread + due, self._limits):
+            next_state = await self._step(run, stored, query, "evaluation")
+            if next_state is None:
+                return False
+            stored = next_state
         return True
 
-    def _settle_due(self, run: _Run, age: int, now: float) -> list[int]:
+    def _load(self, run: _Run) -> Stored:
+        """The rule's state. A new rule's first checkpoint is stored at once, so a failing
+        first query does not move where it begins; settle ages added or removed since
+        the last evaluation are stored too."""
+        group, rule = run.group, run.rule
+        stored = self._store.load(run.key)
+        if stored is None:
+            checkpoint = initial_checkpoint(
+                run.now, group.interval, group.query_offset, group.start
+            )
+            # a rule replacing another of the same record (its expression or kind edited)
+            # begins where that one ended: no window is in both
+            replaced = self._store.last_checkpoint(group.name, rule.record)
+            if replaced is not None and replaced > checkpoint:
+                checkpoint = replaced
+            ages = group.settle if rule.kind == "counter" else ()
+            update = Update(checkpoint, frozenset(), dict.fromkeys(ages, checkpoint),
+                            prune_upto=checkpoint)
+            self._commit(run, update)
+            return Stored(checkpoint).apply(update)
+        update_ages = settle_ages(group, rule, stored)
+        if update_ages is not None:
+            self._commit(run, update_ages)
+            stored = stored.apply(update_ages)
+        return stored
+
+    @staticmethod
+    def _settle_due(stored: Stored, age: int, now: float) -> list[Window]:
         """Recorded windows that reached ``age`` since the last settle pass at it."""
-        interval = run.group.interval
-        upto = min(run.checkpoint, int((now - age) // interval) * interval)
-        return list(range(run.settled[age] + interval, upto + 1, interval))
+        upto = min(stored.checkpoint, now - age)
+        after = stored.settled[age]
+        return [w for w in stored.recorded if after < w.end <= upto]
 
-    def _settled(self, run: _Run, windows: list[Window]) -> SettleUpdate:
-        """Compare re-read windows with their recorded values; the totals grow by the gain."""
-        recorded = self._state.window_values(
-            run.rule_id, windows[0].end - run.group.interval, windows[-1].end
-        )
-        update = settle(run.totals, recorded, windows, run.checkpoint)
-        run.totals = update.totals
-        names = (run.group.name, run.rule.record)
-        self._metrics.windows_settled.labels(*names).inc(len(windows))
-        self._metrics.settle_growth.labels(*names).inc(update.grown)
-        return update
-
-    async def _settle(self, run: _Run, age: int, now: float) -> bool:
-        """Read again the recorded windows that reached ``age``; a counter grows by what
-        they gained since (late spans)."""
-        group = run.group
-        for query in plan_queries(self._settle_due(run, age, now), group.interval,
-                                  self._max_duration):
-            windows = await self._query(run, query, "settle")
-            if windows is None:
-                return False
-            update = self._settled(run, windows)
-            run.settled[age] = query.window_ends[-1]
-            for other in group.settle:  # read at an age past theirs too: settled for them
-                run.settled[other] = _advance(
-                    run.settled[other], query, group.interval, now - other
-                )
-            try:
-                self._commit(run, update.samples, totals=update.totals, values=update.values,
-                             settled=run.settled)
-            except StateError as exc:
-                self._failed(run, query, "settle", "state", exc)
-                return False
-            self._log(run, query).info("settle", age=age, grown=update.grown)
-            if update.samples:
-                self._on_commit()
-        return True
-
-    async def _query(self, run: _Run, query: Query, what: str) -> list[Window] | None:
-        """Read one query's windows; on failure count and log it and return None."""
-        self._metrics.tempo_queries.labels(query.kind).inc()
-        run.outcome.queries[query.kind] = run.outcome.queries.get(query.kind, 0) + 1
-        started = time.monotonic()
+    async def _step(self, run: _Run, stored: Stored, query: Query, what: str) -> Stored | None:
+        """Read one query, evaluate it and commit the update; None when it failed."""
+        group, rule = run.group, run.rule
+        reads = await self._read(run, query, what)
+        if reads is None:
+            return None
+        since_ms = int((run.now - self._max_sample_age) * 1000) if self._max_sample_age else 0
+        context = Context(run.now, since_ms, self._store.last_ts, self._retention)
+        again = [r.window for r in reads if r.window.end <= stored.checkpoint]
         try:
-            windows = await read_windows(self._tempo, run.group, run.rule, query)
-        except TempoError as exc:
-            self._contact(exc)
+            kept = self._store.kept(run.key, again)
+            update = evaluate(group, rule, stored, reads, kept, context)
+        except EvaluationError as exc:
             self._failed(run, query, what, exc.reason, exc)
             return None
-        except EvaluationError as exc:
-            self._contact(None)
+        try:
+            self._commit(run, update)
+        except StateError as exc:
+            self._failed(run, query, what, "state", exc)
+            return None
+        stored = stored.apply(update)
+        run.stored = stored
+        self._observe(run, query, update)
+        if update.samples:
+            self._on_commit()
+        return stored
+
+    async def _read(self, run: _Run, query: Query, what: str) -> list[WindowRead] | None:
+        """Run one query against Tempo; on failure count and log it and return None."""
+        group, rule = run.group, run.rule
+        self._metrics.tempo_queries.labels(query.kind).inc()
+        run.queries[query.kind] = run.queries.get(query.kind, 0) + 1
+        started = time.monotonic()
+        try:
+            answer = await read_answer(self._tempo, group, rule, query)
+        except TempoError as exc:
+            self._contact(exc)
             self._failed(run, query, what, exc.reason, exc)
             return None
         finally:
@@ -299,7 +298,41 @@ class Engine:
                 time.monotonic() - started
             )
         self._contact(None)
-        return windows
+        return reads_from_answer(query, answer)
+
+    def _commit(self, run: _Run, update: Update) -> None:
+        self._store.commit(run.key, update, interval=run.group.interval,
+                           tenant=run.group.tenant)
+
+    def _observe(self, run: _Run, query: Query, update: Update) -> None:
+        names = (run.group.name, run.rule.record)
+        stats, metrics = update.stats, self._metrics
+        run.windows += stats.recorded
+        metrics.windows_evaluated.labels(*names).inc(stats.recorded)
+        metrics.windows_behind.labels(*names).dec(stats.recorded)
+        if stats.settled:
+            metrics.windows_settled.labels(*names).inc(stats.settled)
+        if stats.grown:
+            metrics.settle_growth.labels(*names).inc(stats.grown)
+        if stats.merged:
+            metrics.series_merged.labels(*names).inc(stats.merged)
+        metrics.last_success.labels(*names).set(self._clock())
+        metrics.checkpoint.labels(*names).set(update.checkpoint)
+        self._log(run, query).info(
+            "evaluation", recorded=stats.recorded, settled=stats.settled, grown=stats.grown,
+            merged=stats.merged, series=len(update.live), samples=len(update.samples),
+        )
+
+    def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:
+        run.failed(reason, exc)
+        self._metrics.evaluation_failures.labels(run.group.name, run.rule.record, reason).inc()
+        self._log(run, query).error(f"{what} failed", reason=reason, error=str(exc))
+
+    def _log(self, run: _Run, query: Query) -> Any:
+        return log.bind(
+            group=run.group.name, rule=run.rule.record, kind=query.kind,
+            window_start=query.start, window_end=query.end, windows=len(query.windows),
+        )
 
     def _contact(self, error: TempoError | None) -> None:
         """Record on the status board whether Tempo answered."""
@@ -308,54 +341,36 @@ class Engine:
                 TempoContact(self._clock(), error is None, None if error is None else str(error))
             )
 
-    def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:
-        run.outcome.failed(reason, exc)
-        self._metrics.evaluation_failures.labels(run.group.name, run.rule.record, reason).inc()
-        self._log(run, query).error(f"{what} failed", reason=reason, error=str(exc))
-
-    def _log(self, run: _Run, query: Query) -> Any:
-        return log.bind(
-            group=run.group.name, rule=run.rule.record, kind=query.kind,
-            window_start=query.window_ends[0] - run.group.interval,
-            window_end=query.window_ends[-1], windows=len(query.window_ends),
-        )
-
-    def _commit(
-        self,
-        run: _Run,
-        samples: Sequence[Sample] = (),
-        *,
-        totals: dict[Labels, float] | None = None,
-        live: set[Labels] | None = None,
-        values: dict[int, dict[Labels, float]] | None = None,
-        settled: dict[int, int] | None = None,
-    ) -> None:
-        self._state.commit_evaluation(
-            rule_id=run.rule_id, group=run.group.name, record=run.rule.record,
-            expr=run.rule.expr, kind=run.rule.kind, checkpoint=run.checkpoint, totals=totals,
-            live_gauges=live, samples=samples, window_values=values, settled=settled,
-        )
+    def _report(self, run: _Run, duration: float) -> None:
+        """Record the evaluation on the status board."""
+        if self._status is None:
+            return
+        status = self._status.rule(run.group.name, run.rule.record)
+        stored = run.stored
+        if status is None:
+            return
+        series = 0
+        if stored is not None:
+            status.checkpoint = stored.checkpoint
+            status.settle = dict(stored.settled)
+            status.windows_behind = len(due_windows(
+                stored.checkpoint, self._clock(), run.group.interval, run.group.query_offset))
+            series = len(stored.live)
+        self._status.evaluated(run.group.name, run.rule.record, Evaluation(
+            at=self._clock(), duration=duration, series=series, queries=dict(run.queries),
+            windows=run.windows, error=run.error, reason=run.reason,
+        ))
 
 
 @dataclass
 class _Run:
-    """One rule's state while it is being evaluated."""
+    """One evaluation of one rule."""
 
     group: Group
     rule: Rule
-    rule_id: str
-    checkpoint: int
-    totals: dict[Labels, float]
-    live: set[Labels]
-    settled: dict[int, int]
-    outcome: _Outcome = field(default_factory=lambda: _Outcome())
-
-
-@dataclass
-class _Outcome:
-    """What one evaluation did, for the status board."""
-
-    run: _Run | None = None
+    key: RuleKey
+    now: float
+    stored: Stored | None = None
     queries: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     error: str | None = None
@@ -365,46 +380,68 @@ class _Outcome:
         self.reason, self.error = reason, str(exc)
 
 
-def _advance(settled: int, query: Query, interval: int, limit: float) -> int:
-    """Windows first read when already older than a settle age need no re-read at it:
-    move that age's checkpoint over them, when it has reached the query's first window."""
-    if settled < query.window_ends[0] - interval:
-        return settled
-    old_enough = [end for end in query.window_ends if end <= limit]
-    return max(settled, old_enough[-1]) if old_enough else settled
+async def read_answer(
+    tempo: TempoClient, group: Group, rule: Rule, query: Query
+) -> list[InstantSeries] | list[RangeSeries]:
+    """Run one planned query against Tempo."""
+    if query.kind == "instant":
+        return await tempo.instant(rule.expr, query.start, query.end, tenant=group.tenant)
+    return await tempo.range(rule.expr, query.start, query.end, query.step, tenant=group.tenant)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What one rule wrote in a dry run, from zero, and where it ended."""
+
+    group: Group
+    rule: Rule
+    samples: list[Sample]
+    stored: Stored | None
+    """The rule's final state; None when the range held no whole window."""
+
 
 async def dry_run(
-    tempo: TempoClient, group: Group, rule: Rule, start: float, end: float, max_duration: int
-) -> list[Sample]:
-    """Samples ``rule`` would write for the windows ending in ``(start, end]``, from zero.
+    tempo: TempoClient,
+    groups: Sequence[Group],
+    start: float,
+    end: float,
+    limits: Limits,
+    *,
+    now: float,
+    only: Sequence[str] | None = None,
+) -> list[DryRun]:
+    """The samples every rule (or those recorded as one of ``only``) would write for the
+    windows after ``start`` that end by ``end``, counters starting from zero at ``start``.
 
-    Nothing is read from or written to the state: counters start at 0 at ``start``.
+    Windows younger than their group's ``query_offset`` at ``now`` are left out, as the
+    daemon would not read them yet. Nothing is read again for late spans: the range is
+    read once, already settled or not. Raises TempoError or EvaluationError.
     """
-    checkpoint = int(start // group.interval) * group.interval
-    due = due_windows(checkpoint, end, group.interval, 0)
-    samples: list[Sample] = []
-    totals: dict[tuple[tuple[str, str], ...], float] = {}
-    live: set[tuple[tuple[str, str], ...]] = set()
-    for query in plan_queries(due, group.interval, max_duration):
-        windows = await read_windows(tempo, group, rule, query)
-        if rule.kind == "counter":
-            counter = accumulate(totals, windows, group.interval)
-            totals = counter.totals
-            samples.extend(counter.samples)
-        else:
-            gauge = gauge_samples(live, windows)
-            live = gauge.live
-            samples.extend(gauge.samples)
-    return samples
+    runs = []
+    for group in groups:
+        flat = dataclasses.replace(group, settle=(), start=0)
+        upto = min(end + group.query_offset, now)
+        checkpoint = align_down(start, group.interval)
+        for rule in group.rules:
+            if only and rule.record not in only:
+                continue
+            store = MemoryStore()
+            key = rule_key(group, rule)
+            if due_windows(checkpoint, upto, group.interval, group.query_offset):
+                store.rules[key] = Stored(checkpoint)
+                engine = _DryEngine(tempo, store, limits)
+                if not await engine.evaluate_rule(flat, rule, upto):
+                    raise engine.error
+            runs.append(DryRun(group, rule, store.samples.get(key, []), store.rules.get(key)))
+    return runs
 
 
-async def read_windows(tempo: TempoClient, group: Group, rule: Rule, query: Query) -> list[Window]:
-    """Run one planned query against Tempo and split its answer into windows."""
-    answer: list[InstantSeries] | list[RangeSeries]
-    if query.kind == "instant":
-        answer = await tempo.instant(rule.expr, query.start, query.end, tenant=group.tenant)
-    else:
-        answer = await tempo.range(
-            rule.expr, query.start, query.end, query.step, tenant=group.tenant
-        )
-    return windows_from_answer(rule, group, query, answer)
+class _DryEngine(Engine):
+    """The engine of a dry run: a failure is raised, not only logged and counted."""
+
+    def __init__(self, tempo: TempoClient, store: MemoryStore, limits: Limits) -> None:
+        super().__init__(tempo, store, Metrics(), limits=limits)
+        self.error: Exception = RuntimeError("dry run failed")
+
+    def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:
+        self.error = exc

@@ -51,6 +51,12 @@ class Metrics:
             "Series values of settled windows that had grown since they were recorded.",
             rule, registry=r,
         )
+        self.series_merged = Counter(
+            "tempo_bridge_series_merged",
+            "Tempo series summed into a Prometheus series that another one also maps to "
+            "(labels that differ only by an empty or missing value, by type, or by missing_value).",
+            rule, registry=r,
+        )
         self.windows_behind = Gauge(
             "tempo_bridge_windows_behind",
             "Windows due but not yet recorded, per rule (0 when caught up).",
@@ -67,6 +73,17 @@ class Metrics:
         self.tempo_queries = Counter(
             "tempo_bridge_tempo_queries", "Queries sent to Tempo, by kind.", ["kind"],
             registry=r,
+        )
+        self.tempo_clock_skew = Gauge(
+            "tempo_bridge_tempo_clock_skew_seconds",
+            "Tempo's clock minus this host's, from the Date header of its latest answer "
+            "(the middle of the bounds the header's one-second resolution allows).",
+            registry=r,
+        )
+        self.tempo_clock_skew_certain = Gauge(
+            "tempo_bridge_tempo_clock_skew_certain_seconds",
+            "How far apart Tempo's clock and this host's surely are (0 when the Date header "
+            "allows them to agree).", registry=r,
         )
         self.samples_sent = Counter(
             "tempo_bridge_samples_sent", "Samples accepted by the remote-write receiver.",
@@ -88,6 +105,15 @@ class Metrics:
         self.outbox_oldest_age = Gauge(
             "tempo_bridge_outbox_oldest_sample_age_seconds",
             "Age of the oldest sample waiting in the outbox (0 when empty).", registry=r,
+        )
+        self.sender_restarts = Counter(
+            "tempo_bridge_sender_restarts",
+            "Times the sender stopped on an unexpected error and was started again.",
+            registry=r,
+        )
+        self.rules_forgotten = Counter(
+            "tempo_bridge_rules_forgotten",
+            "Removed rules whose state was dropped after state_retention.", registry=r,
         )
         self.rule_groups = Gauge(
             "tempo_bridge_rule_groups", "Rule groups loaded.", registry=r

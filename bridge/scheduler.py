@@ -47,7 +47,8 @@ class Scheduler:
 
     def replace(self, groups: Sequence[Group]) -> None:
         """Swap the running groups for ``groups``: a group whose definition is unchanged
-        keeps its schedule; others are (re)scheduled and evaluated at once."""
+        keeps its schedule (moved to another file or line, it is the same group); others
+        are (re)scheduled and evaluated at once."""
         new = {g.name: g for g in groups}
         for name in list(self._groups):
             if new.get(name) != self._groups[name]:
@@ -64,6 +65,13 @@ class Scheduler:
         test's fake clock) is only seen here or at that timer."""
         if self._scheduler.running:
             self._scheduler.wakeup()
+
+    def every(self, name: str, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
+        """Run ``job`` every ``seconds`` from now on, beside the groups (housekeeping)."""
+        self._scheduler.add_job(
+            job, IntervalTrigger(seconds=seconds), id=f"every {name}", name=name,
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
 
     def shutdown(self) -> None:
         """Stop ticking; evaluations under way go on (see :meth:`stop`)."""
@@ -91,7 +99,7 @@ class Scheduler:
             IntervalTrigger(
                 seconds=group.interval, start_date=datetime.fromtimestamp(first, UTC)
             ),
-            args=[group],
+            args=[group.name],
             id=group.name,
             name=f"group {group.name}",
             max_instances=1,
@@ -102,13 +110,17 @@ class Scheduler:
         self._scheduler.add_job(
             self._run,
             DateTrigger(datetime.fromtimestamp(now, UTC)),
-            args=[group],
+            args=[group.name],
             name=f"group {group.name} (start)",
             misfire_grace_time=None,
         )
 
-    async def _run(self, group: Group) -> None:
-        """Evaluate ``group``; runs of one group wait for each other, never overlap."""
+    async def _run(self, name: str) -> None:
+        """Evaluate the group ``name`` as it is now defined (a reload may have moved it);
+        runs of one group wait for each other, never overlap."""
+        group = self._groups.get(name)
+        if group is None:  # removed by a reload since the job fired
+            return
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)

@@ -80,6 +80,20 @@ class TempoContact:
 
 
 @dataclass
+class Clock:
+    """Tempo's clock against this host's, from the ``Date`` header of its latest answer."""
+
+    at: float
+    skew: float
+    """Tempo's minus the host's, seconds (the middle of what the header allows)."""
+    certain: float
+    """How far apart the clocks surely are; 0 when they may agree."""
+    level: str
+    """``OK``, ``WARN`` (it eats into the groups' margin) or ``FAIL`` (it exceeds it)."""
+    message: str
+
+
+@dataclass
 class Reload:
     at: float
     ok: bool
@@ -100,6 +114,7 @@ class Status:
     receiver_url: str = ""
     tempo: TempoContact | None = None
     tempo_url: str = ""
+    clock: Clock | None = None
     last_reload: Reload | None = None
     sender_alive: bool = True
 
@@ -146,6 +161,9 @@ class StatusBoard:
 
     def tempo_answered(self, contact: TempoContact) -> None:
         self._status.tempo = contact
+
+    def clock(self, clock: Clock) -> None:
+        self._status.clock = clock
 
     def reloaded(self, reload: Reload) -> None:
         self._status.last_reload = reload

@@ -1,23 +1,33 @@
 """Tempo client: instant and range TraceQL metrics queries, parsed exactly as Tempo answers.
 
-An answer can hold 100,000 series and tens of megabytes of JSON. It is parsed one series
-at a time (``_stream_answer``): each series becomes an :class:`InstantSeries` or
-:class:`RangeSeries` as soon as it is read, so the whole JSON tree is never in memory at
-once, and the cyclic garbage collector is paused meanwhile (the parse allocates millions of
-objects, none of them in a cycle). Any answer that is not a well-formed JSON object is
-parsed again as a whole, so that errors read exactly as ``json.loads`` words them.
+An answer can hold 1,000,000 series and hundreds of megabytes of JSON. msgspec checks it
+and splits it into series (:func:`parse_answer`), then decodes each series into typed structs
+and turns it into an :class:`InstantSeries` or :class:`RangeSeries` at once (label names and
+values interned), so that the structs of one series at a time are in memory, beside the
+bytes and the series made; the cyclic garbage collector is paused meanwhile (millions of
+objects are allocated, none in a cycle). Anything the structs do not
+take as they are (not JSON, a wrong type, an unusual label value, a ``PARTIAL`` status...) is
+parsed again with ``json`` and checked in Python (:func:`_parse_whole`), which gives the
+answer's series or the error, worded exactly as ``json.loads`` and the checks word it.
+
+Every answer's ``Date`` header is compared with the host's clock around the request: the
+latest :class:`ClockSkew` is :attr:`TempoClient.clock_skew`, and goes to ``on_clock_skew``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import gc
 import json
+import re
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeAlias, overload
 
 import httpx
+import msgspec
 
 from bridge import USER_AGENT
 from bridge.errors import TempoError
@@ -25,6 +35,20 @@ from bridge.errors import TempoError
 INSTANT_PATH = "/api/metrics/query"
 RANGE_PATH = "/api/metrics/query_range"
 _MAX_BODY_IN_ERROR = 1024
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
+
+Kind: TypeAlias = Literal["instant", "range"]
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    """A span Tempo picked to illustrate a range series: its trace ID as Tempo writes it
+    (lowercase hex, leading zeros dropped), its value (the aggregated attribute, or for a
+    count the sample of its bucket; NaN when Tempo had none), and its start, unix ms."""
+
+    trace_id: str
+    value: float
+    ts_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +61,38 @@ class InstantSeries:
 
 @dataclass(frozen=True, slots=True)
 class RangeSeries:
-    """One series of a range answer: ``(timestamp ms, value)`` samples, a missing value is 0."""
+    """One series of a range answer: ``(timestamp ms, value)`` samples, a missing value is 0,
+    and the series' exemplars as Tempo gave them."""
 
     labels: Mapping[str, str]
     samples: Sequence[tuple[int, float]]
+    exemplars: Sequence[Exemplar] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClockSkew:
+    """Tempo's clock minus the host's, in seconds, between ``low`` and ``high``.
+
+    A ``Date`` header says the second Tempo answered in, ``[D, D+1)``, and the host saw the
+    answer made between sending the request (``sent``) and reading its headers: so the skew
+    is above ``D - received`` and below ``D + 1 - sent``.
+    """
+
+    low: float
+    high: float
+    at: float  # host time the answer came, unix seconds
+
+    @property
+    def estimate(self) -> float:
+        """The middle of the bounds."""
+        return (self.low + self.high) / 2
+
+    @property
+    def certain(self) -> float:
+        """How far apart the clocks are at least (0 when the bounds allow equal clocks)."""
+        if self.low <= 0 <= self.high:
+            return 0.0
+        return min(abs(self.low), abs(self.high))
 
 
 class TempoClient:
@@ -58,6 +110,8 @@ class TempoClient:
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_clock_skew: Callable[[ClockSkew], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._tenant = tenant
         self._client = httpx.AsyncClient(
@@ -66,27 +120,42 @@ class TempoClient:
             timeout=timeout,
             transport=transport,
         )
+        self._on_clock_skew = on_clock_skew
+        self._clock = clock
+        self.clock_skew: ClockSkew | None = None
+        """The skew measured on the latest answer with a ``Date`` header; None before one."""
 
     async def instant(
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> list[InstantSeries]:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
         params = {"q": query, "start": str(start), "end": str(end)}
-        return await self._get(INSTANT_PATH, params, tenant, _instant_series)
+        content = await self._get(INSTANT_PATH, params, tenant)
+        return parse_answer(content, query, "instant")
 
     async def range(
-        self, query: str, start: int, end: int, step: int, *, tenant: str | None = None
+        self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
+        exemplars: int | None = None,
     ) -> list[RangeSeries]:
         """Evaluate ``query`` in buckets ``(t-step, t]`` for aligned ``t`` in ``[start, end]``.
 
         Tempo also returns the bucket stamped at or before ``start``; callers drop it.
+        ``exemplars`` is Tempo's parameter (at most that many for the whole answer; None or 0
+        means Tempo's ``max_exemplars``, 100 by default).
         """
         params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
-        return await self._get(RANGE_PATH, params, tenant, _range_series)
+        if exemplars is not None:
+            params["exemplars"] = str(exemplars)
+        content = await self._get(RANGE_PATH, params, tenant)
+        return parse_answer(content, query, "range")
 
     async def get_json(self, path: str) -> Any:
-        """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON."""
-        response = await self._request(path, {}, None, "GET " + path)
+        """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
+
+        Sends ``Accept: application/json``: status pages such as ``/status/overrides/{tenant}``
+        answer HTML without it.
+        """
+        response = await self._request(path, {}, None, "GET " + path, accept="application/json")
         try:
             return response.json()
         except ValueError as exc:
@@ -100,18 +169,21 @@ class TempoClient:
         await self._client.aclose()
 
     async def _request(
-        self, path: str, params: Mapping[str, str], tenant: str | None, what: str
+        self, path: str, params: Mapping[str, str], tenant: str | None, what: str,
+        *, accept: str | None = None,
     ) -> httpx.Response:
-        headers = {}
+        headers = {"Accept": accept} if accept else {}
         org = tenant or self._tenant
         if org:
             headers["X-Scope-OrgID"] = org
+        sent = self._clock()
         try:
             response = await self._client.get(path, params=params, headers=headers)
         except httpx.TimeoutException as exc:
             raise TempoError("timeout", f"{what}: Tempo did not answer in time ({exc!r})") from exc
         except httpx.HTTPError as exc:
             raise TempoError("network", f"{what}: cannot reach Tempo ({exc!r})") from exc
+        self._measure_clock(response.headers.get("Date"), sent, self._clock())
         if response.status_code != 200:
             text = response.text.strip()[:_MAX_BODY_IN_ERROR]
             raise TempoError(
@@ -121,148 +193,227 @@ class TempoClient:
             )
         return response
 
-    async def _get(
-        self, path: str, params: Mapping[str, str], tenant: str | None,
-        convert: _Convert[_S],
-    ) -> list[_S]:
-        """GET a metrics query and turn each series of the answer into ``convert``'s type."""
-        query = params["q"]
-        response = await self._request(path, params, tenant, f"query {query!r}")
-        content = response.content
-        del response  # the text below is all that is needed: let the bytes go
+    def _measure_clock(self, date: str | None, sent: float, received: float) -> None:
+        if not date:
+            return
+        try:
+            moment = email.utils.parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return  # not an HTTP date: nothing to learn from it
+        if moment.tzinfo is None:
+            return
+        told = moment.timestamp()
+        skew = ClockSkew(low=told - received, high=told + 1 - sent, at=received)
+        self.clock_skew = skew
+        if self._on_clock_skew is not None:
+            self._on_clock_skew(skew)
+
+    async def _get(self, path: str, params: Mapping[str, str], tenant: str | None) -> bytes:
+        """GET a metrics query; the body's bytes."""
+        response = await self._request(path, params, tenant, f"query {params['q']!r}")
+        return response.content
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+class _AnyValue(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    stringValue: str | msgspec.UnsetType = msgspec.UNSET  # noqa: N815 (Tempo's names)
+    intValue: str | int | msgspec.UnsetType = msgspec.UNSET  # noqa: N815
+    doubleValue: float | msgspec.UnsetType = msgspec.UNSET  # noqa: N815
+    boolValue: bool | msgspec.UnsetType = msgspec.UNSET  # noqa: N815
+
+
+class _Label(msgspec.Struct, gc=False):
+    key: str
+    value: _AnyValue
+
+
+class _Sample(msgspec.Struct, gc=False):
+    timestampMs: int | str  # noqa: N815
+    value: float | str = 0.0
+
+
+class _ExemplarLabel(msgspec.Struct, gc=False):
+    key: str
+    value: dict[str, Any]
+
+
+class _ExemplarStruct(msgspec.Struct, gc=False):
+    timestampMs: int | str  # noqa: N815
+    labels: list[_ExemplarLabel] = []
+    value: float | str = 0.0
+
+
+class _InstantStruct(msgspec.Struct, gc=False):
+    labels: list[_Label] = []
+    value: float | str = 0.0
+
+
+class _RangeStruct(msgspec.Struct, gc=False):
+    labels: list[_Label] = []
+    samples: list[_Sample] = []
+    exemplars: list[_ExemplarStruct] = []
+
+
+class _Answer(msgspec.Struct, gc=False):
+    series: list[msgspec.Raw] = []  # each decoded and converted in turn: small peak memory
+    metrics: Any = None
+    status: Any = None
+
+
+_ANSWER = msgspec.json.Decoder(_Answer)
+_INSTANT_SERIES = msgspec.json.Decoder(_InstantStruct)
+_RANGE_SERIES = msgspec.json.Decoder(_RangeStruct)
+
+
+class _SlowPathError(Exception):
+    """Something the typed structs do not take as they are: :func:`_parse_whole` decides."""
+
+
+@overload
+def parse_answer(content: bytes, query: str, kind: Literal["instant"]) -> list[InstantSeries]: ...
+@overload
+def parse_answer(content: bytes, query: str, kind: Literal["range"]) -> list[RangeSeries]: ...
+def parse_answer(
+    content: bytes, query: str, kind: Kind
+) -> list[InstantSeries] | list[RangeSeries]:
+    """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
+    with _gc_paused():
+        try:
+            answer: _Answer | None = _ANSWER.decode(content)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            answer = None
+        if answer is not None and answer.status in (None, "COMPLETE") and isinstance(
+            answer.metrics, dict
+        ):
+            try:
+                if kind == "instant":
+                    return _instant_from_structs(answer.series)
+                return _range_from_structs(answer.series, query)
+            except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
+                pass
+        del answer
         try:
             # what json.loads does with bytes
             text = content.decode(json.detect_encoding(content), "surrogatepass")
         except ValueError as exc:
             raise _malformed(query, f"body is not JSON ({exc})") from exc
-        del content
-        with _gc_paused():
-            return _parse_answer(text, query, convert)
+        return _parse_whole(text, query, kind)  # type: ignore[no-any-return]
 
 
-_S = TypeVar("_S", InstantSeries, RangeSeries)
-_Convert = Callable[[Mapping[str, Any], str, dict[str, str]], _S]
-"""Turns one series object of an answer into an InstantSeries or RangeSeries; raises
-TempoError. The dict interns label names and values: the same strings recur in every series."""
+def _label_text(value: _AnyValue) -> str:
+    """An AnyValue the structs took, as text; _SlowPathError unless exactly one kind is set
+    and it converts as :func:`_label_value` converts it."""
+    kinds = [v for v in (value.stringValue, value.intValue, value.doubleValue, value.boolValue)
+             if v is not msgspec.UNSET]
+    if len(kinds) != 1:
+        if not kinds:
+            return ""
+        raise _SlowPathError
+    (v,) = kinds
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if value.intValue is not msgspec.UNSET:
+        try:
+            return str(int(v))
+        except ValueError:
+            raise _SlowPathError from None
+    assert isinstance(v, str)
+    return v
 
-_DECODER = json.JSONDecoder()
-_SPACE = " \t\n\r"  # JSON's whitespace
+
+def _labels_from(raw: list[_Label], strings: dict[str, str]) -> dict[str, str]:
+    labels = {}
+    intern = strings.setdefault
+    for label in raw:
+        value = label.value
+        text = value.stringValue
+        if (text is msgspec.UNSET or value.intValue is not msgspec.UNSET
+                or value.doubleValue is not msgspec.UNSET
+                or value.boolValue is not msgspec.UNSET):
+            text = _label_text(value)
+        key = label.key
+        labels[intern(key, key)] = intern(text, text)
+    return labels
 
 
-class _NotStreamableError(Exception):
-    """An answer the streaming parser leaves to the whole-body parser (and its messages)."""
-
-
-def _parse_answer(text: str, query: str, convert: _Convert[_S]) -> list[_S]:
-    """The series of an answer, or the TempoError that ``json.loads`` and the checks below
-    would give: status first, then the shape of ``series``, then the first bad series, then
-    a missing ``metrics`` object."""
+def _float(value: float | str) -> float:
+    if isinstance(value, float):
+        return value
     try:
-        streamed = _stream_answer(text, query, convert)
-    except (ValueError, _NotStreamableError):  # json.JSONDecodeError is a ValueError
-        streamed = None
-    if streamed is None:
-        return _parse_whole(text, query, convert)
-    body, series, problem = streamed
-    _check_status(body, query)
-    if problem is not None:
-        raise problem
-    _check_metrics(body, query)
+        return float(value)
+    except ValueError:
+        raise _SlowPathError from None
+
+
+def _integer(value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise _SlowPathError from None
+
+
+def _instant_from_structs(raw: list[msgspec.Raw]) -> list[InstantSeries]:
+    strings: dict[str, str] = {}
+    series = []
+    decode = _INSTANT_SERIES.decode
+    for i, text in enumerate(raw):
+        item = decode(text)
+        raw[i] = _DONE
+        value = item.value
+        series.append(InstantSeries(
+            _labels_from(item.labels, strings),
+            value if isinstance(value, float) else _float(value),
+        ))
     return series
 
 
-def _parse_whole(text: str, query: str, convert: _Convert[_S]) -> list[_S]:
-    """:func:`_parse_answer` the simple way: the whole JSON tree first."""
+def _range_from_structs(raw: list[msgspec.Raw], query: str) -> list[RangeSeries]:
+    strings: dict[str, str] = {}
+    series = []
+    decode = _RANGE_SERIES.decode
+    for i, text in enumerate(raw):
+        item = decode(text)
+        raw[i] = _DONE
+        samples = [
+            (ts if isinstance(ts := s.timestampMs, int) else _integer(ts),
+             v if isinstance(v := s.value, float) else _float(v))
+            for s in item.samples
+        ]
+        exemplars: tuple[Exemplar, ...] = ()
+        if item.exemplars:
+            try:
+                exemplars = tuple(_exemplar(e.labels, e.value, e.timestampMs, query)
+                                  for e in item.exemplars)
+            except TempoError:
+                raise _SlowPathError from None
+        series.append(RangeSeries(_labels_from(item.labels, strings), samples, exemplars))
+    return series
+
+
+_DONE = msgspec.Raw()  # what a series' raw text is replaced with once converted
+
+
+def _parse_whole(text: str, query: str, kind: Kind) -> Any:
+    """:func:`parse_answer` the plain way: ``json.loads`` then the checks, in order: status,
+    the shape of ``series``, the first bad series, a missing ``metrics`` object."""
     try:
-        body = _DECODER.decode(text)
+        body = json.loads(text)
     except ValueError as exc:
         raise _malformed(query, f"body is not JSON ({exc})") from exc
     if not isinstance(body, dict):
         raise _malformed(query, "body is not a JSON object")
     _check_status(body, query)
     strings: dict[str, str] = {}
+    convert = _instant_series if kind == "instant" else _range_series
     series = [convert(s, query, strings) for s in _series(body, query)]
     _check_metrics(body, query)
     return series
-
-
-def _stream_answer(
-    text: str, query: str, convert: _Convert[_S]
-) -> tuple[dict[str, Any], list[_S], TempoError | None]:
-    """Parse a JSON object whose ``series`` member is a list of objects, converting each
-    series as it is read: the other members, the series, and the first conversion error.
-
-    Raises ValueError or _NotStreamableError for anything else (not JSON, not an object,
-    ``series`` not a list of objects or given twice).
-    """
-    body: dict[str, Any] = {}
-    series: list[_S] = []
-    problem: TempoError | None = None
-    i = _expect(text, _skip(text, 0), "{")
-    if text[i:i + 1] == "}":
-        i += 1
-    else:
-        while True:
-            if text[i:i + 1] != '"':
-                raise _NotStreamableError
-            key, i = _DECODER.raw_decode(text, i)
-            i = _expect(text, i, ":")
-            if key != "series":
-                body[key], i = _DECODER.raw_decode(text, i)
-            elif "series" in body:
-                raise _NotStreamableError
-            else:
-                body["series"] = None  # seen: a second one is not streamable
-                i, problem = _stream_series(text, i, query, convert, series)
-            i = _skip(text, i)
-            if text[i:i + 1] == "}":
-                i += 1
-                break
-            i = _expect(text, i, ",")
-    if _skip(text, i) != len(text):
-        raise _NotStreamableError
-    body.pop("series", None)
-    return body, series, problem
-
-
-def _stream_series(
-    text: str, i: int, query: str, convert: _Convert[_S], series: list[_S]
-) -> tuple[int, TempoError | None]:
-    """Read the list of series objects at ``text[i]``, appending each converted one to
-    ``series`` until one fails: where the list ends, and that first conversion error."""
-    problem = None
-    strings: dict[str, str] = {}
-    i = _expect(text, i, "[")
-    if text[i:i + 1] == "]":
-        return i + 1, None
-    while True:
-        item, i = _DECODER.raw_decode(text, i)
-        if not isinstance(item, dict):
-            raise _NotStreamableError
-        if problem is None:
-            try:
-                series.append(convert(item, query, strings))
-            except TempoError as exc:
-                problem = exc
-        i = _skip(text, i)
-        if text[i:i + 1] == "]":
-            return i + 1, problem
-        i = _expect(text, i, ",")
-
-
-def _skip(text: str, i: int) -> int:
-    """The index of the first character at or after ``i`` that is not whitespace."""
-    while i < len(text) and text[i] in _SPACE:
-        i += 1
-    return i
-
-
-def _expect(text: str, i: int, char: str) -> int:
-    """After ``char`` at ``text[i]`` (whitespace before it skipped) and whitespace."""
-    i = _skip(text, i)
-    if text[i:i + 1] != char:
-        raise _NotStreamableError
-    return _skip(text, i + 1)
 
 
 def _check_metrics(body: Mapping[str, Any], query: str) -> None:
@@ -316,7 +467,36 @@ def _range_series(s: Mapping[str, Any], query: str, strings: dict[str, str]) -> 
             raise _malformed(query, "a sample has no timestampMs")
         ts = _int(raw["timestampMs"], query)
         samples.append((ts, _number(raw.get("value", 0), query)))
-    return RangeSeries(_labels(s, query, strings), samples)
+    raw_exemplars = s.get("exemplars", [])
+    if not isinstance(raw_exemplars, list):
+        raise _malformed(query, "exemplars is not a list")
+    exemplars = []
+    for raw in raw_exemplars:
+        if not isinstance(raw, dict) or "timestampMs" not in raw:
+            raise _malformed(query, "an exemplar has no timestampMs")
+        labels = raw.get("labels", [])
+        if not isinstance(labels, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("key"), str)
+            and isinstance(x.get("value"), dict) for x in labels
+        ):
+            raise _malformed(query, "an exemplar's labels are not a list of keys and values")
+        exemplars.append(_exemplar(labels, raw.get("value", 0), raw["timestampMs"], query))
+    return RangeSeries(_labels(s, query, strings), samples, tuple(exemplars))
+
+
+def _exemplar(labels: Sequence[Any], value: Any, ts: Any, query: str) -> Exemplar:
+    """An exemplar from its labels (structs or dicts with ``key`` and ``value``)."""
+    trace_id = None
+    for label in labels:
+        key, raw = (label.key, label.value) if isinstance(label, _ExemplarLabel) else (
+            label["key"], label["value"])
+        if key == "trace:id":
+            trace_id = raw.get("stringValue") if len(raw) == 1 else None
+            if not isinstance(trace_id, str) or not _TRACE_ID.fullmatch(trace_id):
+                raise _malformed(query, f"exemplar trace:id {raw!r} is not a hex trace ID")
+    if trace_id is None:
+        raise _malformed(query, "an exemplar has no trace:id")
+    return Exemplar(trace_id, _number(value, query), _int(ts, query))
 
 
 def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> dict[str, str]:
@@ -328,12 +508,7 @@ def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> d
     for item in raw:
         if not isinstance(item, dict) or not isinstance(key := item.get("key"), str):
             raise _malformed(query, "a label has no key")
-        value = item.get("value")
-        if (isinstance(value, dict) and len(value) == 1
-                and isinstance(text := value.get("stringValue"), str)):
-            pass  # the common case, as _label_value has it
-        else:
-            text = _label_value(value, query)
+        text = _label_value(item.get("value"), query)
         labels[intern(key, key)] = intern(text, text)
     return labels
 

@@ -1,11 +1,16 @@
-"""Read a YAML file keeping the line and column of every key and value, for precise errors."""
+"""Read a YAML file keeping the line and column of every key and value, for precise errors.
+
+:func:`load_yaml` parses a file; the position functions say where a key, value or list item
+is written; :class:`Checker` reads typed values out of a document and collects an Issue at
+the right position for each problem, whatever the document means.
+"""
 
 from __future__ import annotations
 
 import datetime
 import difflib
 import errno
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
+from bridge.durations import DurationError, parse_duration
 from bridge.errors import ConfigError, Issue
 
 Position = tuple[int, int]
@@ -187,6 +193,21 @@ def locate(root: Any, path: Sequence[str | int], *, key: bool = False) -> Positi
     return position
 
 
+def lookup(data: Any, path: Sequence[str | int]) -> tuple[bool, Any]:
+    """``(found, value)`` at the key path ``path`` (keys and list indexes) in nested mappings
+    and lists, as parsed from YAML or JSON; ``(False, None)`` when the path leaves the data."""
+    for part in path:
+        if isinstance(data, Mapping):
+            found = part in data
+        else:
+            found = (isinstance(data, list) and isinstance(part, int)
+                     and not isinstance(part, bool) and 0 <= part < len(data))
+        if not found:
+            return False, None
+        data = data[part]
+    return True, data
+
+
 def to_plain(node: Any) -> Any:
     """The document as plain dicts, lists, str, int, float, bool (for pydantic)."""
     if isinstance(node, dict):
@@ -235,3 +256,106 @@ def unknown_key(key: Any, allowed: Sequence[str], where: str) -> str:
     else:
         hint = "expected one of " + ", ".join(allowed)
     return f"unknown key {key!r}{' in ' + where if where else ''}; {hint}"
+
+
+class Checker:
+    """Reads typed values out of one YAML document, collecting an Issue for each problem.
+
+    Every accessor reports what is wrong at the value's position, prefixed by its key
+    (``interval: ...``), and returns None for a missing or invalid value.
+    """
+
+    def __init__(self, document: YamlFile) -> None:
+        self.file = document
+        self.issues: list[Issue] = []
+
+    def error(self, position: Position, message: str) -> None:
+        """Report ``message`` at ``position`` of this document."""
+        self.issues.append(self.file.issue(position, message))
+
+    def check_keys(self, mapping: CommentedMap, allowed: Sequence[str], where: str) -> None:
+        """Report each key of ``mapping`` that is not ``allowed`` in ``where`` ("a group")."""
+        for key in mapping:
+            if key not in allowed:
+                self.error(key_position(mapping, key), unknown_key(key, allowed, where))
+
+    def require(self, mapping: CommentedMap, key: str, message: str) -> bool:
+        """Whether ``key`` is in ``mapping``; reports ``message`` at the mapping when not."""
+        if key in mapping:
+            return True
+        self.error(node_position(mapping), message)
+        return False
+
+    def string(self, mapping: CommentedMap, key: str) -> str | None:
+        """The non-empty string at ``key``; None when absent or invalid (reported)."""
+        if key not in mapping:
+            return None
+        value = mapping[key]
+        if not isinstance(value, str):
+            self.expected(mapping, key, "a string")
+            return None
+        if not value.strip():
+            self.error(value_position(mapping, key), f"{key}: must not be empty")
+            return None
+        return str(value)
+
+    def duration(self, mapping: CommentedMap, key: str, index: int | None = None) -> int | None:
+        """Whole seconds of the duration at ``key`` (or item ``index`` of the list there)."""
+        if index is None:
+            value, position = mapping[key], value_position(mapping, key)
+        else:
+            value, position = mapping[key][index], item_position(mapping[key], index)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a bare number: parse_duration explains the missing unit
+        if not isinstance(value, str):
+            self.error(position, f"{key}: expected a duration such as 1m, got {describe(value)}")
+            return None
+        try:
+            seconds = parse_duration(str(value))
+        except DurationError as exc:
+            self.error(position, f"{key}: {exc}")
+            return None
+        if seconds != int(seconds):
+            self.error(position, f"{key}: {value} is not a whole number of seconds")
+            return None
+        return int(seconds)
+
+    def whole_number(self, mapping: CommentedMap, key: str) -> int | None:
+        """The integer at ``key`` (not a boolean, not a float); None when invalid (reported)."""
+        value = mapping[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.expected(mapping, key, "a whole number")
+            return None
+        return int(value)
+
+    def boolean(self, mapping: CommentedMap, key: str) -> bool | None:
+        """The boolean at ``key`` (YAML's true or false); None when invalid (reported)."""
+        value = mapping[key]
+        if not isinstance(value, bool):
+            self.expected(mapping, key, "true or false")
+            return None
+        return bool(value)
+
+    def mapping(self, mapping: CommentedMap, key: str, expected: str) -> CommentedMap | None:
+        """The mapping at ``key``; None when it is something else (reported as not
+        ``expected``, such as "a mapping of label names to values")."""
+        value = mapping[key]
+        if not isinstance(value, CommentedMap):
+            self.expected(mapping, key, expected)
+            return None
+        return value
+
+    def sequence(self, mapping: CommentedMap, key: str, expected: str) -> CommentedSeq | None:
+        """The list at ``key``; None when it is something else (reported as not ``expected``,
+        such as "a list of groups")."""
+        value = mapping[key]
+        if not isinstance(value, CommentedSeq):
+            self.expected(mapping, key, expected)
+            return None
+        return value
+
+    def expected(self, mapping: CommentedMap, key: str, expected: str) -> None:
+        """Report that the value at ``key`` is not ``expected`` ("a list of ages such as
+        [10m, 1h]"), naming what it is instead."""
+        got = describe(mapping[key])
+        self.error(value_position(mapping, key), f"{key}: expected {expected}, got {got}")

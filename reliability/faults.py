@@ -58,7 +58,7 @@ from aiohttp import web
 
 from bridge.components import STATE_FILE
 from bridge.remote_write import decode_write_request
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble
 from tests.support.files import default_rules, write_config
 from tests.support.prometheus import PrometheusServer, start_prometheus

@@ -19,7 +19,9 @@ import pytest
 
 from bridge.cli import main
 from bridge.components import STATE_FILE
-from bridge.rules import load_rule_files
+from bridge.engine import rule_key
+from bridge.evaluation import Update
+from bridge.rulefmt import load_rule_files
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.support.e2e import (
@@ -296,8 +298,7 @@ def test_seed_state_refuses_a_rule_the_daemon_already_runs(
     (group,) = load_rule_files([str(tmp_path / "rules.yaml")], min_query_offset=0)
     rule = group.rules[0]
     state = State(tmp_path / "state" / STATE_FILE)
-    state.commit_evaluation(rule_id=rule.rule_id(group.name), group=group.name,
-                            record=rule.record, expr=rule.expr, kind=rule.kind, checkpoint=60)
+    state.commit(rule_key(group, rule), Update(60, frozenset(), {}))
     state.close()
     out = tmp_path / "out.om"
     assert main(["backfill", "--config", str(config), "--from", "2h", "--to", "1h",

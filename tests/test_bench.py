@@ -37,6 +37,8 @@ EXPECTED = {
                 "samples written to the outbox": False, "naive Tempo queries": False,
                 "naive wall time": False},
     "idle": {"idle RSS (VmRSS, highest reading)": True, "windows recorded per rule": False},
+    "parse": {"instant 10,000: msgspec": False, "range 10,000: msgspec peak RSS": False,
+              "range 10,000: json": False},
 }
 CHECKS = {
     "encode": ["same bytes as the protobuf API"],
@@ -45,6 +47,7 @@ CHECKS = {
     "catchup": ["totals equal a run that never stopped", "totals equal the spans' truth",
                 "Prometheus holds the totals", "every rule caught up"],
     "idle": ["the daemon stopped cleanly on SIGTERM", "Prometheus received the samples"],
+    "parse": ["every parser gives the same series"],
 }
 
 

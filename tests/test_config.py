@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
 
-from bridge.config import Config, load_config
+from bridge.config import (
+    BasicAuth,
+    Config,
+    RemoteWriteConfig,
+    TempoConfig,
+    WebConfig,
+    environment_overrides,
+    load_config,
+)
 from bridge.errors import ConfigError, Issue
 
 FIXTURES = Path(__file__).parent / "fixtures" / "config"
@@ -45,14 +54,16 @@ def test_full_config() -> None:
     assert config.tempo.url == "https://tempo.example.com:3200/prefix"  # no trailing slash
     assert config.tempo.tenant == "team-a"
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
-            config.tempo.max_duration) == (10.0, 60.0, 30.0, 43200.0)
-    assert config.min_query_offset == 90.0
+            config.tempo.max_duration, config.tempo.max_intervals) == (
+                10.0, 60.0, 30.0, 43200.0, 20000)
+    assert config.tempo.min_query_offset == 90.0
     assert config.remote_write.url == "https://mimir.example.com/api/v1/push"
     assert config.remote_write.external_labels == {"cluster": "eu-1", "__replica__": "a"}
     assert config.remote_write.max_sample_age == 0.0
     assert config.remote_write.max_samples_per_send == 500
     assert config.remote_write.timeout == 60.0
     assert config.state_dir == Path("/var/lib/tempo-bridge")
+    assert config.state_retention == 90 * 86400
     assert config.rule_files == [str(base / "rules" / "*.yaml"), "/etc/tempo-bridge/extra.yaml"]
     assert config.web.listen_address == "[::1]:9478"
     assert config.log_level == "debug"
@@ -63,8 +74,9 @@ def test_defaults() -> None:
     assert config.tempo.url == "http://127.0.0.1:3200"
     assert config.tempo.tenant is None
     assert (config.tempo.timeout, config.tempo.query_end_cutoff, config.tempo.ingest_delay,
-            config.tempo.max_duration) == (30.0, 30.0, 15.0, 86400.0)
-    assert config.min_query_offset == 45.0
+            config.tempo.max_duration, config.tempo.max_intervals) == (
+                30.0, 30.0, 15.0, 86400.0, 10000)
+    assert config.tempo.min_query_offset == 45.0
     assert config.tempo.auth_headers() == {}
     assert config.remote_write.url == "http://127.0.0.1:9090/api/v1/write"
     assert config.remote_write.max_sample_age == 3000.0
@@ -72,6 +84,7 @@ def test_defaults() -> None:
     assert config.remote_write.external_labels == {}
     assert config.remote_write.auth_headers() == {}
     assert config.state_dir == MINIMAL.parent / "data"
+    assert config.state_retention == 30 * 86400
     assert config.rule_files == [str(MINIMAL.parent / "rules" / "*.yaml")]
     assert config.web.listen_address == "127.0.0.1:9478"
     assert config.log_level == "info"
@@ -137,7 +150,7 @@ def test_a_missing_secret_in_the_credentials_directory(tmp_path: Path) -> None:
     assert messages(FULL, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == [
         f"{FULL}:5:22: tempo.bearer_token_file: cannot read the secret file "
         f"{tmp_path}/secrets/tempo.token: the file does not exist",
-        f"{FULL}:16:20: remote_write.basic_auth.password_file: cannot read the secret file "
+        f"{FULL}:17:20: remote_write.basic_auth.password_file: cannot read the secret file "
         f"{tmp_path}/secrets/rw.password: the file does not exist",
     ]
 
@@ -240,6 +253,57 @@ def test_environment_errors_name_the_variable(environ: dict[str, str], expected:
     assert issues_of(MINIMAL, environ) == [Issue("<environment>", 0, 0, expected)]
 
 
+def test_environment_overrides_are_parsed_by_the_bridge() -> None:
+    """The parser of TEMPO_BRIDGE_* pinned: names nest by __ in lower case, sections, lists
+    and mappings are JSON, keys inside a JSON value are merged over it, empty is unset."""
+    assert environment_overrides({
+        "TEMPO_BRIDGE_TEMPO": '{"url": "http://a:1", "timeout": "3s", "headers": {"X-A": "1"}}',
+        "TEMPO_BRIDGE_TEMPO__TIMEOUT": "5s",
+        "TEMPO_BRIDGE_TEMPO__HEADERS__X_B": "2",
+        "tempo_bridge_remote_write__external_labels__Zone": "eu",
+        "TEMPO_BRIDGE_REMOTE_WRITE__MAX_SAMPLES_PER_SEND": "10",
+        "TEMPO_BRIDGE_RULE_FILES": '["a.yaml", "b/*.yaml"]',
+        "TEMPO_BRIDGE_TEMPO__BASIC_AUTH": "null",
+        "TEMPO_BRIDGE_STATE_DIR": "[1]",  # not JSON: a path is a string
+        "TEMPO_BRIDGE_LOG_LEVEL": "",
+        "TEMPO_BRIDGE_TEMPO__TENAT": "x",  # kept: validation names it
+        "OTHER": "x",
+    }) == {
+        "tempo": {"url": "http://a:1", "timeout": "5s", "headers": {"X-A": "1", "x_b": "2"},
+                  "basic_auth": None, "tenat": "x"},
+        "remote_write": {"external_labels": {"zone": "eu"}, "max_samples_per_send": "10"},
+        "rule_files": ["a.yaml", "b/*.yaml"],
+        "state_dir": "[1]",
+    }
+
+
+def test_environment_mappings_merge_into_the_files() -> None:
+    config = load_config(FULL, {
+        "TEMPO_BRIDGE_REMOTE_WRITE__EXTERNAL_LABELS": '{"zone": "a"}',
+        "TEMPO_BRIDGE_TEMPO": '{"timeout": "3s"}',
+    })
+    assert config.remote_write.external_labels == {
+        "cluster": "eu-1", "__replica__": "a", "zone": "a"}
+    assert (config.tempo.timeout, config.tempo.tenant) == (3.0, "team-a")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"TEMPO_BRIDGE_STAT_DIR": "/srv"},
+         "TEMPO_BRIDGE_STAT_DIR: unknown key 'stat_dir'; did you mean 'state_dir'?"),
+        ({"TEMPO_BRIDGE_STATE_DIR__X": "/srv"},
+         "TEMPO_BRIDGE_STATE_DIR__X: expected a path, got a mapping"),
+        ({"TEMPO_BRIDGE_TEMPO": "http://tempo"},
+         "TEMPO_BRIDGE_TEMPO: 'http://tempo' is not valid JSON (Expecting value); write lists "
+         'and mappings in JSON there, such as ["a", "b"] or {"key": "value"}'),
+    ],
+)
+def test_every_bridge_variable_is_a_config_key(environ: dict[str, str], expected: str) -> None:
+    """A misspelt variable is an error, not silently ignored."""
+    assert issues_of(MINIMAL, environ) == [Issue("<environment>", 0, 0, expected)]
+
+
 def test_file_and_environment_errors_are_reported_together(tmp_path: Path) -> None:
     path = tmp_path / "bridge.yaml"
     path.write_text("tempo:\n  url: tempo\nrule_files: []\n")
@@ -289,3 +353,11 @@ def test_urls(tmp_path: Path, url: str, message: str | None) -> None:
         assert load_config(path, {}).tempo.url == url
     else:
         assert messages(path) == [f"{path}:2:8: tempo.url: {message}"]
+
+
+def test_the_readme_config_reference_shows_every_key() -> None:
+    readme = (REPO / "README.md").read_text()
+    reference = readme.split("## Config reference", 1)[1].split("```yaml\n", 1)[1]
+    written = set(re.findall(r"(\w+):", reference.split("```", 1)[0]))
+    for model in (Config, TempoConfig, RemoteWriteConfig, WebConfig, BasicAuth):
+        assert set(model.model_fields) <= written, model

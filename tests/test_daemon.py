@@ -1,9 +1,10 @@
-"""Daemon: HTTP endpoints, reload (good, bad, removed and changed rules) and SIGHUP.
+"""Daemon: HTTP endpoints, reload (good, bad, removed and changed rules), SIGHUP, the sender
+restarted, removed rules forgotten, Tempo's clock watched.
 
-The wall clock is time-machine's, frozen at ``T0 + 0.5`` and moved by the tests; the
-daemon, APScheduler and the Tempo double all read it. The double holds four spans a
-second, so each one-second window's count is known exactly. The sender is idle: samples
-stay in the outbox, where the tests read them.
+Most tests run on time-machine's wall clock, frozen and moved by the test; the daemon,
+APScheduler and the Tempo double all read it. The double holds four spans a second, so
+each one-second window's count is known exactly. The sender is idle where the tests read
+the outbox.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import structlog.testing
 from time_machine import TimeMachineFixture
 
 from bridge.daemon import Daemon
+from bridge.engine import rule_key
+from bridge.evaluation import Stored, Update
 from bridge.series import is_stale_nan
-from bridge.state import RuleState
+from bridge.state import RuleKey
 from tests.doubles.tempo import Span, TempoDouble
 from tests.support.daemon import make_daemon, running
 from tests.support.files import Rule, rules_yaml, write_config
@@ -40,6 +45,10 @@ def rules_text(counter_expr: str = COUNTER, with_gauge: bool = True) -> str:
     return rules_yaml(*rules)
 
 
+def total(stored: Stored) -> float:
+    return sum(t.value for t in stored.totals.values())
+
+
 @dataclass
 class Bridge:
     """The running daemon, its Tempo double, rule file and HTTP client, and the clock."""
@@ -50,31 +59,32 @@ class Bridge:
     http: httpx.AsyncClient
     clock: TimeMachineFixture
 
-    def rule_ids(self) -> dict[str, str]:
-        return {record: rule_id for rule_id, _, record, _ in self.daemon.state.known_rules()}
+    def keys(self) -> dict[str, RuleKey]:
+        """The rules in use (not removed), by record."""
+        return {k.key.record: k.key for k in self.daemon.state.known_rules()
+                if k.removed_at is None}
 
-    def stored(self, rule_id: str) -> RuleState:
-        stored = self.daemon.state.rule_state(rule_id)
+    def stored(self, key: RuleKey) -> Stored:
+        stored = self.daemon.state.load(key)
         assert stored is not None
         return stored
 
-    async def recorded(self, record: str, checkpoint: int, other_than: str = "") -> str:
-        """Wait until a rule recording ``record`` (not ``other_than``) has recorded the
-        window ending at ``checkpoint``; its id."""
+    async def recorded(self, record: str, checkpoint: int) -> RuleKey:
+        """Wait until the rule in use recording ``record`` has recorded the window ending
+        at ``checkpoint``; its key."""
 
-        def found() -> str | None:
-            for rule_id, _, name, _ in self.daemon.state.known_rules():
-                state = self.daemon.state.rule_state(rule_id)
-                if name == record and rule_id != other_than and state is not None \
-                        and state.checkpoint >= checkpoint:
-                    return rule_id
+        def found() -> RuleKey | None:
+            for known in self.daemon.state.known_rules():
+                if (known.key.record == record and known.removed_at is None
+                        and known.checkpoint >= checkpoint):
+                    return known.key
             return None
 
-        await eventually(found, f"{record} recorded up to {checkpoint - T0:+d} s")
-        rule_id = found()
-        assert rule_id is not None
-        assert self.stored(rule_id).checkpoint == checkpoint
-        return rule_id
+        await eventually(found, f"{record} recorded up to T0{checkpoint - T0:+d}")
+        key = found()
+        assert key is not None
+        assert self.stored(key).checkpoint == checkpoint
+        return key
 
     def advance(self, seconds: float) -> None:
         """Move the clock on and let the scheduler see it (its ticks run what is due)."""
@@ -132,45 +142,49 @@ async def test_a_bad_reload_keeps_the_running_rules(bridge: Bridge) -> None:
     assert "tempo_bridge_config_last_reload_successful 0.0" in text
 
 
-async def test_reload_retires_gauges_and_restarts_changed_counters(bridge: Bridge) -> None:
+async def test_reload_retires_removed_rules_and_restarts_changed_counters(
+    bridge: Bridge,
+) -> None:
     daemon = bridge.daemon
     await bridge.recorded("requests_total", T0 - 1)
     await bridge.recorded("biggest", T0 - 1)
     bridge.advance(2)  # now T0 + 2.5: the windows up to T0 + 1 are due
     counter = await bridge.recorded("requests_total", T0 + 1)
     gauge = await bridge.recorded("biggest", T0 + 1)
-    ids = bridge.rule_ids()
-    assert bridge.stored(gauge).live_gauges
-    old_totals = bridge.stored(counter).totals
-    assert sum(old_totals.values()) == 3 * SPANS_PER_WINDOW  # (T0 - 2, T0 + 1]
+    keys = bridge.keys()
+    assert bridge.stored(gauge).live
+    old = bridge.stored(counter)
+    assert total(old) == 3 * SPANS_PER_WINDOW  # (T0 - 2, T0 + 1]
 
     # an unchanged reload keeps everything
     assert (await bridge.http.post("/-/reload")).status_code == 200
-    assert bridge.rule_ids() == ids
+    assert bridge.keys() == keys
     # a change of whitespace only is no change
     bridge.rules.write_text(
         rules_text(COUNTER.replace("count_over_time()", "count_over_time() "), with_gauge=False)
     )
     assert (await bridge.http.post("/-/reload")).status_code == 200
     assert [g.rules[0].expr for g in daemon.scheduler.groups] == [COUNTER]
+    assert bridge.keys()["requests_total"] == counter
     # the counter's expression changes, the gauge goes away
     bridge.rules.write_text(rules_text(COUNTER.replace("= ", "=~ "), with_gauge=False))
     answer = await bridge.http.post("/-/reload")
     assert answer.status_code == 200
+    # both retired rules end their series with stale markers at their next window end
     stale = [r for r in daemon.state.outbox_head(100000) if is_stale_nan(r.value)]
-    assert {dict(r.labels)["__name__"] for r in stale} == {"biggest"}
-    assert bridge.stored(gauge).live_gauges == set()
+    assert {dict(r.labels)["__name__"] for r in stale} >= {"biggest"}
+    assert bridge.stored(gauge).live == frozenset()
+    removed = {k.key.record for k in daemon.state.known_rules() if k.removed_at is not None}
+    assert removed == {"requests_total", "biggest"}
 
-    # the changed rule is a rule of its own: it starts with the latest due window, at once
-    fresh = await bridge.recorded("requests_total", T0 + 1, other_than=counter)
-    assert sum(bridge.stored(fresh).totals.values()) == SPANS_PER_WINDOW  # (T0, T0 + 1]
-    bridge.advance(3)
-    await bridge.recorded("requests_total", T0 + 4, other_than=counter)
-    # the new rule counts only the windows from the change on, not the old rule's total
-    assert sum(bridge.stored(fresh).totals.values()) == 4 * SPANS_PER_WINDOW  # (T0, T0 + 4]
+    # the changed counter is a rule of its own, beginning where the old one ended (T0 + 1)
+    bridge.advance(3)  # now T0 + 5.5
+    fresh = await bridge.recorded("requests_total", T0 + 4)
+    assert fresh != counter
+    assert total(bridge.stored(fresh)) == 3 * SPANS_PER_WINDOW  # (T0 + 1, T0 + 4]
     # the old rule's totals stay in the state, no longer evaluated
-    old = bridge.stored(counter)
-    assert (old.checkpoint, old.totals) == (T0 + 1, old_totals)
+    still = bridge.stored(counter)
+    assert (still.checkpoint, still.totals) == (T0 + 1, old.totals)
 
 
 async def test_sighup_reloads(bridge: Bridge) -> None:
@@ -182,3 +196,93 @@ async def test_sighup_reloads(bridge: Bridge) -> None:
     assert [r.record for g in bridge.daemon.scheduler.groups for r in g.rules] == [
         "requests_total"
     ]
+
+
+async def test_a_sender_that_fails_is_restarted_and_the_bridge_is_unready_meanwhile(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    backoff = asyncio.Event()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await backoff.wait()
+
+    daemon = make_daemon(write_config(tmp_path, "http://127.0.0.1:9"), sleep=sleep)
+    failures = iter([RuntimeError("disk on fire")])
+
+    async def run_once(idle: float = 5.0) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        await asyncio.Event().wait()
+
+    daemon.sender.run = run_once  # type: ignore[method-assign]
+    async with running(daemon):
+        await eventually(lambda: waits, "the sender's restart backoff")
+        # the sender died: logged, counted, not ready, and started again after the backoff
+        assert waits == [1.0]
+        assert not daemon.ready
+        assert daemon.metrics.sender_restarts._value.get() == 1
+        assert not daemon.status.snapshot().sender_alive
+        backoff.set()
+        await eventually(lambda: daemon.ready, "the bridge ready again")
+        assert daemon.status.snapshot().sender_alive
+
+
+async def test_removed_rules_are_forgotten_after_the_state_retention(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_text())
+    config_path = write_config(tmp_path, "http://127.0.0.1:9", state_retention="2d")
+    now = [1795780800.0]
+    daemon = make_daemon(config_path, clock=lambda: now[0])
+    # the state knows both rules, as if they had run
+    for group in daemon._groups:
+        for rule in group.rules:
+            daemon.state.commit(rule_key(group, rule), Update(1795780740, frozenset(), {}))
+    async with running(daemon):
+        await eventually(lambda: daemon.ready, "the bridge ready")
+        rules.write_text(rules_text(with_gauge=False))
+        assert await daemon.reload() is None
+        removed = [k for k in daemon.state.known_rules() if k.removed_at is not None]
+        assert [k.key.record for k in removed] == ["biggest"]
+        now[0] += 86400
+        await daemon._maintain()
+        assert len(daemon.state.known_rules()) == 2  # kept for the retention
+        now[0] += 86400 + 1
+        await daemon._maintain()
+        assert [k.key.record for k in daemon.state.known_rules()] == ["requests_total"]
+        assert daemon.metrics.rules_forgotten._value.get() == 1
+
+
+async def test_tempo_s_clock_is_watched_on_every_answer(
+    tmp_path: Path, time_machine: TimeMachineFixture
+) -> None:
+    time_machine.move_to(T0 + 0.5, tick=False)
+    tempo = TempoDouble(clock=lambda: time.time() - 120, query_end_cutoff=0)  # 2 min behind
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    with structlog.testing.capture_logs() as events:
+        async with serving(tempo) as url:
+            daemon = make_daemon(write_config(tmp_path, url))
+            daemon.sender.run = _idle  # type: ignore[method-assign]
+            async with running(daemon):
+                await eventually(lambda: daemon.status.snapshot().clock is not None,
+                                 "Tempo's clock on the status board")
+                answered = len(tempo.requests)
+                time_machine.shift(2)  # more answers, the same skew
+                daemon.scheduler.wakeup()
+                await eventually(lambda: len(tempo.requests) > answered, "another answer")
+                clock = daemon.status.snapshot().clock
+                skew = daemon.metrics.registry.get_sample_value(
+                    "tempo_bridge_tempo_clock_skew_seconds")
+    assert clock is not None
+    assert clock.level == "FAIL"  # 2 minutes exceed the 1 s margin of query_offset
+    assert -121.5 < clock.skew < -118.5
+    assert skew is not None
+    assert -121.5 < skew < -118.5
+    clock_events = [e for e in events if e.get("event") == "Tempo's clock"]
+    assert len(clock_events) == 1  # logged when it changed, not at every answer
+    assert clock_events[0]["log_level"] == "error"
+    assert clock_events[0]["level"] == "FAIL"
+    assert "raise query_offset" in clock_events[0]["message"]

@@ -7,7 +7,9 @@ panel target is then run with its template variables substituted as Grafana woul
 (``$model`` etc. as the ``.*`` of All or one regex-escaped value, ``$__range`` and
 ``$__interval`` as the test's durations) and its numbers compared with sums over the
 spans: integers exactly, floats within 1e-9 relative. The Tempo links are resolved and
-their TraceQL run against the Tempo double.
+their TraceQL run against the Tempo double. The time series panels ask for exemplars, and
+``dashboards/provisioning/datasources.yaml`` (shown in the operator guide as it is) links
+their ``traceID`` to a Tempo data source.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
-import math
 import re
 import time
 from collections import defaultdict
@@ -27,9 +28,11 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from ruamel.yaml import YAML
 
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
+from tests.support import grafana
 from tests.support.e2e import (
     METRICS,
     Env,
@@ -208,54 +211,19 @@ EXPECTED: dict[str, dict[str, Check]] = {
 
 
 def load_dashboard() -> dict[str, Any]:
-    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return dashboard
-
-
-def query_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in dashboard["panels"] if p["type"] != "row"]
-
-
-def grafana_regex_escape(value: str) -> str:
-    """A selected value as Grafana's Prometheus data source writes it into ``=~"..."``."""
-    return re.sub(r"[$^*{}\[\]'+?.()|\\]", lambda m: "\\\\" + m.group(), value)
+    return grafana.load_dashboard(DASHBOARD)
 
 
 def substitute(expr: str, scope: Mapping[str, str], range_s: int) -> str:
-    text = expr
-    for name in LABEL_VARIABLES:
-        value = grafana_regex_escape(scope[name]) if name in scope else ".*"
-        text = re.sub(rf"\$\{{{name}\}}|\${name}\b", value.replace("\\", "\\\\"), text)
-    text = text.replace("$__range", f"{range_s}s").replace("$__interval", f"{STEP}s")
-    text = text.replace("$__rate_interval", f"{4 * STEP}s")
-    assert "$" not in text, f"a variable the test does not know: {text}"
-    return text
+    return grafana.substitute(
+        expr, {name: scope.get(name) for name in LABEL_VARIABLES},
+        {"__range": f"{range_s}s", "__interval": f"{STEP}s", "__rate_interval": f"{4 * STEP}s"},
+    )
 
 
 def group_label(expr: str) -> str | None:
     match = re.search(r"\bsum by \((\w+)\)", expr)
     return match.group(1) if match else None
-
-
-def values_of(items: list[dict[str, Any]], label: str | None) -> Values:
-    result: Values = {}
-    for item in items:
-        group = None if label is None else item["metric"].get(label)
-        assert group not in result, f"two results for {group!r}: {items}"
-        result[group] = float(item["value"][1])
-    return result
-
-
-def assert_values(got: Values, want: Values, exact: bool, where: str) -> None:
-    missing = {k for k, v in want.items() if v} - got.keys()
-    assert not missing, f"{where}: no result for {missing}"
-    for group in got.keys() | want.keys():
-        value, expect = got.get(group, 0.0), want.get(group, 0.0)
-        if exact:
-            assert value == expect, f"{where} {group!r}: {value} != {expect}"
-        else:
-            assert math.isclose(value, expect, rel_tol=1e-9, abs_tol=1e-12), (
-                f"{where} {group!r}: {value} != {expect}")
 
 
 # -- tests ----------------------------------------------------------------------------
@@ -274,32 +242,28 @@ def test_structure() -> None:
     for name in LABEL_VARIABLES:
         var = variables[name]
         assert var["type"] == "query"
-        assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert var["datasource"] == grafana.PROMETHEUS
         assert (var["multi"], var["includeAll"], var["allValue"]) == (True, True, ".*")
         assert var["query"]["query"] == var["definition"] == (
             f"label_values(openrouter_requests_total, {name})")
 
     (group,) = load_rule_files([str(DEFAULT_RULES)], min_query_offset=0)
     records = {rule.record for rule in group.rules}
-    panels = query_panels(dashboard)
-    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    panels = grafana.query_panels(dashboard)
     assert {p["title"] for p in panels} == EXPECTED.keys()
-    cells: set[tuple[int, int]] = set()
-    for panel in dashboard["panels"]:
-        pos = panel["gridPos"]
-        assert pos["x"] + pos["w"] <= 24, panel["title"]
-        area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
-                for y in range(pos["y"], pos["y"] + pos["h"])}
-        assert not cells & area, f"{panel['title']} overlaps another panel"
-        cells |= area
+    grafana.assert_layout(dashboard)
+    grafana.assert_canonical_json(DASHBOARD)
+    grafana.assert_no_datasource_uid(dashboard)
     for panel in panels:
-        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert panel["datasource"] == grafana.PROMETHEUS
         assert panel.get("description"), panel["title"]
         assert {t["refId"] for t in panel["targets"]} == EXPECTED[panel["title"]].keys()
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"]
             assert target["instant"] is (panel["type"] != "timeseries")
             assert target["range"] is (panel["type"] == "timeseries")
+            # Grafana shows exemplars on time series panels' range queries only
+            assert target.get("exemplar", False) is (panel["type"] == "timeseries")
             selectors = re.findall(r"\b(openrouter_\w+)\{([^}]*)\}", target["expr"])
             assert selectors, target["expr"]
             for metric, matchers in selectors:
@@ -321,7 +285,7 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
     prom, end = recorded.prom, recorded.end
     assert len(truth.spans) > 20
     checked = 0
-    for panel in query_panels(load_dashboard()):
+    for panel in grafana.query_panels(load_dashboard()):
         for target in panel["targets"]:
             check = EXPECTED[panel["title"]][target["refId"]]
             label = group_label(target["expr"])
@@ -330,8 +294,8 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
                 # the whole recording, then only its last HALF seconds
                 for after in (recorded.start, end - HALF):
                     promql = substitute(target["expr"], SCOPES[scope], end - after)
-                    got = values_of(prom.query(promql, time=end), label)
-                    assert_values(got, check.expect(truth, after, end), check.exact,
+                    got = grafana.values_of(prom.query(promql, time=end), label)
+                    grafana.assert_values(got, check.expect(truth, after, end), check.exact,
                                   f"{where} over ({after}, {end}]")
                     checked += 1
                 continue
@@ -343,7 +307,7 @@ def test_every_panel_equals_the_truth(recorded: Recorded, scope: str) -> None:
                 for ts, value in item["values"]:
                     points[int(ts)][group] = float(value)
             for t in range(end - 8 * STEP, end + 1, STEP):
-                assert_values(points.get(t, {}), check.expect(truth, t - STEP, t),
+                grafana.assert_values(points.get(t, {}), check.expect(truth, t - STEP, t),
                               check.exact, f"{where} at {t}")
                 checked += 1
     assert checked == 2 * 14 + 9 * 6  # 14 instant targets, 6 range targets
@@ -405,7 +369,7 @@ def test_links_open_tempo_on_the_traces_behind_the_panel(recorded: Recorded) -> 
     start, end = recorded.start, recorded.end
     truth = Truth(recorded.spans, {})
     seen = 0
-    for panel in query_panels(load_dashboard()):
+    for panel in grafana.query_panels(load_dashboard()):
         for where, link in all_links(panel):
             for selection in PIPE_SELECTIONS if where == "panel" else [{}]:
                 url = urlsplit(resolve_link(link["url"], selection, start, end))
@@ -440,3 +404,30 @@ def test_links_open_tempo_on_the_traces_behind_the_panel(recorded: Recorded) -> 
                 assert count == expect > 0, (panel["title"], where, selection)
                 seen += 1
     assert seen >= 2 * 2 + 5  # two panel links, five data links
+
+
+# -- exemplars: the Grafana data sources that link them to Tempo ----------------------
+
+PROVISIONING = ROOT / "dashboards" / "provisioning" / "datasources.yaml"
+GUIDE = ROOT / "docs" / "operator-guide.md"
+
+
+def test_the_provisioned_prometheus_links_trace_ids_to_the_provisioned_tempo() -> None:
+    provisioning = YAML(typ="safe").load(PROVISIONING.read_text())
+    assert provisioning["apiVersion"] == 1
+    sources = provisioning["datasources"]
+    assert len({s["name"] for s in sources}) == len({s["uid"] for s in sources}) == len(sources)
+    by_uid = {s["uid"]: s for s in sources}
+    (prometheus,) = [s for s in sources if s["type"] == "prometheus"]
+    destinations = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    # the label the bridge and Tempo's metrics-generator give exemplars
+    (link,) = [d for d in destinations if d["name"] == "traceID"]
+    assert "url" not in link, "an internal link: by data source uid, not a URL"
+    assert by_uid[link["datasourceUid"]]["type"] == "tempo"
+    for source in sources:
+        assert (source["access"], source["url"].split("://")[0]) == ("proxy", "http")
+
+
+def test_the_guide_shows_the_provisioning_file_as_it_is() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)
+    assert PROVISIONING.read_text() in blocks

@@ -1,19 +1,27 @@
 """The docs hold working examples: ``docs/alerts.yaml`` passes the real promtool's check and its
-unit tests and reads only metrics the bridge exposes; the operator guide's rule file is valid
-and its queries are TraceQL the Tempo double runs."""
+unit tests and reads only metrics the bridge exposes; ``docs/cost-alerts.yaml`` too, reading only
+the default rules' metrics, with budgets and thresholds as recording rules rather than numbers in
+the alerts; the operator guide's rule file is valid and its queries are TraceQL the Tempo double
+runs."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
 
 from bridge.check import check
 from bridge.metrics import Metrics
-from bridge.rules import load_rule_files
+from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import parse_metrics_query
 from tests.support.promtool import promtool
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+COST_ALERTS = DOCS / "cost-alerts.yaml"
+COST_ALERT_TESTS = ("cost-alerts.test.yaml", "cost-alerts-week.test.yaml")
 
 
 def test_promtool_checks_the_rules() -> None:
@@ -55,3 +63,54 @@ def test_the_guides_rule_example_is_valid(tmp_path: Path) -> None:
     for group in groups:
         for rule in group.rules:
             parse_metrics_query(rule.expr)
+
+
+# -- cost alerts ------------------------------------------------------------------------
+
+
+def cost_rules() -> list[dict[str, Any]]:
+    groups = YAML(typ="safe").load(COST_ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_promtool_checks_the_cost_rules() -> None:
+    output = promtool("check", "rules", COST_ALERTS)
+    assert f"SUCCESS: {len(cost_rules())} rules found" in output
+
+
+def test_promtool_unit_tests_of_the_cost_rules_pass() -> None:
+    output = promtool("test", "rules", *COST_ALERT_TESTS, cwd=DOCS)
+    assert output.count("SUCCESS") == len(COST_ALERT_TESTS), output
+
+
+def test_every_cost_alert_is_tested_firing_and_not_firing() -> None:
+    alerts = {r["alert"] for r in cost_rules() if "alert" in r}
+    fired: set[str] = set()
+    silent: set[str] = set()
+    for name in COST_ALERT_TESTS:
+        for group in YAML(typ="safe").load((DOCS / name).read_text())["tests"]:
+            for case in group.get("alert_rule_test", []):
+                (fired if case["exp_alerts"] else silent).add(case["alertname"])
+    assert fired == silent == alerts
+    assert len(alerts) == 6
+
+
+def test_cost_rules_read_only_what_the_default_rules_record() -> None:
+    (group,) = load_rule_files([str(ROOT / "rules" / "openrouter.yaml")], min_query_offset=0)
+    records = {rule.record for rule in group.rules}
+    recorded_here = {r["record"] for r in cost_rules() if "record" in r}
+    used = set()
+    for rule in cost_rules():
+        used |= set(re.findall(r"\b[a-z_:]+(?::[a-z_0-9]+|_total)\b", rule["expr"]))
+    assert used - recorded_here <= records, used - recorded_here - records
+    assert used & records == {"openrouter_cost_usd_total", "openrouter_requests_total"}
+
+
+def test_cost_alerts_hold_no_numbers_only_durations() -> None:
+    """Budgets and thresholds are recording rules an operator edits, not literals."""
+    for rule in cost_rules():
+        if "alert" not in rule:
+            continue
+        # the numbers of names, durations and template-free PromQL: none may remain
+        text = re.sub(r"\b[a-z_:]+[a-z_:0-9]*\b|\b\d+[smhdwy]\b", "", rule["expr"])
+        assert not re.search(r"\d", text), (rule["alert"], text)

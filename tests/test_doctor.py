@@ -8,16 +8,30 @@ with and without ``--web.enable-remote-write-receiver`` and with an out-of-order
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from bridge.cli import main
-from bridge.doctor import parse_go_duration, read_prometheus_config, read_tempo_settings
+from bridge.config import Config
+from bridge.doctor import (
+    Finding,
+    check_clock_skew,
+    parse_go_duration,
+    read_prometheus_config,
+    read_tempo_settings,
+    read_tenant_max_duration,
+)
+from bridge.tempo import ClockSkew
 from tests.doubles.captures import find_tempo_api, load_capture
 from tests.support.files import Rule, write_rules
 from tests.support.files import write_config as write_bridge_config
@@ -31,10 +45,18 @@ STATUS_CONFIG = (CAPTURES / "status_config.yaml").read_text()
 BUILDINFO = (CAPTURES / "status_buildinfo.json").read_bytes()
 INSTANT = load_capture(CAPTURES / "21_instant_no_match.http")
 TOKEN = "s3cr3t-token-value"  # a secret the report must never show
+DOCTOR_DATA = Path(__file__).parent / "fixtures" / "doctor"
+
+
+def overrides_page(name: str, tenant: str) -> bytes:
+    """Tempo's /status/overrides/{tenant} JSON, from tests/fixtures/doctor."""
+    text = (DOCTOR_DATA / f"overrides_{name}.json").read_text()
+    return text.replace('"TENANT"', json.dumps(tenant)).encode()
 
 SLACK_2H = "        ingestion_time_range_slack: 2h0m0s\n"
 CUTOFF_30S = "    query_end_cutoff: 30s\n"
 MAX_DURATION_24H = "        max_duration: 24h0m0s\n"
+MAX_INTERVALS_10000 = "        max_intervals: 10000\n"
 
 
 def tempo_config(old: str, new: str) -> str:
@@ -48,7 +70,10 @@ class FakeTempo:
 
     def __init__(self) -> None:
         self.status_config: tuple[int, bytes] = (200, STATUS_CONFIG.encode())
+        self.clock_ahead = 0.0  # seconds Tempo's Date header is ahead of the host's clock
         self.query: tuple[int, bytes] = (INSTANT.status, INSTANT.body)
+        # /status/overrides/{tenant} by tenant; any other tenant has the default overrides
+        self.overrides: dict[str, tuple[int, bytes]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         fake = self
 
@@ -60,6 +85,15 @@ class FakeTempo:
                     status, body, kind = 200, BUILDINFO, "application/json"
                 elif path == "/status/config":
                     (status, body), kind = fake.status_config, "text/plain; charset=utf-8"
+                elif path.startswith("/status/overrides/"):
+                    tenant = unquote(path.removeprefix("/status/overrides/"))
+                    status, body = fake.overrides.get(
+                        tenant, (200, overrides_page("defaults", tenant)))
+                    kind = "application/json"
+                    if "application/json" not in self.headers.get("Accept", ""):
+                        body, kind = b"<html>tenant status page</html>", "text/html"
+                    if status != 200:
+                        kind = "text/plain; charset=utf-8"
                 elif path == "/api/metrics/query":
                     (status, body), kind = fake.query, "application/json"
                     if status != 200:
@@ -87,6 +121,9 @@ class FakeTempo:
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return email.utils.formatdate(time.time() + fake.clock_ahead, usegmt=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -125,13 +162,14 @@ def prom_out_of_order(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom
 
 
 def write_config(
-    directory: Path, tempo_url: str, write_url: str, *, tempo: Mapping[str, str] = {},
-    remote_write: Mapping[str, str] = {}, tenant: str | None = None,
+    directory: Path, tempo_url: str, write_url: str, *, tempo: Mapping[str, object] = {},
+    remote_write: Mapping[str, object] = {}, interval: str = "1m", tenant: str | None = None,
 ) -> Path:
-    """One group ``costs`` (1m windows, query offset 2m) and a config with Tempo's default
-    cutoff and ingest delay, changed by ``tempo`` and ``remote_write``."""
+    """One group ``costs`` (query offset 2m) and a config with Tempo's default cutoff and
+    ingest delay, changed by ``tempo`` and ``remote_write``."""
     write_rules(directory / "rules.yaml", Rule("requests_total", "{ } | count_over_time()"),
-                group="costs", interval="1m", query_offset="2m", settle=None, tenant=tenant)
+                group="costs", interval=interval, query_offset="2m", settle=None,
+                tenant=tenant)
     return write_bridge_config(
         directory, tempo_url, write_url,
         tempo={"query_end_cutoff": None, "ingest_delay": None, **tempo},
@@ -149,6 +187,9 @@ def doctor(
 
 def group_at(config: Path) -> str:
     return f"group costs ({config.parent / 'rules.yaml'}:2)"
+
+
+CLOCK_OK = "OK   Tempo's clock agrees with this host's (to the Date header's second)"
 
 
 def tempo_ok(url: str) -> list[str]:
@@ -170,6 +211,17 @@ OFFSETS_OK = (
 MAX_DURATION_OK = (
     "OK   Tempo's query_frontend.metrics.max_duration is 24h, as in tempo.max_duration"
 )
+MAX_INTERVALS_OK = (
+    "OK   Tempo's query_frontend.metrics.max_intervals is 10000, as in tempo.max_intervals"
+)
+RESPONSE_SERIES_OK = (
+    "OK   Tempo's query_frontend.metrics.max_response_series is not set (no limit): Tempo "
+    "answers every series"
+)
+TENANT_OK = (
+    "OK   Tempo sets no read.max_metrics_duration for tenant single-tenant: "
+    "query_frontend.metrics.max_duration applies"
+)
 
 
 def receiver_ok(prom: PrometheusServer, sample_age: str) -> list[str]:
@@ -189,12 +241,14 @@ def test_real_tempo_config_and_prometheus_pass(
     code, lines = doctor(capsys, config)
     assert lines == [
         *tempo_ok(tempo.url), SLACK_OK, CUTOFF_OK, OFFSETS_OK, MAX_DURATION_OK,
+        MAX_INTERVALS_OK, RESPONSE_SERIES_OK, TENANT_OK, CLOCK_OK,
         *receiver_ok(prom, AGE_OK),
         "no problems found",
     ]
     assert code == 0
     asked = [path for path, _ in tempo.requests]
-    assert asked == ["/api/status/buildinfo", "/api/metrics/query", "/status/config"]
+    assert asked == ["/api/status/buildinfo", "/api/metrics/query", "/status/config",
+                     "/status/overrides/single-tenant"]
 
 
 # -- Tempo's settings ---------------------------------------------------------------------------
@@ -324,9 +378,194 @@ def test_status_config_not_served(
         *tempo_ok(tempo.url),
         "WARN cannot read Tempo's /status/config (GET /status/config: Tempo answered 404: 404 "
         "page not found): its slack, query_end_cutoff and max_duration are not checked",
+        TENANT_OK, CLOCK_OK,
         *receiver_ok(prom, AGE_OK),
         "1 problem found",
     ]
+
+
+def test_max_intervals_below_the_bridges(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tempo.status_config = (
+        200, tempo_config(MAX_INTERVALS_10000, "        max_intervals: 1440\n").encode())
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert lines[6] == (
+        "WARN Tempo's query_frontend.metrics.max_intervals is 1440, less than the bridge's "
+        "tempo.max_intervals 10000: Tempo refuses the catch-up queries of more steps; set "
+        "tempo.max_intervals: 1440 in the bridge's config"
+    )
+    # mirrored in the bridge's config: fine; Tempo's above the bridge's: fine too
+    config = write_config(tmp_path, tempo.url, prom.write_url, tempo={"max_intervals": 1440})
+    code, lines = doctor(capsys, config)
+    assert code == 0
+    assert lines[6] == (
+        "OK   Tempo's query_frontend.metrics.max_intervals is 1440, as in tempo.max_intervals")
+    tempo.status_config = (200, STATUS_CONFIG.encode())
+    code, lines = doctor(capsys, config)
+    assert lines[6] == (
+        "OK   Tempo's query_frontend.metrics.max_intervals is 10000, more than "
+        "tempo.max_intervals (1440)")
+    tempo.status_config = (200, tempo_config(MAX_INTERVALS_10000, "").encode())
+    code, lines = doctor(capsys, config)
+    assert lines[6] == (
+        "OK   Tempo's /status/config shows no query_frontend.metrics.max_intervals: Tempo sets "
+        "no limit on the steps of a range query; the bridge keeps to 1440")
+
+
+def test_max_response_series_below_rule_limits(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tempo.status_config = (200, tempo_config(
+        MAX_INTERVALS_10000, MAX_INTERVALS_10000 + "        max_response_series: 1000\n"
+    ).encode())
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    with (tmp_path / "rules.yaml").open("a") as rules:
+        rules.write(
+            "      - {record: cost_total, expr: '{ } | sum_over_time(span.cost) by (span.m)',\n"
+            "         kind: counter, limit: 5000}\n"
+            "      - {record: tokens_total, expr: '{ } | sum_over_time(span.t) by (span.m)',\n"
+            "         kind: counter, limit: 1000}\n"
+            "  - name: small\n    rules:\n"
+            "      - {record: errors_total, expr: '{ } | count_over_time()', kind: counter,\n"
+            "         limit: 10}\n"
+        )
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert lines[7] == (
+        f"WARN {group_at(config)}: Tempo's query_frontend.metrics.max_response_series is 1000, "
+        "below the series these rules allow: requests_total (no limit), cost_total (limit "
+        "5000); an answer with more series comes back partial, which the bridge never "
+        "records, so the rule fails every evaluation; set limit: 1000 or less on them, or "
+        "raise query_frontend.metrics.max_response_series in Tempo's config"
+    )
+    assert lines[8] == TENANT_OK
+    assert lines[-1] == "1 problem found"
+    # every rule within the limit
+    (tmp_path / "rules.yaml").write_text(
+        "groups:\n  - name: costs\n    rules:\n"
+        "      - {record: a_total, expr: '{ } | count_over_time()', kind: counter, limit: 1000}\n"
+    )
+    code, lines = doctor(capsys, config)
+    assert code == 0
+    assert lines[7] == (
+        "OK   Tempo's query_frontend.metrics.max_response_series is 1000, at least every "
+        "rule's limit")
+
+
+def test_a_tenants_own_max_duration(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tempo.overrides["team-a"] = (200, overrides_page("max_metrics_duration_12h", "team-a"))
+    config = write_config(
+        tmp_path, tempo.url, prom.write_url,
+        tenant="team-a|team-b",
+    )
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert lines[8:10] == [
+        "WARN Tempo's per-tenant override read.max_metrics_duration of tenant team-a is 12h, "
+        "shorter than the bridge's tempo.max_duration 24h: Tempo refuses the longer catch-up "
+        "queries of this tenant's groups; set tempo.max_duration: 12h in the bridge's config, "
+        "or raise the override in Tempo's",
+        "OK   Tempo sets no read.max_metrics_duration for tenant team-b: "
+        "query_frontend.metrics.max_duration applies",
+    ]
+    asked = [path for path, _ in tempo.requests if path.startswith("/status/overrides/")]
+    assert asked == ["/status/overrides/team-a", "/status/overrides/team-b"]
+    # mirrored in the bridge's config: fine
+    config = write_config(
+        tmp_path, tempo.url, prom.write_url, tempo={"tenant": "team-a", "max_duration": "12h"})
+    code, lines = doctor(capsys, config)
+    assert lines[8] == (
+        "OK   Tempo's per-tenant override read.max_metrics_duration of tenant team-a is 12h, "
+        "at least tempo.max_duration (12h)"
+    )
+
+
+def test_a_tenants_max_duration_shorter_than_two_intervals(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tempo.overrides["team-a"] = (200, overrides_page("max_metrics_duration_12h", "team-a"))
+    config = write_config(
+        tmp_path, tempo.url, prom.write_url, tempo={"max_duration": "12h"},
+        interval="8h", tenant="team-a",
+    )
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert f"FAIL {group_at(config)}: Tempo's read.max_metrics_duration of tenant team-a 12h " \
+        "is less than two intervals (16h), so missed windows can never be caught up; raise " \
+        "it in Tempo's overrides to at least 16h" in lines
+
+
+def test_overrides_not_served(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tempo.overrides["single-tenant"] = (404, b"404 page not found\n")
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert lines[8] == (
+        "WARN cannot read Tempo's overrides of tenant single-tenant (GET "
+        "/status/overrides/single-tenant: Tempo answered 404: 404 page not found): its "
+        "read.max_metrics_duration is not checked"
+    )
+# -- Tempo's clock ------------------------------------------------------------------------------
+
+
+BOUNDS = r"(?P<low>\d+\.\d)s to (?P<high>\d+\.\d)s"
+
+
+@pytest.mark.parametrize(
+    ("ahead", "before"),
+    [
+        (-20.0, "WARN Tempo's clock is {bounds} behind this host's, at least "
+                "(?P<certain>\\d+\\.\\d)s of {margin}; synchronise both clocks with NTP"),
+        (100.0, "FAIL Tempo's clock is {bounds} ahead of this host's, more than {margin}: its "
+                "windows are read before Tempo has all their spans; synchronise both clocks "
+                "with NTP, or raise query_offset to at least 2m(?P<raise>\\d+)s"),
+    ],
+)
+def test_tempo_s_clock_apart_from_the_host_s(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str],
+    ahead: float, before: str,
+) -> None:
+    tempo.clock_ahead = ahead
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    margin = re.escape("the smallest margin query_offset - query_end_cutoff - ingest_delay "
+                       f"(1m15s, {group_at(config)})")
+    pattern = re.escape(before).replace(re.escape("{bounds}"), BOUNDS).replace(
+        re.escape("{margin}"), margin)
+    pattern = pattern.replace(re.escape("(?P<certain>\\d+\\.\\d)"), r"(?P<certain>\d+\.\d)")
+    pattern = pattern.replace(re.escape("(?P<raise>\\d+)"), r"(?P<raise>\d+)")
+    (clock,) = [line for line in lines if "Tempo's clock" in line]
+    match = re.fullmatch(pattern, clock)
+    assert match, (pattern, clock)
+    low, high = float(match["low"]), float(match["high"])
+    # the Date header's second plus the round trip, around the skew
+    assert low - 0.05 <= abs(ahead) <= high + 0.05
+    assert high - low < 1.5
+    if match.groupdict().get("certain"):
+        assert match["certain"] == match["low"]
+    if match.groupdict().get("raise"):
+        assert 120 + int(match["raise"]) in (math.ceil(45 + high), math.ceil(45 + high) + 1)
+
+
+def test_clock_skew_check_without_groups_or_date() -> None:
+    config = Config.model_validate({"rule_files": []})
+    assert check_clock_skew(None, config, []) == [Finding(
+        "WARN", "Tempo's answers have no Date header: its clock is not compared with this host's"
+    )]
+    skew = ClockSkew(low=-0.4, high=0.7, at=0.0)
+    assert check_clock_skew(skew, config, [])[0].level == "OK"
+    apart = check_clock_skew(ClockSkew(low=5.2, high=6.1, at=0.0), config, [])
+    assert apart == [Finding(
+        "WARN", "Tempo's clock is 5.2s to 6.1s ahead of this host's; synchronise both with NTP"
+    )]
 
 
 # -- reaching Tempo -----------------------------------------------------------------------------
@@ -494,6 +733,8 @@ def test_tempo_settings_of_the_capture() -> None:
     assert settings.slack_key == "live_store.wal.ingestion_time_range_slack"
     assert settings.query_end_cutoff == 30
     assert settings.max_duration == 86400
+    assert settings.max_intervals == 10000
+    assert settings.max_response_series is None  # 0 in Tempo 3.0.3, left out of the dump
     with pytest.raises(ValueError, match="not a YAML mapping"):
         read_tempo_settings("- a list")
 
@@ -507,3 +748,18 @@ def test_prometheus_config_as_2_42_shows_it() -> None:
     assert read_prometheus_config(plain) == 0
     assert read_prometheus_config(window) == 1800
     assert read_prometheus_config(json.dumps({"not": "prometheus"})) is None
+
+
+def test_tenant_overrides_pages() -> None:
+    def page(name: str) -> object:
+        return json.loads(overrides_page(name, "team-a"))
+
+    assert read_tenant_max_duration(page("defaults")) == 0
+    assert read_tenant_max_duration(page("max_metrics_duration_12h")) == 12 * 3600
+    for text, seconds in [("1d", 86400), ("36h0m0s", 129600), ("0s", 0)]:
+        overrides = {"runtime_overrides": f"read:\n  max_metrics_duration: {text}\n"}
+        assert read_tenant_max_duration(overrides) == seconds
+    with pytest.raises(ValueError, match="no runtime_overrides"):
+        read_tenant_max_duration({"tenant": "team-a"})
+    with pytest.raises(ValueError, match="not a Go duration"):
+        read_tenant_max_duration({"runtime_overrides": "read: {max_metrics_duration: soon}"})

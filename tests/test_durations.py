@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.durations import DurationError, format_duration, parse_duration
+from bridge.durations import DurationError, Unit, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,22 @@ def test_duration_error_is_a_value_error() -> None:
 )
 def test_format(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "largest", "text"),
+    [
+        (2 * 86400, "h", "48h"),
+        (8 * 86400 + 1.5, "h", "192h1s500ms"),
+        (90, "h", "1m30s"),
+        (3 * 3600, "m", "180m"),
+        (0, "h", "0s"),
+        (-86400, "h", "-24h"),
+        (400 * 86400, "d", "400d"),
+    ],
+)
+def test_format_up_to_a_unit(seconds: float, largest: Unit, text: str) -> None:
+    assert format_duration(seconds, largest=largest) == text
 
 
 @pytest.mark.parametrize("text", ["1ms", "59s", "1h1m1s", "2w3d", "1y1d", "10m"])

@@ -1,34 +1,48 @@
-"""Engine: due windows read from the Tempo double, committed once each, failures kept out."""
+"""Engine: due windows read from the Tempo double, committed once each, failures kept out,
+and every edit of a rule file keeping the counters exact."""
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bridge.engine import Engine, dry_run
+from bridge.engine import Engine, dry_run, rule_key
 from bridge.errors import StateError
+from bridge.evaluation import series_labels
 from bridge.metrics import Metrics
-from bridge.rules import Group, load_rule_files
-from bridge.series import is_stale_nan
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group, Rule
+from bridge.series import Labels, is_stale_nan
 from bridge.state import State
 from bridge.tempo import TempoClient
+from bridge.windows import Limits
 from tests.doubles.tempo import Response, Span, TempoDouble
 
 T0 = 1795780800  # a multiple of 3600
 COUNT = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
 SUM = '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
+LIMITS = Limits(max_duration=86400, max_intervals=10_000)
 
 
-def span(t: float, model: str, cost: float = 1.0) -> Span:
-    return Span(
-        start_ns=int(t * 1e9),
-        attributes={"model": model, "cost": cost},
-        resource={"service.name": "svc"},
-    )
+def span(t: float, model: str | int | None, cost: float = 1.0) -> Span:
+    attributes: dict[str, str | int | float] = {"cost": cost}
+    if model is not None:
+        attributes["model"] = model
+    return Span(start_ns=int(t * 1e9), attributes=attributes, resource={"service.name": "svc"})
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def transport(double: TempoDouble) -> httpx.MockTransport:
@@ -44,66 +58,133 @@ def transport(double: TempoDouble) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
-def load_group(tmp_path: Path, kind: str, expr: str, start: str = "0s") -> Group:
-    path = tmp_path / "rules.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            groups:
-              - name: g
-                interval: 60s
-                query_offset: 60s
-                start: {start}
-                settle: [600s]
-                rules:
-                  - record: x
-                    expr: '{expr}'
-                    kind: {kind}
-            """
-        )
+def rules_yaml(
+    *, interval: str = "60s", settle: str = "[]", labels: str = "{}", start: str = "0s",
+    rules: Iterable[str] = (),
+) -> str:
+    body = "".join(textwrap.indent(textwrap.dedent(r), "      ") for r in rules)
+    return textwrap.dedent(
+        f"""\
+        groups:
+          - name: g
+            interval: {interval}
+            query_offset: 60s
+            start: {start}
+            settle: {settle}
+            labels: {labels}
+            rules:
+        """
+    ) + body
+
+
+def rule_yaml(record: str = "x", expr: str = COUNT, kind: str = "counter", extra: str = "") -> str:
+    return f"- record: {record}\n  expr: '{expr}'\n  kind: {kind}\n" + "".join(
+        f"  {line}\n" for line in extra.splitlines()
     )
-    (group,) = load_rule_files([str(path)], min_query_offset=0)
-    return group
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
+class Harness:
+    """An engine on a state file, the Tempo double and a clock the test moves."""
 
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, tmp_path: Path, spans: Iterable[Span] = (), *, now: float = T0,
+                 retention: int = 0, limits: Limits = LIMITS) -> None:
+        self.tmp = tmp_path
+        self.clock = Clock(now)
+        self.double = TempoDouble(spans, clock=self.clock, query_end_cutoff=0)
+        self.retention = retention
+        self.limits = limits
+        self.state = State(tmp_path / "state.sqlite")
+        self.metrics = Metrics()
+        self.engine = self._engine()
+
+    def _engine(self) -> Engine:
+        client = TempoClient("http://tempo", transport=transport(self.double))
+        return Engine(client, self.state, self.metrics, limits=self.limits,
+                      retention=self.retention, clock=self.clock)
+
+    def restart(self) -> None:
+        self.state.close()
+        self.state = State(self.tmp / "state.sqlite")
+        self.metrics = Metrics()
+        self.engine = self._engine()
+
+    def load(self, text: str, idle_after: int | None = None) -> Group:
+        path = self.tmp / "rules.yaml"
+        path.write_text(text)
+        (group,) = load_rule_files([str(path)], min_query_offset=0)
+        if idle_after is not None:
+            group = dataclasses.replace(group, idle_after=idle_after)
+        return group
+
+    async def tick(self, group: Group, advance: float = 0) -> bool:
+        self.clock.now += advance
+        return await self.engine.evaluate_group(group)
+
+    async def retire_absent(self, groups: Iterable[Group]) -> None:
+        loaded = {rule_key(g, r) for g in groups for r in g.rules}
+        for known in self.state.known_rules():
+            if known.removed_at is None and known.key not in loaded:
+                await self.engine.retire(known.key, known.interval or 60)
+
+    def outbox(self) -> list[tuple[dict[str, str], int, float]]:
+        return [(dict(r.labels), r.ts_ms // 1000, r.value) for r in self.state.outbox_head(10**6)]
+
+    def totals(self, group: Group, rule: Rule) -> dict[Labels, float]:
+        """The rule's counters: each Prometheus series' sum of its Tempo series' totals."""
+        stored = self.state.load(rule_key(group, rule))
+        assert stored is not None
+        sums: dict[Labels, float] = defaultdict(float)
+        for key, total in stored.totals.items():
+            sums[series_labels(rule, group, key)] += total.value
+        return dict(sums)
+
+    def queries(self) -> list[tuple[str, dict[str, str]]]:
+        return [(r.path.rsplit("/", 1)[-1], dict(r.params)) for r in self.double.requests]
+
+    def failures(self, reason: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": reason}
+        )
 
 
-def make_engine(
-    tmp_path: Path, double: TempoDouble, clock: Callable[[], float]
-) -> tuple[Engine, State, Metrics]:
-    state = State(tmp_path / "state.sqlite")
-    metrics = Metrics()
-    client = TempoClient("http://tempo", transport=transport(double))
-    return Engine(client, state, metrics, max_duration=86400, clock=clock), state, metrics
+def truth(
+    spans: Iterable[Span], group: Group, rule: Rule, start: int, end: int,
+    value: Callable[[Span], float] = lambda s: 1.0,
+) -> dict[Labels, float]:
+    """What a counter over the spans starting in ``(start, end]`` must hold."""
+    sums: dict[Labels, float] = defaultdict(float)
+    for s in spans:
+        if start < s.start_ns / 1e9 <= end:
+            key = tuple(sorted((f"span.{k}", str(v)) for k, v in s.attributes.items()
+                               if k == "model"))
+            sums[series_labels(rule, group, key)] += value(s)
+    return dict(sums)
 
 
-def outbox(state: State) -> list[tuple[dict[str, str], int, float]]:
-    return [(dict(r.labels), r.ts_ms // 1000, r.value) for r in state.outbox_head(100000)]
+def assert_increasing(rows: Iterable[tuple[dict[str, str], int, float]]) -> None:
+    """No series gets a sample at or before its previous one (Prometheus would refuse it)."""
+    last: dict[tuple[tuple[str, str], ...], int] = {}
+    for labels, ts, _value in rows:
+        key = tuple(sorted(labels.items()))
+        assert ts > last.get(key, -1), f"{labels} at {ts} after {last.get(key)}"
+        last[key] = ts
+
+
+# -- windows, failures, gauges ---------------------------------------------------------------
 
 
 async def test_counter_accumulates_windows_in_order(tmp_path: Path) -> None:
-    clock = Clock(T0 + 60 + 60)  # window (T0, T0+60] is due
-    double = TempoDouble(
-        [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"), span(T0 + 130, "a")],
-        clock=clock, query_end_cutoff=0,
-    )
-    engine, state, _ = make_engine(tmp_path, double, clock)
-    group = load_group(tmp_path, "counter", COUNT)
-    assert await engine.evaluate_group(group)
-    assert outbox(state) == [
+    h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"),
+                           span(T0 + 130, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    assert await h.tick(group)
+    assert h.outbox() == [
         ({"__name__": "x", "model": "a"}, T0, 0.0),
         ({"__name__": "x", "model": "a"}, T0 + 60, 2.0),  # the span at T0+60 is in (T0, T0+60]
     ]
-    clock.now += 120  # two more windows due: one range query
-    assert await engine.evaluate_group(group)
-    assert [r.path for r in double.requests][-1] == "/api/metrics/query_range"
-    assert outbox(state)[2:] == [
+    assert await h.tick(group, 120)  # two more windows due: one range query
+    assert h.queries()[-1][0] == "query_range"
+    assert h.outbox()[2:] == [
         ({"__name__": "x", "model": "b"}, T0 + 60, 0.0),
         ({"__name__": "x", "model": "a"}, T0 + 120, 2.0),
         ({"__name__": "x", "model": "b"}, T0 + 120, 1.0),
@@ -113,26 +194,16 @@ async def test_counter_accumulates_windows_in_order(tmp_path: Path) -> None:
 
 
 async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a", 0.5)], clock=clock, query_end_cutoff=0)
-    url = await double.start()
-    state = State(tmp_path / "state.sqlite")
-    metrics = Metrics()
-    engine = Engine(TempoClient(url), state, metrics, max_duration=86400, clock=clock)
-    group = load_group(tmp_path, "counter", SUM)
-    double.inject(Response(503, "text/plain", b"busy"))
-    assert not await engine.evaluate_group(group)
-    assert state.outbox_depth() == 0
-    stored = state.rule_state(group.rules[0].rule_id("g"))
-    assert stored is not None
-    assert stored.checkpoint == T0  # pinned: a later retry starts from the same window
-    clock.now += 600  # Tempo is back ten windows later: nothing in between is lost
-    failures = metrics.registry.get_sample_value(
-        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "http_503"}
-    )
-    assert failures == 1
-    assert await engine.evaluate_group(group)
-    rows = outbox(state)
+    h = Harness(tmp_path, [span(T0 + 10, "a", 0.5)], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml(expr=SUM)]))
+    h.double.inject(Response(503, "text/plain", b"busy"))
+    assert not await h.tick(group)
+    assert h.state.outbox_depth() == 0
+    (known,) = h.state.known_rules()
+    assert known.checkpoint == T0  # pinned: a later retry starts from the same window
+    assert h.failures("http_503") == 1
+    assert await h.tick(group, 600)  # Tempo is back ten windows later: nothing is lost
+    rows = h.outbox()
     assert rows[:2] == [
         ({"__name__": "x", "model": "a"}, T0, 0.0),
         ({"__name__": "x", "model": "a"}, T0 + 60, 0.5),
@@ -142,33 +213,21 @@ async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path
 
 
 async def test_partial_answer_is_a_failure(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
-    url = await double.start()
-    state = State(tmp_path / "state.sqlite")
-    metrics = Metrics()
-    engine = Engine(TempoClient(url), state, metrics, max_duration=86400, clock=clock)
-    group = load_group(tmp_path, "counter", SUM)
-    double.inject(Response(200, "application/json", b'{"status":"PARTIAL","message":"cut"}'))
-    assert not await engine.evaluate_group(group)
-    assert state.outbox_depth() == 0
-    assert metrics.registry.get_sample_value(
-        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "partial"}
-    ) == 1
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml(expr=SUM)]))
+    h.double.inject(Response(200, "application/json", b'{"status":"PARTIAL","message":"cut"}'))
+    assert not await h.tick(group)
+    assert h.state.outbox_depth() == 0
+    assert h.failures("partial") == 1
 
 
 async def test_gauge_writes_values_and_stale_markers(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble(
-        [span(T0 + 10, "a", 2.0), span(T0 + 20, "b", 1.0), span(T0 + 70, "b", 4.0)],
-        clock=clock, query_end_cutoff=0,
-    )
-    engine, state, _ = make_engine(tmp_path, double, clock)
-    group = load_group(tmp_path, "gauge", SUM)
-    assert await engine.evaluate_group(group)
-    clock.now += 60
-    assert await engine.evaluate_group(group)
-    rows = outbox(state)
+    h = Harness(tmp_path, [span(T0 + 10, "a", 2.0), span(T0 + 20, "b", 1.0),
+                           span(T0 + 70, "b", 4.0)], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml(expr=SUM, kind="gauge")]))
+    assert await h.tick(group)
+    assert await h.tick(group, 60)
+    rows = h.outbox()
     assert rows[:2] == [
         ({"__name__": "x", "model": "a"}, T0 + 60, 2.0),
         ({"__name__": "x", "model": "b"}, T0 + 60, 1.0),
@@ -180,177 +239,336 @@ async def test_gauge_writes_values_and_stale_markers(tmp_path: Path) -> None:
 
 
 async def test_limit_fails_the_whole_evaluation(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble(
-        [span(T0 + 10, "a"), span(T0 + 20, "b")], clock=clock, query_end_cutoff=0
-    )
-    engine, state, metrics = make_engine(tmp_path, double, clock)
-    path = tmp_path / "rules.yaml"
-    group = load_group(tmp_path, "counter", COUNT)
-    path.write_text(path.read_text() + "        limit: 1\n")
-    (group,) = load_rule_files([str(path)], min_query_offset=0)
-    assert not await engine.evaluate_group(group)
-    assert state.outbox_depth() == 0
-    assert metrics.registry.get_sample_value(
-        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "limit"}
-    ) == 1
-
-
-async def test_dry_run_counts_from_zero(tmp_path: Path) -> None:
-    clock = Clock(T0 + 1000)
-    double = TempoDouble(
-        [span(T0 + 10, "a"), span(T0 + 70, "a"), span(T0 + 130, "a")],
-        clock=clock, query_end_cutoff=0,
-    )
-    client = TempoClient("http://tempo", transport=transport(double))
-    group = load_group(tmp_path, "counter", COUNT)
-    samples = await dry_run(client, group, group.rules[0], T0 + 60, T0 + 180, 86400)
-    assert [(ts // 1000, v) for _, ts, v in samples] == [
-        (T0 + 60, 0.0), (T0 + 120, 1.0), (T0 + 180, 2.0)
-    ]
+    h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 20, "b")], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml(extra="limit: 1")]))
+    assert not await h.tick(group)
+    assert h.state.outbox_depth() == 0
+    assert h.failures("limit") == 1
 
 
 @pytest.mark.parametrize("start", ["0s", "10m"])
 async def test_new_rule_starts_at_start(tmp_path: Path, start: str) -> None:
-    clock = Clock(T0 + 3600 + 30)
-    double = TempoDouble([], clock=clock, query_end_cutoff=0)
-    engine, _state, metrics = make_engine(tmp_path, double, clock)
-    group = load_group(tmp_path, "counter", COUNT, start=start)
-    assert await engine.evaluate_group(group)
-    windows = metrics.registry.get_sample_value(
+    h = Harness(tmp_path, now=T0 + 3600 + 30)
+    group = h.load(rules_yaml(start=start, rules=[rule_yaml()]))
+    assert await h.tick(group)
+    windows = h.metrics.registry.get_sample_value(
         "tempo_bridge_windows_evaluated_total", {"group": "g", "rule": "x"}
     )
     assert windows == (1 if start == "0s" else 11)
 
 
-def load_settle_group(tmp_path: Path, settle: str) -> Group:
-    path = tmp_path / "rules.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            groups:
-              - name: g
-                interval: 60s
-                query_offset: 60s
-                settle: {settle}
-                rules:
-                  - record: x
-                    expr: '{COUNT}'
-                    kind: counter
-            """
-        )
-    )
-    (group,) = load_rule_files([str(path)], min_query_offset=0)
-    return group
-
-
-async def test_late_spans_are_added_by_settle_passes_once(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
-    engine, state, metrics = make_engine(tmp_path, double, clock)
-    group = load_settle_group(tmp_path, "[10m, 1h]")
-    assert await engine.evaluate_group(group)  # records (T0, T0+60]: a=1
-    double.add_spans([span(T0 + 20, "a"), span(T0 + 30, "late")])  # late arrivals
-    clock.now = T0 + 60 + 600 + 30  # the first window is 10 minutes old
-    assert await engine.evaluate_group(group)
-    rule_id = group.rules[0].rule_id("g")
-    stored = state.rule_state(rule_id)
-    assert stored is not None
-    assert stored.totals == {
-        (("__name__", "x"), ("model", "a")): 2.0,
-        (("__name__", "x"), ("model", "late")): 1.0,
-    }
-    assert stored.settled == {600: T0 + 60, 3600: T0}
-    # the new series starts at 0 at the checkpoint the settle pass saw, then its total
-    rows = outbox(state)
-    late = [(ts, v) for labels, ts, v in rows if labels.get("model") == "late"]
-    assert late[0] == (T0 + 60, 0.0)
-    assert late[1:]
-    assert all(v == 1.0 for _, v in late[1:])
-    assert metrics.registry.get_sample_value(
-        "tempo_bridge_settle_growth_total", {"group": "g", "rule": "x"}
-    ) == 2
-    # at 1 h the window is read again: nothing new, nothing counted twice
-    clock.now = T0 + 60 + 3600 + 30
-    assert await engine.evaluate_group(group)
-    stored = state.rule_state(rule_id)
-    assert stored is not None
-    assert stored.totals[(("__name__", "x"), ("model", "a"))] == 2.0
-    assert stored.settled[3600] >= T0 + 60
-    # values of windows past the oldest settle age are no longer kept
-    assert state.window_values(rule_id, 0, stored.settled[3600]) == {}
-
-
-async def test_windows_caught_up_late_are_not_read_again(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
-    engine, state, _ = make_engine(tmp_path, double, clock)
-    group = load_settle_group(tmp_path, "[10m]")
-    assert await engine.evaluate_group(group)
-    double.add_spans([span(T0 + 20, "a"), span(T0 + 70, "a")])  # one late, one new
-    clock.now = T0 + 3600  # down for an hour
-    before = len(double.requests)
-    assert await engine.evaluate_group(group)
-    # the window recorded before is settled and the missed hour read: one range query
-    assert [r.path for r in double.requests[before:]] == ["/api/metrics/query_range"]
-    assert double.requests[-1].params["start"] == str(T0)
-    caught_up = state.rule_state(group.rules[0].rule_id("g"))
-    assert caught_up is not None
-    assert caught_up.totals == {(("__name__", "x"), ("model", "a")): 3.0}
-    stored = state.rule_state(group.rules[0].rule_id("g"))
-    assert stored is not None
-    # windows older than 10 m when first read count as settled
-    assert stored.settled[600] == T0 + 3600 - 600
-    clock.now += 60
-    assert await engine.evaluate_group(group)
-    assert len(double.requests) == before + 3  # one settle read, one new window
-    stored = state.rule_state(group.rules[0].rule_id("g"))
-    assert stored is not None
-    assert stored.totals == {(("__name__", "x"), ("model", "a")): 3.0}
-
-
-async def test_one_settle_read_serves_every_age_after_a_downtime(tmp_path: Path) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
-    engine, state, _ = make_engine(tmp_path, double, clock)
-    group = load_settle_group(tmp_path, "[10m, 1h]")
-    assert await engine.evaluate_group(group)  # records (T0, T0+60]
-    double.add_spans([span(T0 + 20, "a"), span(T0 + 30, "late")])  # late arrivals
-    clock.now = T0 + 3 * 3600  # down for three hours
-    before = len(double.requests)
-    assert await engine.evaluate_group(group)
-    # the window recorded before the downtime is re-read with the catch-up: one query
-    # of 179 windows (the extra leading bucket keeps a range query under 24 h anyway)
-    assert [r.path for r in double.requests[before:]] == ["/api/metrics/query_range"]
-    stored = state.rule_state(group.rules[0].rule_id("g"))
-    assert stored is not None
-    assert stored.totals == {
-        (("__name__", "x"), ("model", "a")): 2.0,
-        (("__name__", "x"), ("model", "late")): 1.0,
-    }
-    # both ages have settled everything old enough for them, read once
-    assert stored.settled == {600: T0 + 3 * 3600 - 600, 3600: T0 + 2 * 3600}
-    clock.now += 60
-    before = len(double.requests)
-    assert await engine.evaluate_group(group)
-    assert len(double.requests) == before + 3  # a settle read per age, one new window
-
-
 async def test_a_state_that_cannot_be_read_fails_the_evaluation_not_the_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock(T0 + 120)
-    double = TempoDouble([span(T0 + 10, "a")], clock=clock, query_end_cutoff=0)
-    engine, state, metrics = make_engine(tmp_path, double, clock)
-    group = load_group(tmp_path, "counter", COUNT)
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
 
-    def broken(rule_id: str) -> None:
+    def broken(key: object) -> None:
         raise StateError("cannot read the state: database disk image is malformed")
 
-    monkeypatch.setattr(state, "rule_state", broken)
-    assert not await engine.evaluate_group(group)
-    assert metrics.registry.get_sample_value(
-        "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": "state"}
-    ) == 1
+    monkeypatch.setattr(h.state, "load", broken)
+    assert not await h.tick(group)
+    assert h.failures("state") == 1
     monkeypatch.undo()
+    assert await h.tick(group)
+
+
+async def test_dry_run_counts_from_zero_and_holds_back_young_windows(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 70, "a"), span(T0 + 130, "a")],
+                now=T0 + 1000)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    client = TempoClient("http://tempo", transport=transport(h.double))
+    (run,) = await dry_run(client, [group], T0 + 60, T0 + 180, LIMITS, now=T0 + 1000)
+    assert [(ts // 1000, v) for _, ts, v in run.samples] == [
+        (T0 + 60, 0.0), (T0 + 120, 1.0), (T0 + 180, 2.0)
+    ]
+    # at T0 + 200 the window ending T0 + 180 is younger than the 60 s query_offset
+    (run,) = await dry_run(client, [group], T0 + 60, T0 + 180, LIMITS, now=T0 + 200)
+    assert [ts // 1000 for _, ts, _ in run.samples] == [T0 + 60, T0 + 120]
+    assert run.stored is not None
+    assert run.stored.checkpoint == T0 + 120
+
+
+# -- settling ----------------------------------------------------------------------------
+
+
+async def test_late_spans_are_added_by_settle_passes_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(settle="[10m, 1h]", rules=[rule_yaml()]))
+    assert await h.tick(group)  # records (T0, T0+60]: a=1
+    h.double.add_spans([span(T0 + 20, "a"), span(T0 + 30, "late")])  # late arrivals
+    h.clock.now = T0 + 60 + 600 + 30  # the first window is 10 minutes old
+    assert await h.tick(group)
+    a = (("__name__", "x"), ("model", "a"))
+    late = (("__name__", "x"), ("model", "late"))
+    assert h.totals(group, group.rules[0]) == {a: 2.0, late: 1.0}
+    stored = h.state.load(rule_key(group, group.rules[0]))
+    assert stored is not None
+    assert stored.settled == {600: T0 + 60, 3600: T0}
+    # the new series starts at 0 at the checkpoint the settle pass saw, then its total
+    rows = [(ts, v) for labels, ts, v in h.outbox() if labels.get("model") == "late"]
+    assert rows[0] == (T0 + 60, 0.0)
+    assert rows[1:]
+    assert all(v == 1.0 for _, v in rows[1:])
+    assert h.metrics.registry.get_sample_value(
+        "tempo_bridge_settle_growth_total", {"group": "g", "rule": "x"}
+    ) == 2
+    # at 1 h the window is read again: nothing new, nothing counted twice
+    h.clock.now = T0 + 60 + 3600 + 30
+    assert await h.tick(group)
+    assert h.totals(group, group.rules[0]) == {a: 2.0, late: 1.0}
+    stored = h.state.load(rule_key(group, group.rules[0]))
+    assert stored is not None
+    assert stored.settled[3600] >= T0 + 60
+    # values of windows past the oldest settle age are no longer kept
+    assert all(w.end > stored.settled[3600] for w in stored.recorded)
+
+
+async def test_windows_caught_up_late_are_not_read_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(settle="[10m]", rules=[rule_yaml()]))
+    assert await h.tick(group)
+    h.double.add_spans([span(T0 + 20, "a"), span(T0 + 70, "a")])  # one late, one new
+    before = len(h.queries())
+    assert await h.tick(group, T0 + 3600 - h.clock.now)  # down for an hour
+    # the window recorded before is settled and the missed hour read: one range query
+    assert [q for q, _ in h.queries()[before:]] == ["query_range"]
+    assert h.queries()[-1][1]["start"] == str(T0)
+    a = (("__name__", "x"), ("model", "a"))
+    assert h.totals(group, group.rules[0]) == {a: 3.0}
+    stored = h.state.load(rule_key(group, group.rules[0]))
+    assert stored is not None
+    assert stored.settled[600] == T0 + 3600 - 600  # first read when older than 10 m
+    assert await h.tick(group, 60)
+    assert len(h.queries()) == before + 3  # one settle read, one new window
+    assert h.totals(group, group.rules[0]) == {a: 3.0}
+
+
+async def test_one_settle_read_serves_every_age_after_a_downtime(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(settle="[10m, 1h]", rules=[rule_yaml()]))
+    assert await h.tick(group)  # records (T0, T0+60]
+    h.double.add_spans([span(T0 + 20, "a"), span(T0 + 30, "late")])
+    before = len(h.queries())
+    assert await h.tick(group, T0 + 3 * 3600 - h.clock.now)  # down for three hours
+    # the window recorded before the downtime is re-read with the catch-up: one query
+    assert [q for q, _ in h.queries()[before:]] == ["query_range"]
+    stored = h.state.load(rule_key(group, group.rules[0]))
+    assert stored is not None
+    assert h.totals(group, group.rules[0]) == {
+        (("__name__", "x"), ("model", "a")): 2.0, (("__name__", "x"), ("model", "late")): 1.0,
+    }
+    assert stored.settled == {600: T0 + 3 * 3600 - 600, 3600: T0 + 2 * 3600}
+    before = len(h.queries())
+    assert await h.tick(group, 60)
+    assert len(h.queries()) == before + 3  # a settle read per age, one new window
+
+
+# -- edits (issue: rules get edited, every edit keeps the counters exact) ----------------------
+
+
+def steady_spans(start: int, end: int, step: int = 7) -> list[Span]:
+    return [span(t + 0.5, "ab"[(t // step) % 2]) for t in range(start, end, step)]
+
+
+@pytest.mark.parametrize(("before", "after"), [(60, 300), (300, 60), (2700, 120)])
+async def test_an_interval_change_continues_the_same_counters(
+    tmp_path: Path, before: int, after: int
+) -> None:
+    spans = steady_spans(T0 - 7200, T0 + 4 * 3600)
+    h = Harness(tmp_path, spans, now=T0)
+    group = h.load(rules_yaml(interval=f"{before}s", settle="[90m]", start="1h",
+                              rules=[rule_yaml()]))
+    assert await h.tick(group)
+    assert await h.tick(group, before + 45)
+    first = min(int(p["start"]) for _, p in h.queries())
+    edited = h.load(rules_yaml(interval=f"{after}s", settle="[90m]", rules=[rule_yaml()]))
+    assert rule_key(edited, edited.rules[0]) == rule_key(group, group.rules[0])
+    for _ in range(4):
+        assert await h.tick(edited, after)
+    # down for two hours, then a catch-up on the new grid
+    assert await h.tick(edited, 7200)
+    assert await h.tick(edited, 900)
+    (known,) = h.state.known_rules()
+    assert known.checkpoint % after == 0
+    assert h.totals(edited, edited.rules[0]) == truth(spans, edited, edited.rules[0], first,
+                                                     known.checkpoint)
+    assert_increasing(h.outbox())
+    # every window was read on one grid or the other, the transition window once: the
+    # range queries of the catch-up are on the new grid
+    ranges = [p for q, p in h.queries() if q == "query_range"]
+    assert all(int(p["end"]) % int(p["step"].rstrip("s")) == 0 for p in ranges)
+
+
+async def test_settle_ages_removed_and_put_back_never_count_twice(tmp_path: Path) -> None:
+    spans = steady_spans(T0 - 3600, T0 + 3 * 3600)
+    h = Harness(tmp_path, spans, now=T0)
+    with_settle = h.load(rules_yaml(settle="[10m, 30m]", start="20m", rules=[rule_yaml()]))
+    assert await h.tick(with_settle)
+    first = min(int(p["start"]) for _, p in h.queries())
+    late: list[Span] = []
+    for step in range(40):
+        config = h.load(rules_yaml(settle="[]" if 10 <= step < 25 else "[10m, 30m]",
+                                   rules=[rule_yaml()]))
+        new = [span(h.clock.now - 300 - 11 * i, "late") for i in range(3)]
+        late += new
+        h.double.add_spans(new)
+        assert await h.tick(config, 60)
+    (known,) = h.state.known_rules()
+    # late spans that arrived while settle was off, and more than 30 minutes before the
+    # ages came back, were never read again: everything else exactly once
+    counted = h.totals(config, config.rules[0])
+    want = truth(spans, config, config.rules[0], first, known.checkpoint)
+    assert {k: v for k, v in counted.items() if ("model", "late") not in k} == want
+    late_counted = counted.get((("__name__", "x"), ("model", "late")), 0.0)
+    assert 0 < late_counted <= len(late)
+    assert_increasing(h.outbox())
+
+
+async def test_series_that_map_to_one_label_set_are_summed_not_refused(tmp_path: Path) -> None:
+    spans = [span(T0 + 5, ""), span(T0 + 6, None), span(T0 + 7, 3), span(T0 + 8, "3"),
+             span(T0 + 9, "unknown")]
+    h = Harness(tmp_path, spans, now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml(extra="missing_value: unknown")]))
+    assert await h.tick(group)
+    assert h.totals(group, group.rules[0]) == {
+        # "" and a missing attribute both become missing_value, like the real "unknown"
+        (("__name__", "x"), ("model", "unknown")): 3.0,
+        (("__name__", "x"), ("model", "3")): 2.0,
+    }
+    assert h.metrics.registry.get_sample_value(
+        "tempo_bridge_series_merged_total", {"group": "g", "rule": "x"}
+    ) == 3
+
+
+async def test_a_kind_change_keeps_the_counter_for_when_it_comes_back(tmp_path: Path) -> None:
+    spans = [span(T0 + 60 * i + 5, "a") for i in range(10)]
+    h = Harness(tmp_path, spans, now=T0 + 120)
+    counter = h.load(rules_yaml(rules=[rule_yaml()]))
+    assert await h.tick(counter)
+    assert await h.tick(counter, 60)
+    gauge = h.load(rules_yaml(rules=[rule_yaml(kind="gauge")]))
+    await h.retire_absent([gauge])
+    assert await h.tick(gauge, 60)
+    assert await h.tick(gauge, 60)
+    counter = h.load(rules_yaml(rules=[rule_yaml()]))
+    await h.retire_absent([counter])
+    assert await h.tick(counter, 60)
+    # the counter caught up the windows read as a gauge: 5 windows, one span each
+    assert h.totals(counter, counter.rules[0]) == {(("__name__", "x"), ("model", "a")): 5.0}
+    assert h.totals(counter, counter.rules[0]) == truth(spans, counter, counter.rules[0],
+                                                       T0, T0 + 300)
+    assert_increasing(h.outbox())
+
+
+async def test_an_expression_change_starts_new_totals_where_the_old_rule_ended(
+    tmp_path: Path,
+) -> None:
+    spans = [span(T0 + 60 * i + 5, "a") for i in range(10)]
+    h = Harness(tmp_path, spans, now=T0 + 120)
+    old = h.load(rules_yaml(start="1m", rules=[rule_yaml()]))
+    assert await h.tick(old, 60)  # (T0, T0+60], (T0+60, T0+120]
+    edited = h.load(rules_yaml(start="1h", rules=[rule_yaml(expr=COUNT.replace("= ", "=~ "))]))
+    await h.retire_absent([edited])
+    assert await h.tick(edited, 60)
+    assert await h.tick(edited, 60)
+    # new totals, from where the old rule ended (not from its own start: no window twice)
+    a = (("__name__", "x"), ("model", "a"))
+    assert h.totals(old, old.rules[0]) == {a: 2.0}
+    assert h.totals(edited, edited.rules[0]) == {a: 2.0}
+    rows = h.outbox()
+    assert_increasing(rows)
+    # Prometheus sees 2 at T0+120, the stale marker at T0+180, then the new rule's total
+    # (a counter reset, which increase() counts from zero): each window once
+    assert [(ts, "stale" if is_stale_nan(v) else v) for _, ts, v in rows] == [
+        (T0, 0.0), (T0 + 60, 1.0), (T0 + 120, 2.0), (T0 + 180, "stale"), (T0 + 240, 2.0)
+    ]
+
+
+async def test_a_label_edit_relabels_the_totals_and_ends_the_old_series(tmp_path: Path) -> None:
+    spans = [span(T0 + 60 * i + 5, "a") for i in range(10)]
+    h = Harness(tmp_path, spans, now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    assert await h.tick(group, 60)
+    before = len(h.outbox())
+    edited = h.load(rules_yaml(labels="{team: llm}", rules=[rule_yaml(extra="rename: {model: m}")]))
+    assert rule_key(edited, edited.rules[0]) == rule_key(group, group.rules[0])
+    assert await h.tick(edited, 60)
+    new = h.outbox()[before:]
+    assert new[0][:2] == ({"__name__": "x", "m": "a", "team": "llm"}, T0 + 120)  # previous
+    assert new[0][2] == 1.0
+    assert new[1][:2] == ({"__name__": "x", "model": "a"}, T0 + 180)
+    assert is_stale_nan(new[1][2])
+    assert new[2] == ({"__name__": "x", "m": "a", "team": "llm"}, T0 + 180, 2.0)
+
+
+async def test_one_second_windows_catch_up_within_the_step_limit(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 0.5 + i, "a") for i in range(0, 3 * 3600, 10)], now=T0)
+    group = h.load(rules_yaml(interval="1s", start="3h", rules=[rule_yaml()]).replace(
+        "query_offset: 60s", "query_offset: 1s"))
+    assert await h.tick(group)
+    steps = [(int(p["end"]) - int(p["start"])) for q, p in h.queries() if q == "query_range"]
+    assert steps
+    assert all(s <= 10_000 for s in steps)
+    (known,) = h.state.known_rules()
+    assert known.checkpoint == T0 - 1
+    assert h.failures("http_400") is None
+
+
+async def test_a_retired_rule_put_back_writes_after_its_stale_markers(tmp_path: Path) -> None:
+    spans = [span(T0 + 30 * i + 5, "a", 2.0) for i in range(40)]
+    h = Harness(tmp_path, spans, now=T0 + 120)
+    rules = [rule_yaml(), rule_yaml("g_max", SUM, "gauge")]
+    both = h.load(rules_yaml(rules=rules))
+    assert await h.tick(both)
+    alone = h.load(rules_yaml(rules=rules[:1]))
+    await h.retire_absent([alone])
+    stale = [r for r in h.outbox() if r[0]["__name__"] == "g_max" and is_stale_nan(r[2])]
+    assert [ts for _, ts, _ in stale] == [T0 + 120]  # at its next window end, not now
+    assert await h.tick(both, 30)  # put back at once
+    assert await h.tick(both, 60)
+    assert await h.tick(both, 60)
+    assert_increasing(h.outbox())
+    gauge = [r for r in h.outbox() if r[0]["__name__"] == "g_max"]
+    # its value at T0 + 120 has no place after the stale marker there; the next one has
+    assert [(ts, is_stale_nan(v)) for _, ts, v in gauge] == [
+        (T0 + 60, False), (T0 + 120, True), (T0 + 180, False)
+    ]
+    assert gauge[-1][2] == 4.0
+
+
+async def test_idle_series_stop_and_the_state_stays_bounded(tmp_path: Path) -> None:
+    """30 days of API keys that rotate daily: the per-window writes and the state stay
+    bounded by the keys in use, not by every key there ever was."""
+    day = 86400
+    spans = [span(T0 + t + 1, f"key-{t // day}") for t in range(0, 30 * day, 600)]
+    h = Harness(tmp_path, spans, now=T0, retention=7 * day)
+    group = h.load(rules_yaml(interval="10m", rules=[rule_yaml()]).replace(
+        "start: 0s", "start: 0s"), idle_after=3600)
+    samples_per_day: list[int] = []
+    sizes: list[dict[str, int]] = []
+    for _ in range(30):
+        before = h.state.outbox_depth()
+        assert await h.tick(group, day)
+        samples_per_day.append(h.state.outbox_depth() - before)
+        h.state.remove_from_outbox(delivered=h.state.outbox_head(10**6))
+        h.state.collect_garbage(sent_before_ms=int((h.clock.now - 7 * day) * 1000))
+        sizes.append(h.state.size())
+    # a key is written for a day and an hour, then ends: about 150 samples a day
+    assert max(samples_per_day[1:]) <= 24 * 6 + 6 + 4
+    totals = [s["totals"] for s in sizes]
+    assert max(totals[10:]) <= 9  # the keys of the last 7 days and today's
+    assert max(s["series"] for s in sizes[10:]) <= 2 * 9 + 2
+    assert sizes[-1]["sent"] <= 9
+
+
+async def test_a_catch_up_far_behind_writes_only_what_the_receiver_takes(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [span(T0 + 10 + 60 * i, "a") for i in range(60)], now=T0 + 3660)
+    client = TempoClient("http://tempo", transport=transport(h.double))
+    engine = Engine(client, h.state, h.metrics, limits=LIMITS, max_sample_age=600,
+                    clock=h.clock)
+    group = h.load(rules_yaml(start="1h", rules=[rule_yaml()]))
     assert await engine.evaluate_group(group)
+    rows = h.outbox()
+    assert min(ts for _, ts, _ in rows) >= h.clock.now - 600
+    assert rows[-1][2] == 60.0  # the total holds every window

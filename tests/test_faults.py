@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.engine import Engine
+from bridge.engine import Engine, rule_key
 from bridge.metrics import Metrics
 from bridge.state import State
 from bridge.tempo import TempoClient
+from bridge.windows import Limits
 from tests.doubles.tempo import Response, Span, TempoDouble
 from tests.support.clock import FakeClock
 from tests.support.files import Rule, load_group
@@ -101,17 +102,17 @@ async def test_a_body_that_is_not_a_metrics_answer_loses_no_window(
     )
     state = State(tmp_path / "state.sqlite")
     engine = Engine(TempoClient("http://tempo", transport=double.transport()), state,
-                    Metrics(), max_duration=86400, clock=clock)
+                    Metrics(), limits=Limits(), clock=clock)
     group = load_group(tmp_path / "rules.yaml", Rule("requests_total", COUNT),
                        interval="60s", query_offset="60s", settle="[600s]")
-    rule_id = group.rules[0].rule_id(group.name)
+    key = rule_key(group, group.rules[0])
 
     double.inject(Response(200, "application/json", body))
     assert not await engine.evaluate_group(group), "the window was recorded from garbage"
-    stored = state.rule_state(rule_id)
+    stored = state.load(key)
     assert stored is not None
     assert stored.checkpoint == T0
     assert await engine.evaluate_group(group)  # the retry reads the span
-    stored = state.rule_state(rule_id)
+    stored = state.load(key)
     assert stored is not None
-    assert stored.totals == {(("__name__", "requests_total"), ("model", "a")): 1.0}
+    assert {k: t.value for k, t in stored.totals.items()} == {(("span.model", "a"),): 1.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from pathlib import Path
 from types import MappingProxyType
@@ -9,7 +10,8 @@ from types import MappingProxyType
 import pytest
 
 from bridge.errors import ConfigError, Issue
-from bridge.rules import Group, Rule, check_rule_files, label_name_for, load_rule_files
+from bridge.rulefmt import check_rule_files, load_rule_files
+from bridge.rules import Group, Rule, label_name_for
 from bridge.traceql import ExprError, parse_expr
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rules"
@@ -331,11 +333,12 @@ def test_map_labels_group_then_rule_labels_override() -> None:
         "__name__": "cost_total", "model": "gpt", "tier": "rule", "source": "group"}
 
 
-def test_map_labels_nil_is_dropped_or_the_missing_value() -> None:
+def test_map_labels_nil_and_empty_are_dropped_or_the_missing_value() -> None:
     tempo = {"span.model": "nil", "span.key": ""}
     assert rule().map_labels(tempo) == {"__name__": "cost_total"}
+    # an empty value is no label in Prometheus: it is missing too
     assert rule(missing_value="unknown").map_labels(tempo) == {
-        "__name__": "cost_total", "model": "unknown"}
+        "__name__": "cost_total", "model": "unknown", "key": "unknown"}
 
 
 def test_map_labels_fills_left_out_by_attributes_with_the_missing_value() -> None:
@@ -351,11 +354,15 @@ def test_map_labels_without_by() -> None:
     assert rule(by=()).map_labels({"__name__": "x"}) == {"__name__": "cost_total"}
 
 
-def test_rule_id_is_group_record_and_expr() -> None:
-    base = rule().rule_id("g")
-    assert len(base) == 16
-    assert int(base, 16) >= 0
-    assert rule(labels={"a": "b"}, limit=5, kind="gauge", line=9).rule_id("g") == base
-    assert rule().rule_id("h") != base
-    assert rule(record="other_total").rule_id("g") != base
-    assert rule(expr="{ } | rate()").rule_id("g") != base
+def test_where_a_rule_is_written_is_not_part_of_it() -> None:
+    here, there = rule(file="a.yaml", line=3), rule(file="b.yaml", line=40)
+    assert here == there
+    assert hash(here) == hash(there)
+    assert rule(kind="gauge") != here
+    assert rule(labels={"a": "b"}) != here
+    group = Group(name="g", interval=60, query_offset=120, tenant=None, start=0,
+                  settle=(600,), labels={}, rules=(here,), file="a.yaml", line=2)
+    moved = dataclasses.replace(group, rules=(there,), file="b.yaml", line=9)
+    assert moved == group
+    assert hash(moved) == hash(group)
+    assert dataclasses.replace(group, interval=300) != group

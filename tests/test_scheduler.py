@@ -15,7 +15,8 @@ from pathlib import Path
 
 from time_machine import TimeMachineFixture
 
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 from bridge.scheduler import TICK_MARGIN, Scheduler
 from tests.support.clock import run_ready
 from tests.support.files import rules_yaml
@@ -113,6 +114,97 @@ async def test_replace_keeps_unchanged_groups(tmp_path: Path) -> None:
         assert scheduler.groups == changed
         scheduler.replace(changed[:1])
         assert [g.name for g in scheduler.groups] == ["a"]
+    finally:
+        scheduler.shutdown()
+
+
+RULES = (
+    "groups:\n"
+    "  - name: a\n    interval: 1h\n    query_offset: 1s\n    settle: [2h]\n"
+    "    rules:\n      - {record: a_total, expr: '{ } | count_over_time()', kind: counter}\n"
+    "  - name: b\n    interval: 1h\n    query_offset: {b_offset}\n    settle: [2h]\n"
+    "    rules: []\n"
+)
+
+
+def load(path: Path, text: str) -> list[Group]:
+    path.write_text(text)
+    return load_rule_files([str(path)], min_query_offset=0)
+
+
+async def test_a_group_moved_or_commented_keeps_its_schedule(tmp_path: Path) -> None:
+    """A comment above a group, or the group moved to another file, changes nothing: it is
+    not rescheduled (a rescheduled group is evaluated at once), and its next runs see where
+    it now is written."""
+    evaluated: list[Group] = []
+    seen = asyncio.Condition()
+
+    async def evaluate(group: Group) -> None:
+        async with seen:
+            evaluated.append(group)
+            seen.notify_all()
+
+    async def evaluated_once_more(name: str) -> None:
+        before = sum(g.name == name for g in evaluated)
+        async with seen:
+            await asyncio.wait_for(
+                seen.wait_for(lambda: sum(g.name == name for g in evaluated) > before), 5)
+
+    first = load(tmp_path / "a.yaml", RULES.replace("{b_offset}", "1s"))
+    scheduler = Scheduler(evaluate)
+    scheduler.start(first)
+    try:
+        async with seen:  # both evaluated at once when they start, then every hour
+            await asyncio.wait_for(seen.wait_for(lambda: len(evaluated) == 2), 5)
+
+        # A comment above group a, and group b changed: only b is rescheduled.
+        commented = load(tmp_path / "a.yaml", "# a comment\n" + RULES.replace("{b_offset}", "2s"))
+        assert commented[0] == first[0]
+        assert commented[0].line == first[0].line + 1
+        assert commented[1] != first[1]
+        scheduler.replace(commented)
+        await evaluated_once_more("b")  # a's immediate run, had there been one, came first
+        assert [g.name for g in evaluated] == ["a", "b", "b"]
+
+        # Both groups moved to another file, two lines down; only b changed (again).
+        moved = load(tmp_path / "other.yaml", "\n\n" + RULES.replace("{b_offset}", "3s"))
+        assert moved[0] == first[0]
+        assert hash(moved[0]) == hash(first[0])
+        assert moved[0].file != first[0].file
+        scheduler.replace(moved)
+        await evaluated_once_more("b")
+        assert [g.name for g in evaluated] == ["a", "b", "b", "b"]
+        assert [(g.file, g.line) for g in scheduler.groups] == [
+            (moved[0].file, moved[0].line), (moved[1].file, moved[1].line)]
+    finally:
+        scheduler.shutdown()
+
+
+async def test_a_tick_evaluates_the_group_as_now_written(
+    tmp_path: Path, time_machine: TimeMachineFixture
+) -> None:
+    time_machine.move_to(T0 + 0.3, tick=False)
+    evaluated: list[Group] = []
+
+    async def evaluate(group: Group) -> None:
+        evaluated.append(group)
+
+    text = "groups:\n  - {name: a, interval: 1s, query_offset: 0s, settle: [60s], rules: []}\n"
+    (first,) = load(tmp_path / "a.yaml", text)
+    scheduler = Scheduler(evaluate)
+    scheduler.start([first])
+    try:
+        await run_ready()
+        assert len(evaluated) == 1
+        (moved,) = load(tmp_path / "b.yaml", "# moved here\n" + text)
+        scheduler.replace([moved])
+        await run_ready()
+        assert len(evaluated) == 1  # the same group: not rescheduled, not run at once
+        time_machine.move_to(T0 + 1 + TICK_MARGIN + 0.001)  # its next tick
+        scheduler.wakeup()
+        await run_ready()
+        assert len(evaluated) == 2
+        assert (evaluated[-1].file, evaluated[-1].line) == (moved.file, 3)
     finally:
         scheduler.shutdown()
 

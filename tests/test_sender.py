@@ -11,11 +11,12 @@ import pytest
 import respx
 
 from bridge.errors import StateError
+from bridge.evaluation import Update
 from bridge.metrics import Metrics
 from bridge.remote_write import RemoteWriteClient, decode_write_request
 from bridge.sender import Sender
 from bridge.series import Labels
-from bridge.state import OutboxRow, State
+from bridge.state import OutboxRow, RuleKey, State
 
 URL = "http://receiver/api/v1/write"
 NOW = 1795780800.0
@@ -26,10 +27,8 @@ def series(name: str) -> Labels:
 
 
 def fill(state: State, samples: list[tuple[Labels, int, float]]) -> None:
-    state.commit_evaluation(
-        rule_id="r", group="g", record="x_total", expr="e", kind="counter",
-        checkpoint=0, samples=samples,
-    )
+    state.commit(RuleKey("g", "x_total", "e", "counter"),
+                 Update(0, frozenset(), {}, samples=samples))
 
 
 async def no_sleep(_: float) -> None:

@@ -10,8 +10,11 @@ from typing import cast
 import pytest
 
 from bridge.errors import StateError
+from bridge.evaluation import Total, Update
 from bridge.series import Labels, Sample
-from bridge.state import State, _decode_labels, _encode_labels, _runs
+from bridge.state import RuleKey, State, _decode_labels, _encode_labels, _runs
+
+RULE = RuleKey("g", "x", "e", "counter")
 
 
 def test_runs_of_consecutive_ids() -> None:
@@ -23,8 +26,7 @@ def test_runs_of_consecutive_ids() -> None:
 def test_remove_from_outbox_keeps_the_rows_between_runs(tmp_path: Path) -> None:
     state = State(tmp_path / "state.sqlite")
     labels = (("__name__", "x"),)
-    state.commit_evaluation(rule_id="r", group="g", record="x", expr="e", kind="counter",
-                            checkpoint=60, samples=[(labels, t, 1.0) for t in range(10)])
+    state.commit(RULE, Update(60, frozenset(), {}, samples=[(labels, t, 1.0) for t in range(10)]))
     rows = state.outbox_head(10)
     state.remove_from_outbox(delivered=rows[:3] + rows[5:7], dropped=rows[9:])
     assert [r.ts_ms for r in state.outbox_head(10)] == [3, 4, 7, 8]
@@ -39,9 +41,8 @@ def test_new_series_get_the_ids_sqlite_would_give_and_survive_a_failed_commit(
     a, b, c, d = ((("__name__", n),) for n in "abcd")
 
     def commit(*labels: Labels, samples: list[Sample] | None = None) -> None:
-        state.commit_evaluation(rule_id="r", group="g", record="x", expr="e", kind="counter",
-                                checkpoint=60, totals=dict.fromkeys(labels, 1.0),
-                                samples=samples or [])
+        totals = {k: Total(1.0, 60) for k in labels}
+        state.commit(RULE, Update(60, frozenset(), {}, totals=totals, samples=samples or []))
 
     commit(a, b)
     with pytest.raises(StateError):  # a sample SQLite cannot store: nothing is kept
@@ -49,11 +50,11 @@ def test_new_series_get_the_ids_sqlite_would_give_and_survive_a_failed_commit(
     commit(c, b)
     state.close()
     reopened = State(tmp_path / "state.sqlite")
-    stored = reopened.rule_state("r")
+    stored = reopened.load(RULE)
     assert stored is not None
-    assert stored.totals == {a: 1.0, b: 1.0, c: 1.0}
-    assert [reopened._series_ids[k] for k in (a, b, c)] == [1, 2, 3]
-    assert d not in reopened._series_ids
+    assert stored.totals == {k: Total(1.0, 60) for k in (a, b, c)}
+    assert [reopened._ids[k] for k in (a, b, c)] == [1, 2, 3]
+    assert d not in reopened._ids
     reopened.close()
 
 

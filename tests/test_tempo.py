@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import respx
 
 from bridge.errors import TempoError
-from bridge.tempo import InstantSeries, RangeSeries, TempoClient
+from bridge.tempo import ClockSkew, Exemplar, InstantSeries, TempoClient
 from tests.doubles.captures import Capture, find_tempo_api, load_capture
+from tests.doubles.tempo import Response, TempoDouble
 
 CAPTURES = find_tempo_api() / "captures"
 BASE = "http://127.0.0.1:3200"
@@ -65,11 +68,37 @@ async def test_range_answer_int64_strings_and_missing_values() -> None:
 async def test_range_answer_extra_leading_bucket_is_returned_as_is() -> None:
     capture = replay("72_range_aligned_5min_window_count.http")
     (series,) = await TempoClient(BASE).range(query_of(capture), 1795769400, 1795769700, 60)
-    assert series == RangeSeries(
-        {"__name__": "count_over_time"},
-        [(1795769400000, 3.0), (1795769460000, 4.0), (1795769520000, 5.0),
-         (1795769580000, 3.0), (1795769640000, 5.0), (1795769700000, 3.0)],
+    assert series.labels == {"__name__": "count_over_time"}
+    assert series.samples == [
+        (1795769400000, 3.0), (1795769460000, 4.0), (1795769520000, 5.0),
+        (1795769580000, 3.0), (1795769640000, 5.0), (1795769700000, 3.0),
+    ]
+    assert len(series.exemplars) == 23  # one per span: capture 72's exemplars
+
+
+@respx.mock
+async def test_range_exemplars_as_tempo_gives_them() -> None:
+    capture = replay("40_range_exemplars_5.http")
+    (series,) = await TempoClient(BASE).range(
+        query_of(capture), 1795768367, 1795770767, 300, exemplars=5
     )
+    assert series.exemplars == (
+        # trace IDs as Tempo writes them: hex, leading zero dropped (31 digits)
+        Exemplar("19f372b412d8cf94dc38a186a8df073", 0.00075856, 1795769963955),
+        Exemplar("29e018a7c11f06ab89442a9a4b95f47", 0.0004984, 1795770367790),
+    )
+    assert respx.calls.last.request.url.params["exemplars"] == "5"
+
+
+@respx.mock
+async def test_count_exemplars_have_their_bucket_s_value_and_no_parameter_by_default() -> None:
+    capture = replay("12_range_count_by_key_step60s.http")
+    series = await TempoClient(BASE).range(query_of(capture), 1795768367, 1795770767, 60)
+    by_key = {s.labels["span.trace.metadata.openrouter.api_key_name"]: s for s in series}
+    ci = by_key["ci-evals"]
+    assert ci.exemplars[0] == Exemplar("996a627e8c21ecef593676d45d5358ad", 2.0, 1795768793129)
+    assert dict(ci.samples)[1795768800000] == 2.0  # the bucket the exemplar is in
+    assert "exemplars" not in respx.calls.last.request.url.params
 
 
 @respx.mock
@@ -129,6 +158,11 @@ async def test_partial_answer_is_an_error() -> None:
         (b'{"series": [{"labels": [], "samples": [{"timestampMs": "1", "value": "a"}]}]}',
          "not a number"),
         (b'{"status": "WEIRD"}', "unknown status"),
+        (b'{"series": [{"exemplars": [{"timestampMs": "1", "labels": []}]}], "metrics": {}}',
+         "an exemplar has no trace:id"),
+        (b'{"series": [{"exemplars": [{"timestampMs": "1", "labels": [{"key": "trace:id", '
+         b'"value": {"stringValue": "not-hex"}}]}]}], "metrics": {}}', "is not a hex trace ID"),
+        (b'{"series": [{"exemplars": [{"labels": []}]}], "metrics": {}}', "no timestampMs"),
     ],
 )
 @respx.mock
@@ -156,3 +190,39 @@ async def test_network_errors_timeouts_and_5xx() -> None:
         await client.instant("{ } | rate()", 1, 2, tenant="team-b")
     assert error.value.reason == "http_503"
     assert respx.calls.last.request.headers["X-Scope-OrgID"] == "team-b"
+
+
+async def test_clock_skew_bounds_from_the_date_header() -> None:
+    # Tempo's clock at 1000.4 s (the Date header says 1000), the host's 10 s behind it
+    double = TempoDouble(clock=lambda: 1000.4, query_end_cutoff=0)
+    moments = iter([990.0, 990.3])  # sent, received
+    seen: list[ClockSkew] = []
+    client = TempoClient(BASE, transport=double.transport(), clock=lambda: next(moments),
+                         on_clock_skew=seen.append)
+    assert client.clock_skew is None
+    await client.instant("{ } | count_over_time()", 900, 960)
+    skew = client.clock_skew
+    assert skew is not None
+    assert skew == ClockSkew(low=1000 - 990.3, high=1001 - 990.0, at=990.3)
+    assert seen == [skew]
+    assert skew.certain == pytest.approx(9.7)
+    assert skew.estimate == pytest.approx(10.35)
+
+
+async def test_clock_skew_is_measured_on_error_answers_and_ignores_a_bad_date() -> None:
+    double = TempoDouble(clock=lambda: time.time() - 3600)  # an hour behind
+    double.inject(Response.text(503, "busy"))
+    client = TempoClient(BASE, transport=double.transport())
+    with pytest.raises(TempoError):
+        await client.instant("{ } | count_over_time()", 1, 2)
+    assert client.clock_skew is not None
+    assert client.clock_skew.high < 0  # behind
+    assert 3599 < client.clock_skew.certain <= 3600.5
+    # an answer without a usable Date header leaves the last measure alone
+    respx_client = TempoClient(BASE, transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"metrics": {}}, headers={"Date": "soon"})
+    ))
+    await respx_client.instant("{ } | count_over_time()", 1, 2)
+    assert respx_client.clock_skew is None
+    same = ClockSkew(low=-0.3, high=0.8, at=0.0)
+    assert same.certain == 0.0

@@ -29,7 +29,7 @@ import pytest
 import pytest_asyncio
 
 from bridge.errors import TempoError
-from bridge.tempo import InstantSeries, RangeSeries, TempoClient
+from bridge.tempo import Exemplar, InstantSeries, TempoClient
 from tests.doubles.tempo import AttrValue, Span, TempoDouble
 
 TEMPO_URL = os.environ.get("TEMPO_URL", "")
@@ -104,7 +104,7 @@ def otlp_json(spans: Sequence[Span]) -> dict[str, Any]:
                         "scope": {"name": "tempo-bridge-contract-tests"},
                         "spans": [
                             {
-                                "traceId": secrets.token_hex(16),
+                                "traceId": span.trace_id,
                                 "spanId": secrets.token_hex(8),
                                 "name": span.name,
                                 "kind": 1,
@@ -234,11 +234,15 @@ async def test_instant_without_match_and_a_by_clause_has_no_series(pushed: Pushe
 async def test_range_buckets_end_inclusive_with_the_extra_leading_bucket(pushed: Pushed) -> None:
     end = pushed.window_end
     count = await pushed.client.range(pushed.query("count_over_time()"), end - 120, end, 60)
-    assert count == [
-        RangeSeries(
-            {"__name__": "count_over_time"},
-            [((end - 120) * 1000, 0.0), ((end - 60) * 1000, 0.0), (end * 1000, 5.0)],
-        )
+    assert [(s.labels, s.samples) for s in count] == [(
+        {"__name__": "count_over_time"},
+        [((end - 120) * 1000, 0.0), ((end - 60) * 1000, 0.0), (end * 1000, 5.0)],
+    )]
+    # five traces, far fewer than the 100 exemplars and in five of the 50 slices of the
+    # range: each gives its exemplar, valued with its bucket's count
+    spans = contract_spans(pushed.service, end)
+    assert sorted(count[0].exemplars, key=lambda e: e.ts_ms) == [
+        Exemplar(s.trace_id.lstrip("0"), 5.0, s.start_ns // 1_000_000) for s in spans
     ]
     tokens = pushed.query(
         "sum_over_time(span.gen_ai.usage.total_tokens) by (span.gen_ai.request.model)"

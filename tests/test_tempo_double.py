@@ -12,6 +12,7 @@ import json
 import math
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.doubles.tempo import (
     Response,
     Span,
     TempoDouble,
+    _parse_step,
     default_step_ns,
     go_duration_string,
     parse_go_duration,
@@ -624,3 +626,338 @@ async def test_faults_over_a_real_socket() -> None:
             assert answer.json()["series"][0]["value"] == 1
     finally:
         await asyncio.wait_for(double.stop(), 2)  # a hanging request does not hold stop()
+
+
+# --------------------------------------------------------------------------------------
+# Exemplars
+# --------------------------------------------------------------------------------------
+
+RANGE_200 = [
+    n for n in REPLAYED if CAPTURES[n].status == 200 and CAPTURES[n].path.endswith("query_range")
+]
+
+# The double picks exemplars by Tempo's rules (see _ExemplarPicker); on these captures it
+# picks exactly Tempo's. Elsewhere what differs is documented below; the invariants hold on all.
+EXEMPLARS_EXACT = [
+    "20_range_no_match",
+    "40_range_exemplars_5",
+    "41_range_exemplars_hint_false",
+    "43_range_default_step",
+    "62_range_since23h58m_step60s",
+    "68_range_last2m_step60s",
+    "72_range_aligned_5min_window_count",
+    "73_range_aligned_5min_window_sumcost",
+    "75_range_no_match_sum_by",
+]
+EXEMPLARS_DIFFER = {
+    "45_edge_range_sum_cost_step60s": (
+        "truth-edge.json has no trace IDs: the double's are made up, so trace-ID order differs"
+    ),
+    "59_range_maxSeries2": "Tempo stops reading at maxSeries; the double does not model that",
+    "63_range_start_end_exact24h_aligned": (
+        "24 h in 50 slices of 28.8 min: all spans fall in two slices, two exemplars each, and "
+        "which win depends on which of Tempo's jobs answered first"
+    ),
+}
+EXEMPLARS_LAYOUT = (
+    "the live store's block layout, which the captures do not record, changes which of the "
+    "recent traces take the job's slots: a few exemplars of the last 15 minutes differ, and "
+    "with several series the shared buckets go to whichever series Tempo's map order puts first"
+)
+
+
+def exemplars_of(body: Mapping[str, Any]) -> dict[LabelSet, list[tuple[str, LabelSet, Any]]]:
+    """Per series: (timestampMs, labels, value) of each exemplar, in answer order."""
+    result = {}
+    for series in body.get("series", []):
+        labels = frozenset((x["key"], json.dumps(x["value"])) for x in series["labels"])
+        result[labels] = [
+            (e["timestampMs"], frozenset((x["key"], json.dumps(x["value"])) for x in e["labels"]),
+             e.get("value"))
+            for e in series.get("exemplars", [])
+        ]
+    return result
+
+
+def test_every_range_capture_is_exact_or_explained() -> None:
+    assert set(EXEMPLARS_EXACT) | set(EXEMPLARS_DIFFER) <= set(RANGE_200)
+    assert not set(EXEMPLARS_EXACT) & set(EXEMPLARS_DIFFER)
+
+
+@pytest.mark.parametrize("name", EXEMPLARS_EXACT)
+def test_exemplars_replay_exactly(name: str) -> None:
+    capture = CAPTURES[name]
+    got = json.loads(double_at(capture).handle(capture.path, capture.params).body)
+    assert exemplars_of(got) == exemplars_of(capture.json())
+
+
+def test_exemplars_are_mostly_tempo_s_where_the_layout_differs() -> None:
+    """Not exact, but the same rules: most exemplars are Tempo's own (``EXEMPLARS_LAYOUT``)."""
+    for name in sorted(set(RANGE_200) - set(EXEMPLARS_EXACT) - set(EXEMPLARS_DIFFER)):
+        capture = CAPTURES[name]
+        got = json.loads(double_at(capture).handle(capture.path, capture.params).body)
+        mine = {(k, *e[:2]) for k, v in exemplars_of(got).items() for e in v}
+        tempo = {(k, *e[:2]) for k, v in exemplars_of(capture.json()).items() for e in v}
+        assert abs(len(mine) - len(tempo)) <= 3, (name, len(mine), len(tempo))
+        assert len(mine & tempo) >= 0.7 * len(tempo), (name, len(mine & tempo), len(tempo))
+
+
+@cache
+def spans_by_trace() -> dict[str, Span]:
+    return {s.trace_id.lstrip("0"): s for s in lab_spans()}
+
+
+def request_range_ms(capture: Capture) -> tuple[int, int, int]:
+    """The range Tempo evaluated, ms: aligned start (with the extra bucket), end (clamped to
+    now - 30 s, aligned down), step; as the replays prove the double computes it."""
+    params, now = capture.params, capture.requested_at_ns
+    end = parse_timestamp(params["end"]) if params.get("end") else now
+    since = parse_prom_duration(params.get("since", "1h"))
+    assert since is not None
+    start = parse_timestamp(params["start"]) if params.get("start") else min(end, now) - since
+    step = _parse_step(params["step"]) if params.get("step") else default_step_ns(start, end)
+    start -= start % step
+    end += -end % step
+    start -= step
+    end = min(end, now - 30 * 10**9 - (now - 30 * 10**9) % step)
+    return start // 10**6, end // 10**6, step // 10**6
+
+
+def check_exemplar_invariants(capture: Capture, body: Mapping[str, Any], known_ids: bool) -> int:
+    """What holds for every exemplar of a range answer, Tempo's or the double's; returns how
+    many there are. ``known_ids``: every trace ID is in the truth files (else the edge spans,
+    whose IDs are not, are found by their start)."""
+    query = capture.params.get("q") or capture.params["query"]
+    function = query.split("|")[1].strip().split("(")[0]
+    limit = min(int(capture.params.get("exemplars") or 0) or 100, 100)
+    start_ms, end_ms, step_ms = request_range_ms(capture)
+    slices = max(limit // 2, 1)
+    per_slice: dict[tuple[Any, int], int] = {}
+    seen_traces: set[str] = set()
+    total = 0
+    for series in body["series"]:
+        labels = {x["key"]: next(iter(x["value"].values())) for x in series["labels"]}
+        samples = {int(s["timestampMs"]): s.get("value", 0) for s in series["samples"]}
+        exemplars = series.get("exemplars", [])
+        stamps = [int(e["timestampMs"]) for e in exemplars]
+        assert stamps == sorted(stamps), "a series' exemplars come by time"
+        for exemplar, ts in zip(exemplars, stamps, strict=True):
+            total += 1
+            tags = {x["key"]: x["value"] for x in exemplar["labels"]}
+            trace_id = tags.pop("trace:id")["stringValue"]
+            assert trace_id == trace_id.lstrip("0"), "hex without leading zeros"
+            assert int(trace_id, 16) > 0
+            assert trace_id not in seen_traces, "one exemplar per trace"
+            seen_traces.add(trace_id)
+            span = spans_by_trace().get(trace_id)
+            if span is None:
+                assert not known_ids, f"{trace_id} is not a span of the truth files"
+                span = next(s for s in lab_spans() if s.start_ns // 1_000_000 == ts)
+            assert span.start_ns // 1_000_000 == ts, "stamped with its span's start (ms)"
+            assert start_ms < ts <= end_ms, "in the range"
+            bucket = start_ms + -(-(ts - start_ms) // step_ms) * step_ms
+            assert bucket in samples, "in a bucket of its series that has a value"
+            for key, value in tags.items():  # the attributes the query read, as the span has them
+                assert key in query, f"{key} is not read by {query}"
+                if key == "duration":
+                    assert value == {"stringValue": go_duration_string(span.duration_ns)}
+                    continue
+                scope, _, name = key.partition(".")
+                attrs = span.resource if scope == "resource" else span.attributes
+                assert next(iter(value.values())) in (attrs[name], str(attrs[name]))
+            for key, value in labels.items():  # and the span is one of this series
+                if key not in ("__name__", "p") and value != "nil":
+                    assert next(iter(tags[key].values())) == value
+            got = exemplar.get("value", 0)
+            if function in ("count_over_time", "rate"):
+                assert got == samples[bucket], "a count's exemplar has its bucket's value"
+            elif function == "quantile_over_time":
+                assert got == span.duration_ns / 1e9
+                assert labels["p"] == 0.5, "Tempo 3.0.3 gives them all to the first quantile"
+            else:
+                field_ = "total_tokens" if "total_tokens" in query else "total_cost"
+                wanted = span.attributes.get("gen_ai.usage." + field_)
+                assert got == (wanted if isinstance(wanted, int | float) else 0)
+            group = "p" if function == "quantile_over_time" else None  # one set per series there
+            index = (group, min((ts - start_ms) // ((end_ms - start_ms) // slices), slices - 1))
+            per_slice[index] = per_slice.get(index, 0) + 1
+    assert total <= limit
+    assert max(per_slice.values(), default=0) <= 2, "at most two per slice of the range"
+    return total
+
+
+@pytest.mark.parametrize("name", RANGE_200)
+def test_exemplar_invariants_hold_for_tempo_and_the_double(name: str) -> None:
+    capture = CAPTURES[name]
+    tempo = check_exemplar_invariants(capture, capture.json(), known_ids="edge" not in name)
+    double = check_exemplar_invariants(
+        capture, json.loads(double_at(capture).handle(capture.path, capture.params).body), False
+    )
+    assert (tempo == 0) == (double == 0)
+
+
+def traced(seconds: float, trace: int, cost: AttrValue | None = 1.0, **attrs: AttrValue) -> Span:
+    """A span of trace number ``trace`` (its ID sorts by that number)."""
+    return replace(span_at(seconds, cost, **attrs), trace_id=f"{trace:032x}")
+
+
+def exemplar_stamps(response: Response) -> dict[tuple[tuple[str, Any], ...], list[int]]:
+    return {
+        tuple((x["key"], next(iter(x["value"].values()))) for x in s["labels"]):
+            [int(e["timestampMs"]) for e in s.get("exemplars", [])]
+        for s in body(response)["series"]
+    }
+
+
+def test_exemplars_one_per_trace_with_the_span_s_value_and_start() -> None:
+    spans = [traced(T0 + 10.0005, 1, 0.5), traced(T0 + 20, 2, None), traced(T0 + 70, 3, "x")]
+    spans.append(traced(T0 + 80, 3, 0.25))  # same trace as the one before: one exemplar
+    double = TempoDouble(spans, clock=lambda: NOW)
+    answer = body(query_range(double, f"{{ }} | sum_over_time({COST})", start=T0, end=T0 + 120,
+                              step=60))
+    (series,) = answer["series"]
+    exemplars = series["exemplars"]
+    stamps = [int(e["timestampMs"]) for e in exemplars]
+    assert stamps[:2] == [(T0 + 10) * 1000, (T0 + 20) * 1000]  # ms, truncated
+    assert len(exemplars) == 3
+    first = exemplars[0]
+    assert first["value"] == 0.5
+    assert first["labels"][0] == {"key": "trace:id", "value": {"stringValue": "1"}}  # no zeros
+    assert {"key": COST, "value": {"doubleValue": 0.5}} in first["labels"]
+    assert "value" not in exemplars[1], "a span without the attribute: 0, left out"
+    assert exemplars[2]["labels"][0]["value"] == {"stringValue": "3"}
+
+
+def test_count_and_rate_exemplars_carry_their_bucket_s_value() -> None:
+    spans = [traced(T0 + i, i) for i in range(1, 4)] + [traced(T0 + 61, 9)]
+    double = TempoDouble(spans, clock=lambda: NOW)
+    count = body(query_range(double, "{ } | count_over_time()", start=T0, end=T0 + 120, step=60))
+    assert [e.get("value") for e in count["series"][0]["exemplars"]] == [3, 3, 3, 1]
+    rate = body(query_range(double, "{ } | rate()", start=T0, end=T0 + 120, step=60))
+    assert [e.get("value") for e in rate["series"][0]["exemplars"]] == [0.05] * 3 + [1 / 60]
+
+
+def test_exemplars_go_to_their_series_and_only_range_queries_have_them() -> None:
+    spans = [traced(T0 + i, i, model="a" if i % 2 else "b") for i in range(1, 7)]
+    double = TempoDouble(spans, clock=lambda: NOW)
+    q = f"{{ }} | sum_over_time({COST}) by (span.model)"
+    stamps = exemplar_stamps(query_range(double, q, start=T0, end=T0 + 60, step=60))
+    assert stamps == {
+        (("span.model", "a"),): [(T0 + i) * 1000 for i in (1, 3, 5)],
+        (("span.model", "b"),): [(T0 + i) * 1000 for i in (2, 4, 6)],
+    }
+    assert "exemplars" not in json.dumps(body(instant(double, q, T0, T0 + 60)))
+    off = query_range(double, q + " with(exemplars=false)", start=T0, end=T0 + 60, step=60)
+    assert "exemplars" not in json.dumps(body(off))
+
+
+def test_exemplar_limits_two_per_slice_and_the_exemplars_parameter() -> None:
+    # A span a second over (T0, T0+600], one block, trace IDs in time order, all of it older
+    # than query_backend_after: one backend job with ceil(1.2 * limit) slots, taken by the
+    # lowest trace IDs; its series keeps 2 per 1/50 of the range (12 s), the frontend 2 per
+    # 1/(limit/2) of it and limit in all. So far fewer than asked for.
+    spans = [traced(T0 + i, i) for i in range(1, 601)]
+    double = TempoDouble(spans, clock=lambda: NOW, query_backend_after=0)
+    count = "{ } | count_over_time()"
+
+    def stamps(tempo: TempoDouble = double, **params: str | float) -> list[int]:
+        answer = query_range(tempo, count, start=T0 + 60, end=T0 + 600, step=60, **params)
+        return [ts // 1000 - T0 for ts in next(iter(exemplar_stamps(answer).values()))]
+
+    default = stamps()  # 120 slots: T0+1..T0+120, two per 12 s
+    assert default == [1, 2, *(t for b in range(1, 10) for t in (12 * b, 12 * b + 1)), 120]
+    assert stamps(exemplars=0) == default  # 0: unspecified, max_exemplars
+    assert stamps(exemplars=1000) == default  # more than max_exemplars: max_exemplars
+    assert stamps(exemplars=10) == [1, 2]  # 12 slots: T0+1..T0+12; 2 per 120 s
+    fewer = TempoDouble(spans, clock=lambda: NOW, query_backend_after=0, max_exemplars=4)
+    assert stamps(fewer) == [1, 2]
+    bad = query_range(double, count, start=T0, end=T0 + 60, step=60, exemplars="-1")
+    assert bad.status == 400
+
+
+def test_exemplars_split_between_recent_and_backend_in_proportion() -> None:
+    # one span a second over (T0-3000, T0+540], trace IDs in time order; now - 15 min is
+    # T0+420.5.
+    # The range (T0-60, T0+540] has 2 of its 10 minutes after that: exemplars=5 gives the
+    # recent part ceil(5*2/10) = 1 and the older part 4 (5 with the backend's 20% more).
+    spans = [replace(traced(T0 + i, 3000 + i), duration_ns=10**8) for i in range(-2999, 541)]
+    double = TempoDouble(spans, clock=lambda: T0 + 420.5 + 900, query_end_cutoff=0)
+    answer = query_range(double, "{ } | count_over_time()", start=T0, end=T0 + 540, step=60,
+                         exemplars=5)
+    (stamps,) = exemplar_stamps(answer).values()
+    # The block is long, so each job reads only the traces that meet its range. The recent
+    # job's one slot: the lowest trace ID there. The backend job's five slots: the first five
+    # traces that meet (T0-60, T0+420.5], T0-60 included (it ends after T0-60, but starts at
+    # it: no exemplar); its series keeps two per 1/50 of its range: T0-59 and T0-58.
+    assert stamps == [(T0 - 59) * 1000, (T0 - 58) * 1000, (T0 + 421) * 1000]
+
+
+def test_a_job_s_slots_go_to_traces_out_of_its_range_when_it_reads_a_whole_block() -> None:
+    old = [traced(T0 - 200 + i, i) for i in range(1, 40)]  # before the range, low trace IDs
+    new = [traced(T0 + 61 + i, 100 + i) for i in range(40)]
+    count = "{ } | count_over_time()"
+    # One block of 300 s, a third of it in the range (T0, T0+120]: the job reads all of its
+    # traces in ID order, and the old ones take its ceil(2 * 1.2) = 3 slots.
+    one_block = TempoDouble([*old, *new], clock=lambda: NOW)
+    answer = query_range(one_block, count, start=T0 + 60, end=T0 + 120, step=60, exemplars=2)
+    assert exemplar_stamps(answer) == {(("__name__", "count_over_time"),): []}
+    # The same spans pushed apart: the old block is outside the range and not read.
+    two_blocks = TempoDouble(old, clock=lambda: NOW)
+    two_blocks.add_spans(new)
+    answer = query_range(two_blocks, count, start=T0 + 60, end=T0 + 120, step=60, exemplars=2)
+    assert exemplar_stamps(answer) == {
+        (("__name__", "count_over_time"),): [(T0 + 61) * 1000, (T0 + 62) * 1000]
+    }
+
+
+def test_date_header_comes_from_the_double_s_clock() -> None:
+    double = TempoDouble(clock=lambda: 1795770767.9)
+    assert double.date_header() == "Fri, 27 Nov 2026 09:12:47 GMT"  # as capture 40's
+
+
+async def test_every_http_answer_has_the_date_header() -> None:
+    double = TempoDouble(clock=lambda: NOW)
+    double.inject(Response.text(503, "busy"))
+    params = {"q": "{ } | rate()", "start": str(T0), "end": str(T0 + 60)}
+    async with httpx.AsyncClient(base_url="http://tempo", transport=double.transport()) as c:
+        injected = await c.get("/api/metrics/query", params=params)
+        answered = await c.get("/api/metrics/query", params=params)
+    base_url = await double.start()
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as c:
+            served = await c.get("/api/metrics/query", params=params)
+    finally:
+        await double.stop()
+    for answer in (injected, answered, served):
+        assert answer.headers["Date"] == double.date_header()
+
+
+def test_max_duration_per_tenant_override() -> None:
+    double = TempoDouble(clock=lambda: NOW, max_duration=3600,
+                         max_duration_overrides={"short": 600, "unset": 0})
+    q = {"q": "{ } | rate()", "start": str(NOW - 1200), "end": str(NOW)}
+
+    def answer(tenant: str | None) -> bytes:
+        headers = {"X-Scope-OrgID": tenant} if tenant else {}
+        return double.handle("/api/metrics/query", q, headers).body
+
+    assert answer("short") == (
+        b"metrics query time range exceeds the maximum allowed duration of 10m0s"
+    )
+    assert b"series" in answer("unset")  # 0: the default applies
+    assert b"series" in answer("other")
+    assert b"series" in answer(None)
+    single = TempoDouble(clock=lambda: NOW, max_duration_overrides={"single-tenant": 600})
+    assert single.handle("/api/metrics/query", q).status == 400  # no header: single-tenant
+
+
+def test_max_intervals_is_configurable() -> None:
+    double = TempoDouble(clock=lambda: NOW, max_intervals=100)
+    q = "{ } | rate()"
+    assert query_range(double, q, start=T0, end=T0 + 6000, step=60).status == 200
+    assert query_range(double, q, start=T0, end=T0 + 6060, step=60).body == (
+        b"step of 1m0s is too small, minimum step for given range is 1m0.6s"
+    )
+    unlimited = TempoDouble(clock=lambda: NOW, max_intervals=0)
+    assert query_range(unlimited, q, start=T0, end=T0 + 86400, step=1).status == 200
+    assert "max_intervals: 100\n" in double.handle("/status/config", {}).body.decode()

@@ -1,9 +1,10 @@
-"""The Tempo client's streaming parser gives what parsing the whole answer gives, errors included.
+"""The Tempo client's msgspec parser gives what parsing the whole answer gives, errors included.
 
-``bridge.tempo`` reads an answer's series one at a time to keep big answers small in
-memory. Every answer here, captured, valid or broken in many ways, must come out of
-the streaming parser exactly as out of ``json.loads`` and the checks: the same series,
-or a TempoError with the same reason and message.
+``bridge.tempo.parse_answer`` decodes an answer into typed structs with msgspec, and leaves
+whatever they do not take to ``json`` and the checks in Python. Every answer here, captured,
+valid or broken in many ways, must come out of it exactly as out of ``json.loads`` (of the
+bytes, as the client reads them) and the checks: the same series, or a TempoError with the
+same reason and message.
 """
 
 from __future__ import annotations
@@ -15,32 +16,38 @@ from typing import Any
 import pytest
 
 from bridge.errors import TempoError
-from bridge.tempo import (
-    _instant_series,
-    _parse_answer,
-    _parse_whole,
-    _range_series,
-)
+from bridge.tempo import Kind, _parse_whole, parse_answer
 from tests.doubles.captures import find_tempo_api, load_capture
 
 QUERY = "{ } | count_over_time()"
-CONVERTERS = {"instant": _instant_series, "range": _range_series}
+KINDS: tuple[Kind, Kind] = ("range", "instant")
 
 
-def outcome(parse: Any, text: str, kind: str) -> tuple[str, Any]:
+def reference(content: bytes, query: str, kind: Kind) -> Any:
+    """``json.loads`` of the bytes, then the checks."""
     try:
-        return "ok", parse(text, QUERY, CONVERTERS[kind])
+        text = content.decode(json.detect_encoding(content), "surrogatepass")
+    except ValueError as exc:
+        raise TempoError("malformed", f"query {query!r}: malformed answer from Tempo: "
+                                      f"body is not JSON ({exc})") from exc
+    return _parse_whole(text, query, kind)
+
+
+def outcome(parse: Any, text: str, kind: Kind) -> tuple[str, Any]:
+    try:
+        return "ok", parse(text.encode("utf-8", "surrogatepass"), QUERY, kind)
     except TempoError as exc:
         return "error", (exc.reason, str(exc))
 
 
-def assert_same(text: str, kind: str) -> None:
-    assert outcome(_parse_answer, text, kind) == outcome(_parse_whole, text, kind), text[:300]
+def assert_same(text: str, kind: Kind) -> None:
+    got, want = outcome(parse_answer, text, kind), outcome(reference, text, kind)
+    assert repr(got) == repr(want), text[:300]  # repr: so that NaN values compare equal
 
 
 LABELS = [{"key": "span.model", "value": {"stringValue": "a"}},
           {"key": "span.n", "value": {"intValue": "3"}}]
-HANDWRITTEN = [
+HANDWRITTEN: list[tuple[str, Kind]] = [
     (json.dumps({"series": [{"labels": LABELS, "value": 1.5}], "metrics": {}}), "instant"),
     ('{"metrics":{"a":1},"series":[{"labels":[],"value":"2"}]}', "instant"),
     ("{}", "instant"),
@@ -80,11 +87,27 @@ HANDWRITTEN = [
     ("  ", "instant"),
     ("\ufeff{}", "instant"),
     ("not json", "instant"),
+    ('{"series":[{"labels":[],"samples":[],"exemplars":[{"labels":[{"key":"trace:id","value":'
+     '{"stringValue":"1f"}}],"value":2,"timestampMs":"5"}]}],"metrics":{}}', "range"),
+    ('{"series":[{"samples":[],"exemplars":[{"labels":[{"key":"trace:id","value":'
+     '{"stringValue":"1f"}},{"key":"span.n","value":{"intValue":"7"}}],"value":"NaN",'
+     '"timestampMs":5}]}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":[],"timestampMs":"5"}]}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"xyz"}}],'
+     '"timestampMs":"5"}]}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"intValue":"12"}}],'
+     '"timestampMs":"5"}]}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"ab"}}]}]}],'
+     '"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":{}}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":{},"timestampMs":"5"}]}],"metrics":{}}', "range"),
+    ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"ab"}}],'
+     '"timestampMs":"5","value":true}]}],"metrics":{}}', "range"),
 ]
 
 
 @pytest.mark.parametrize(("text", "kind"), HANDWRITTEN)
-def test_handwritten_answers(text: str, kind: str) -> None:
+def test_handwritten_answers(text: str, kind: Kind) -> None:
     assert_same(text, kind)
 
 
@@ -93,15 +116,17 @@ def test_captured_answers() -> None:
     assert captures
     for path in captures:
         capture = load_capture(path)
-        kind = "range" if "query_range" in capture.path else "instant"
+        kind: Kind = "range" if "query_range" in capture.path else "instant"
         assert_same(capture.body.decode("utf-8", "surrogatepass"), kind)
 
 
 def test_answers_cut_or_altered_anywhere() -> None:
     """Every prefix of a small answer, and random one-character changes of it."""
+    exemplar = {"labels": [{"key": "trace:id", "value": {"stringValue": "a1"}}],
+                "value": 0.5, "timestampMs": "61000"}
     body = json.dumps({"series": [
         {"labels": LABELS, "samples": [{"timestampMs": "60000", "value": 1.25},
-                                       {"timestampMs": "120000"}]},
+                                       {"timestampMs": "120000"}], "exemplars": [exemplar]},
         {"labels": [{"key": "span.model", "value": {"stringValue": "nil"}}], "samples": []},
     ], "metrics": {"completedJobs": 1}})
     for end in range(len(body) + 1):
@@ -111,4 +136,19 @@ def test_answers_cut_or_altered_anywhere() -> None:
     for _ in range(3000):
         i = rng.randrange(len(body))
         altered = body[:i] + rng.choice(' {}[],:"0x-.etn') + body[i + 1:]
-        assert_same(altered, rng.choice(["range", "instant"]))
+        assert_same(altered, rng.choice(KINDS))
+
+
+def test_well_formed_answers_take_the_typed_structs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The captured answers never need the plain parser: msgspec takes them as they are."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("parsed with json, not msgspec")
+
+    monkeypatch.setattr("bridge.tempo._parse_whole", refuse)
+    for path in sorted((find_tempo_api() / "captures").glob("*.http")):
+        capture = load_capture(path)
+        if capture.status != 200 or b'"PARTIAL"' in capture.body:
+            continue
+        kind: Kind = "range" if "query_range" in capture.path else "instant"
+        parse_answer(capture.body, QUERY, kind)

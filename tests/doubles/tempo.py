@@ -21,6 +21,21 @@ Request handling, as Tempo does it:
   requested must not exceed `max_duration`; `rate()` divides by `end - start` as requested.
 * Range buckets are `(t - step, t]` stamped `t`.
 
+Range answers carry exemplars as Tempo 3.0.3 picks them (``_ExemplarPicker``): one per trace,
+stamped with the span's start in ms, labelled ``trace:id`` (hex, leading zeros dropped) and
+the attributes the query read, valued with the aggregated attribute (0 when it is not a
+number) or, for counts and rates, the sample of their bucket; at most ``exemplars``
+(0 or more than ``max_exemplars``, 100 by default, means ``max_exemplars``) and two per
+``1/(exemplars/2)`` of the range; instant answers and ``with(exemplars=false)`` have none.
+Which traces get them follows Tempo's jobs (recent and backend split at
+``query_backend_after``, traces in trace-ID order, block by block: spans given in one
+``add_spans`` call form one block), and is exact on the captures where Tempo's block layout
+does not matter (``tests/test_tempo_double.py``).
+
+Every HTTP answer has a ``Date`` header from the double's clock. ``max_duration`` takes a
+per-tenant override (``max_duration_overrides``), ``max_intervals`` can be changed or
+turned off (0).
+
 Answer shapes: a series whose values are all NaN (sum/avg/min/max with no numeric value) is
 dropped, NaN samples are dropped, a value of 0 has no `value` key. `count_over_time()` and
 `rate()` without `by()` always give one `__name__` series (zeros when nothing matched). An
@@ -39,14 +54,21 @@ than punctuation, `IDENTIFIER` and `$end`, and the column of `$end` in a non-emp
 anchored regexes, `&&` and `||` of equal precedence (Tempo's grammar); `401 no org id` with
 `require_tenant`. Outside the subset, answers are a 400 saying "tempo double does not
 support ...": other scopes and intrinsics, arithmetic, structural operators, `select`,
-`compare`, exemplars; `with(...)` hints are accepted and ignored.
+`compare`; `with(...)` hints other than `exemplars=true|false` are accepted and ignored.
+Exemplars of queries cut at `maxSeries` (Tempo stops reading early), the wording of a bad
+`exemplars` parameter, and a quantile's exemplars going all to its first quantile (capture
+18; later Tempo versions split them by value) are taken from the captures or chosen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import email.utils
+import hashlib
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -67,6 +89,14 @@ NANOS_PER_SECOND = 1_000_000_000
 DEFAULT_SINCE_NS = 3600 * NANOS_PER_SECOND
 MAX_INTERVALS = 10_000
 TEMPO_VERSION = "3.0.3"
+
+DEFAULT_MAX_EXEMPLARS = 100  # query_frontend.metrics.max_exemplars
+MAX_EXEMPLARS = 100  # traceql's maxExemplars: no bucket set holds more
+MAX_EXEMPLARS_PER_BUCKET = 2  # traceql's maxExemplarsPerBucket
+DEFAULT_QUERY_BACKEND_AFTER = 900.0  # query_frontend.metrics.query_backend_after, seconds
+TIME_OVERLAP_CUTOFF = 0.2  # querier.metrics.time_overlap_cutoff
+BACKEND_EXEMPLAR_OVERHEAD = 1.2  # the sharder's 20% more exemplars per backend block
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -96,6 +126,19 @@ class Span:
     kind: Literal["unspecified", "internal", "server", "client", "producer", "consumer"] = (
         "unspecified"
     )
+    trace_id: str = ""
+    """32 hex digits; spans of one trace share it. Empty: derived from the span's content
+    (start, name, attributes), so that identical spans share a trace."""
+
+    def __post_init__(self) -> None:
+        if not self.trace_id:
+            identity = repr(
+                (self.start_ns, self.name, sorted(self.attributes.items(), key=repr),
+                 sorted(self.resource.items(), key=repr), self.duration_ns)
+            )
+            object.__setattr__(self, "trace_id", hashlib.sha1(identity.encode()).hexdigest()[:32])
+        elif not _TRACE_ID.fullmatch(self.trace_id):
+            raise ValueError(f"trace_id {self.trace_id!r} is not 32 lowercase hex digits")
 
 
 def spans_from_truth(
@@ -132,6 +175,7 @@ def spans_from_truth(
                 attributes=attributes,
                 resource=dict(resource),
                 duration_ns=duration_ns,
+                trace_id=entry.get("trace_id", ""),
             )
         )
     return spans
@@ -602,6 +646,7 @@ class MetricsQuery:
     quantiles: tuple[float, ...] = ()
     by: tuple[Field, ...] = ()
     second_stage: tuple[str, int] | None = None
+    exemplars: bool = True  # with(exemplars=false) turns them off
 
     def matches(self, span: Span) -> bool:
         """Does the span pass every spanset filter?"""
@@ -658,7 +703,11 @@ class _Parser:
             else:
                 raise self.fail()
         if metrics is not None and self.is_word("with"):
-            self.skip_hints()  # exemplars and sampling hints: nothing to model here
+            hints = self.hints()
+            exemplars = hints.pop("exemplars", True)
+            if not isinstance(exemplars, bool):
+                raise UnsupportedQueryError("with(exemplars=...) other than true or false")
+            metrics = replace(metrics, exemplars=exemplars)  # other hints: nothing to model
         if self.current.kind != "EOF":
             raise self.fail()
         if metrics is None:
@@ -786,17 +835,20 @@ class _Parser:
         self.expect(")")
         return replace(metrics, second_stage=(function, limit))
 
-    def skip_hints(self) -> None:
+    def hints(self) -> dict[str, Any]:
+        """``with(name=value, ...)``: the hints by name."""
         self.advance()
         self.expect("(")
+        hints = {}
         while True:
-            self.expect("IDENT")
+            name = self.expect("IDENT").text
             self.expect("=")
-            self.operand()
+            hints[name] = self.operand()
             if self.current.kind != ",":
                 break
             self.advance()
         self.expect(")")
+        return hints
 
 
 def parse_metrics_query(query: str) -> MetricsQuery:
@@ -984,6 +1036,13 @@ def _labels_for(query: MetricsQuery, key: tuple[Any, ...], histogram: bool) -> L
     return tuple(labels)
 
 
+def _series_labels(query: MetricsQuery, key: tuple[Any, ...], histogram: bool) -> Labels:
+    """The labels of a series by its key: ``__name__`` for an ungrouped one."""
+    if not query.by and not histogram:
+        return (("__name__", query.function),)
+    return _labels_for(query, key, histogram)
+
+
 def _quantiles(series: list[_Series], quantiles: Sequence[float], size: int) -> list[_Series]:
     groups: dict[Labels, list[_Series]] = {}
     for s in series:
@@ -1040,6 +1099,348 @@ def _label_sort_key(series: _Series) -> tuple[tuple[str, str], ...]:
 
 
 # --------------------------------------------------------------------------------------
+# Exemplars (range queries only)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Trace:
+    """The spans of one trace in one block, by start time."""
+
+    trace_id: str
+    spans: tuple[Span, ...]
+    start_ns: int  # the first span's start
+    end_ns: int  # the last span's end
+
+
+class _Block:
+    """Spans added together, stored like one Tempo block: traces sorted by trace ID, a time
+    range in whole seconds (``meta.json``'s ``startTime`` and ``endTime``)."""
+
+    def __init__(self, spans: Sequence[Span]) -> None:
+        groups: dict[str, list[Span]] = {}
+        for span in spans:
+            groups.setdefault(span.trace_id, []).append(span)
+        self.traces = [
+            _Trace(
+                trace_id,
+                tuple(sorted(members, key=lambda s: s.start_ns)),
+                min(s.start_ns for s in members),
+                max(s.start_ns + s.duration_ns for s in members),
+            )
+            for trace_id, members in sorted(groups.items())
+        ]
+        self.start_ns = min(t.start_ns for t in self.traces)
+        self.start_ns -= self.start_ns % NANOS_PER_SECOND
+        self.end_ns = max(t.end_ns for t in self.traces)
+        self.end_ns -= self.end_ns % NANOS_PER_SECOND
+        self._by_start = sorted(self.traces, key=lambda t: t.start_ns)
+        self._starts = [t.start_ns for t in self._by_start]
+        self._longest = max(t.end_ns - t.start_ns for t in self.traces)
+
+    def traces_overlapping(self, start_ns: int, end_ns: int) -> list[_Trace]:
+        """The traces whose time range meets ``[start, end]``, by trace ID (the fetch
+        layer's trace-level time filter)."""
+        low = bisect.bisect_left(self._starts, start_ns - self._longest)
+        high = bisect.bisect_right(self._starts, end_ns)
+        found = [t for t in self._by_start[low:high] if t.end_ns >= start_ns]
+        return sorted(found, key=lambda t: t.trace_id)
+
+
+@dataclass(frozen=True)
+class _Exemplar:
+    """An exemplar on its way through the pipeline; ``value`` NaN until attached."""
+
+    labels: tuple[tuple[str, Any], ...]
+    value: float
+    ts_ms: int
+
+
+class _BucketSet:
+    """traceql's limitedBucketSet: ``exemplars // 2`` equal slices of ``[start, end]``
+    (milliseconds), at most two exemplars in each and ``exemplars`` in all."""
+
+    def __init__(self, exemplars: int, start_ns: int, end_ns: int, step_ns: int) -> None:
+        if exemplars > MAX_EXEMPLARS or exemplars <= 0:
+            exemplars = MAX_EXEMPLARS
+        self.size = max(exemplars // MAX_EXEMPLARS_PER_BUCKET, 1)
+        self.max_total = exemplars
+        self.start = _align_start(start_ns, end_ns, step_ns) // 1_000_000
+        self.end = _align_end(self.start * 1_000_000, end_ns, step_ns) // 1_000_000
+        self.width = max((self.end - self.start) // self.size, 1)
+        self.counts = [0] * self.size
+        self.total = 0
+
+    def full(self) -> bool:
+        return self.total >= self.max_total
+
+    def add(self, ts_ms: int) -> bool:
+        """Take an exemplar at ``ts_ms`` if there is room for it."""
+        if self.full() or not self.start <= ts_ms <= self.end:
+            return False
+        i = min((ts_ms - self.start) // self.width, self.size - 1)
+        if self.counts[i] >= MAX_EXEMPLARS_PER_BUCKET:
+            return False
+        self.counts[i] += 1
+        self.total += 1
+        return True
+
+
+def _align_start(start_ns: int, end_ns: int, step_ns: int) -> int:
+    """traceql's alignStart: down to a step, except for an instant range (one step)."""
+    if end_ns - start_ns == step_ns:
+        return start_ns
+    return start_ns - start_ns % step_ns
+
+
+def _align_end(start_ns: int, end_ns: int, step_ns: int) -> int:
+    """traceql's alignEnd: up to a step, except for an instant range (one step)."""
+    if end_ns - start_ns == step_ns or end_ns % step_ns == 0:
+        return end_ns
+    return end_ns + step_ns - end_ns % step_ns
+
+
+def _exemplars_cutoff(start_ns: int, end_ns: int, limit: int, cutoff_ns: int) -> tuple[int, int]:
+    """The sharder's exemplarsCutoff: (backend, recent) shares of ``limit``, in proportion
+    to the query's time before and after ``cutoff`` (now - query_backend_after)."""
+    after_start, after_end = max(start_ns, cutoff_ns), max(end_ns, cutoff_ns)
+    if after_start >= after_end:
+        return limit, 0
+    if after_end - after_start >= end_ns - start_ns:
+        return 0, limit
+    share = math.ceil(limit * (after_end - after_start) / (end_ns - start_ns))
+    if limit <= share:
+        return 0, limit
+    return limit - share, share
+
+
+def _exemplars_for_block(block: _Block, exemplars: int, total_ns: int) -> int:
+    """The sharder's exemplarsForBlock: a block's share of the backend exemplars, plus 20%."""
+    if exemplars == 0 or total_ns <= 0:
+        return 0
+    share = (block.end_ns - block.start_ns) / total_ns * exemplars * BACKEND_EXEMPLAR_OVERHEAD
+    return max(math.ceil(share), 1)
+
+
+def _trim_to_block(start_ns: int, end_ns: int, step_ns: int, block: _Block) -> tuple[int, int, int]:
+    """traceql.TrimToBlockOverlap: the part of the request a block's job reads."""
+    was_instant = end_ns - start_ns == step_ns
+    block_start = block.start_ns - 1
+    block_end = block.end_ns + NANOS_PER_SECOND
+    block_start = _align_start(block_start, block_end, step_ns)
+    block_end = _align_end(block_start, block_end, step_ns)
+    start_ns = max(start_ns, block_start)
+    end_ns = min(end_ns, block_end)
+    if was_instant:
+        step_ns = end_ns - start_ns
+    return start_ns, end_ns, step_ns
+
+
+def _overlap(start_ns: int, end_ns: int, block: _Block) -> float:
+    """timeRangeOverlap: the share of the block's time range the request covers."""
+    low, high = max(start_ns, block.start_ns), min(end_ns, block.end_ns)
+    if high <= low or block.end_ns == block.start_ns:
+        return 0.0 if block.end_ns != block.start_ns else 1.0
+    return (high - low) / (block.end_ns - block.start_ns)
+
+
+class _ExemplarPicker:
+    """Tempo 3.0.3's exemplar selection for one range query, step by step.
+
+    The query-frontend splits the query at ``now - query_backend_after``: the recent part goes
+    to the live store (one job over all its blocks), the older part to the backend (one job per
+    block), and the ``limit`` exemplars are shared between the two parts in proportion to their
+    time (each backend block gets its share of the older part's, plus 20%). A job walks the
+    traces of its blocks in trace-ID order; each trace with a span matching the filter takes
+    one of the job's exemplar slots, whether or not a span of it starts in the job's range (a
+    block that the job's range covers by less than 20% is first narrowed to the traces that
+    overlap it), and gives one exemplar: one of its matching spans in range, at random. A
+    series keeps at most two exemplars per 1/50 of the job's range; an exemplar whose bucket
+    has no value (a sum of no numbers) is dropped. The frontend then keeps, over all series,
+    at most two per ``1/(limit/2)`` of the query's range and ``limit`` in all, jobs in order
+    (recent first), series in label order.
+    """
+
+    def __init__(
+        self, query: MetricsQuery, blocks: Sequence[_Block], grid: _Grid, seed: int
+    ) -> None:
+        self.query = query
+        self.blocks = blocks
+        self.grid = grid
+        self.seed = seed
+        self.histogram = query.function in ("histogram_over_time", "quantile_over_time")
+        self.fields = _exemplar_fields(query)
+
+    def pick(self, limit: int, cutoff_ns: int) -> list[tuple[tuple[Any, ...], _Exemplar]]:
+        """The exemplars the frontend keeps, with the series key (by() values, bucket) of each."""
+        grid = self.grid
+        start, end, step = grid.start_ns, grid.end_ns, grid.step_ns
+        backend, recent = _exemplars_cutoff(start, end, limit, cutoff_ns)
+        answers: list[dict[tuple[Any, ...], list[_Exemplar]]] = []
+        if cutoff_ns < end:
+            answers.append(self._job(self.blocks, max(start, cutoff_ns), end, step, recent))
+        backend_end = min(end, cutoff_ns)
+        if start < backend_end:
+            blocks = [b for b in self.blocks if b.start_ns <= backend_end and b.end_ns >= start]
+            total = sum(b.end_ns - b.start_ns for b in blocks)
+            for block in blocks:
+                job_start, job_end, job_step = _trim_to_block(start, backend_end, step, block)
+                if job_start < job_end and job_step > 0:
+                    cap = _exemplars_for_block(block, backend, total)
+                    answers.append(self._job([block], job_start, job_end, job_step, cap))
+        return self._combine(answers, limit)
+
+    def _job(
+        self, blocks: Sequence[_Block], start: int, end: int, step: int, cap: int
+    ) -> dict[tuple[Any, ...], list[_Exemplar]]:
+        """One querier job: its series' exemplars, in the order they were observed."""
+        kept: dict[tuple[Any, ...], list[_Exemplar]] = {}
+        if cap <= 0:
+            return kept
+        buckets: dict[tuple[Any, ...], _BucketSet] = {}
+        seen: set[str] = set()
+        for block in blocks:
+            overlap = _overlap(start, end, block)
+            if overlap == 0:
+                continue
+            traces = (
+                block.traces_overlapping(start, end) if overlap < TIME_OVERLAP_CUTOFF
+                else block.traces
+            )
+            for trace in traces:
+                matching = [s for s in trace.spans if self.query.matches(s)]
+                if not matching or trace.trace_id in seen:
+                    continue
+                if len(seen) >= cap:
+                    return kept
+                seen.add(trace.trace_id)
+                valid = [s for s in matching if start < s.start_ns <= end]
+                if not valid:
+                    continue
+                rng = random.Random(f"{self.seed}/{trace.trace_id}/{start}")
+                span = valid[rng.randrange(len(valid))]
+                key = self._series_key(span)
+                if key is None:
+                    continue
+                ts_ms = span.start_ns // 1_000_000
+                bucket_set = buckets.get(key)
+                if bucket_set is None:
+                    bucket_set = buckets[key] = _BucketSet(MAX_EXEMPLARS, start, end, step)
+                if not bucket_set.add(ts_ms) or self._bucket_is_nan(key, ts_ms, start, end, step):
+                    continue
+                kept.setdefault(key, []).append(
+                    _Exemplar(self._labels(span), self._value(span), ts_ms)
+                )
+        return kept
+
+    def _combine(
+        self, answers: Sequence[Mapping[tuple[Any, ...], list[_Exemplar]]], limit: int
+    ) -> list[tuple[tuple[Any, ...], _Exemplar]]:
+        """The frontend's combiner: one bucket set for the query (per series for quantiles)."""
+        grid = self.grid
+        shared_limit = MAX_EXEMPLARS if self.query.function == "avg_over_time" else limit
+        shared = _BucketSet(shared_limit, grid.start_ns, grid.end_ns, grid.step_ns)
+        per_series: dict[tuple[Any, ...], _BucketSet] = {}
+        kept = []
+        for answer in answers:
+            for key in sorted(answer, key=self._series_order):
+                bucket_set = shared
+                if self.query.function == "quantile_over_time":
+                    bucket_set = per_series.setdefault(
+                        key[:-1], _BucketSet(limit, grid.start_ns, grid.end_ns, grid.step_ns)
+                    )
+                for exemplar in answer[key]:
+                    if bucket_set.full():
+                        break
+                    if bucket_set.add(exemplar.ts_ms):
+                        kept.append((key, exemplar))
+        return kept
+
+    def _series_order(self, key: tuple[Any, ...]) -> tuple[tuple[str, str], ...]:
+        return _label_sort_key(_Series(_series_labels(self.query, key, self.histogram), []))
+
+    def _series_key(self, span: Span) -> tuple[Any, ...] | None:
+        key = tuple(f.lookup(span) for f in self.query.by)
+        if self.histogram:
+            bucket = _log2_bucket(self.query.argument, span)
+            if bucket is None:
+                return None
+            key += (bucket,)
+        return key
+
+    def _labels(self, span: Span) -> tuple[tuple[str, Any], ...]:
+        """``trace:id`` (hex, leading zeros dropped) and the attributes the query read."""
+        labels: list[tuple[str, Any]] = [("trace:id", span.trace_id.lstrip("0"))]
+        for name, field_ in self.fields:
+            value = field_.lookup(span)
+            if value is not None:
+                labels.append((name, value))
+        return tuple(labels)
+
+    def _value(self, span: Span) -> float:
+        """The aggregated attribute (0 when it is not a number); NaN for counts, attached at
+        the end from the series' sample."""
+        if self.query.argument is None or self.query.function == "histogram_over_time":
+            return math.nan
+        number = _numeric(self.query.argument, span)
+        return 0.0 if number is None else number
+
+    def _bucket_is_nan(
+        self, key: tuple[Any, ...], ts_ms: int, start: int, end: int, step: int
+    ) -> bool:
+        """Whether the job's series has no value in the exemplar's bucket (ToProto drops it)."""
+        aligned = _align_start(start, end, step)
+        ts_ns = ts_ms * 1_000_000
+        if ts_ns <= aligned or ts_ns > _align_end(aligned, end, step):
+            return True
+        if self.query.function not in ("sum_over_time", "avg_over_time", "min_over_time",
+                                       "max_over_time"):
+            return False
+        index = (ts_ns - aligned - 1) // step
+        low = max(start, aligned + index * step)
+        high = min(end, aligned + (index + 1) * step)
+        assert self.query.argument is not None
+        for block in self.blocks:
+            for trace in block.traces_overlapping(low, high):
+                for span in trace.spans:
+                    if (low < span.start_ns <= high and self.query.matches(span)
+                            and self._series_key(span) == key
+                            and _numeric(self.query.argument, span) is not None):
+                        return False
+        return True
+
+
+def _exemplar_fields(query: MetricsQuery) -> list[tuple[str, Field]]:
+    """The attributes a query reads (filters, by(), argument), named as exemplar labels."""
+    found: list[Field] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Field):
+            found.append(node)
+        elif isinstance(node, Comparison | Logical):
+            walk(node.lhs)
+            walk(node.rhs)
+        elif isinstance(node, Not):
+            walk(node.operand)
+
+    for condition in query.conditions:
+        walk(condition)
+    found += query.by
+    if query.argument is not None:
+        found.append(query.argument)
+    named: dict[str, Field] = {}
+    for f in found:
+        named.setdefault(f.name if f.scope == "intrinsic" else f.text, f)
+    return list(named.items())
+
+
+def _exemplar_label_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, _Duration):
+        return {"stringValue": go_duration_string(value.ns)}
+    return _any_value(value)
+
+
+# --------------------------------------------------------------------------------------
 # JSON rendering, Tempo style
 # --------------------------------------------------------------------------------------
 
@@ -1061,6 +1462,20 @@ def _any_value(value: Any) -> dict[str, Any]:
 
 def _render_labels(labels: Labels) -> list[dict[str, Any]]:
     return [{"key": key, "value": _any_value(value)} for key, value in labels]
+
+
+def _render_exemplar(exemplar: _Exemplar) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "labels": [
+            {"key": key, "value": _exemplar_label_value(value)} for key, value in exemplar.labels
+        ]
+    }
+    if math.isnan(exemplar.value):
+        entry["value"] = "NaN"  # protobuf JSON's NaN: a value never attached to a sample
+    else:
+        _with_value(entry, exemplar.value)
+    entry["timestampMs"] = str(exemplar.ts_ms)
+    return entry
 
 
 def _with_value(entry: dict[str, Any], value: float) -> dict[str, Any]:
@@ -1111,9 +1526,15 @@ class _BadRequestError(Exception):
 class TempoDouble:
     """An in-memory Tempo answering TraceQL metrics queries over HTTP like Tempo 3.0.3.
 
-    ``clock`` gives the double's wall time (unix seconds): the 30 s ``query_end_cutoff`` and
-    ``since=`` are relative to it. ``require_tenant`` makes it multi-tenant: requests without
-    ``X-Scope-OrgID`` get 401 ``no org id``, another tenant sees no spans.
+    ``clock`` gives the double's wall time (unix seconds): the 30 s ``query_end_cutoff``,
+    ``since=``, the split of range queries at ``query_backend_after`` and the ``Date`` header
+    of every HTTP answer are relative to it. ``require_tenant`` makes it multi-tenant: requests
+    without ``X-Scope-OrgID`` get 401 ``no org id``, another tenant sees no spans.
+    ``max_duration_overrides`` are per-tenant ``max_metrics_duration`` overrides (tenant as in
+    ``X-Scope-OrgID``, ``single-tenant`` without it; 0 means "use ``max_duration``").
+    ``max_intervals`` is ``query_frontend.metrics.max_intervals`` (0: no limit),
+    ``max_exemplars`` ``query_frontend.metrics.max_exemplars``; ``exemplar_seed`` seeds the
+    random pick of a trace's exemplar span.
     """
 
     def __init__(
@@ -1123,9 +1544,15 @@ class TempoDouble:
         clock: Callable[[], float] = time.time,
         query_end_cutoff: float = 30.0,
         max_duration: float = 86400.0,
+        max_duration_overrides: Mapping[str, float] | None = None,
+        max_intervals: int = MAX_INTERVALS,
+        max_exemplars: int = DEFAULT_MAX_EXEMPLARS,
+        query_backend_after: float = DEFAULT_QUERY_BACKEND_AFTER,
         require_tenant: str | None = None,
+        exemplar_seed: int = 0,
     ) -> None:
         self._spans: list[Span] = []
+        self._blocks: list[_Block] = []
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self._runner: web.AppRunner | None = None
@@ -1133,6 +1560,14 @@ class TempoDouble:
         self.clock = clock
         self.query_end_cutoff_ns = round(query_end_cutoff * NANOS_PER_SECOND)
         self.max_duration_ns = round(max_duration * NANOS_PER_SECOND)
+        self.max_duration_overrides_ns = {
+            tenant: round(seconds * NANOS_PER_SECOND)
+            for tenant, seconds in (max_duration_overrides or {}).items()
+        }
+        self.max_intervals = max_intervals
+        self.max_exemplars = max_exemplars
+        self.query_backend_after_ns = round(query_backend_after * NANOS_PER_SECOND)
+        self.exemplar_seed = exemplar_seed
         self.require_tenant = require_tenant
         self.requests: list[RecordedRequest] = []
         self.add_spans(spans)
@@ -1140,11 +1575,19 @@ class TempoDouble:
     # -- data and faults -------------------------------------------------------------
 
     def add_spans(self, spans: Iterable[Span]) -> None:
-        """Make spans queryable (subject to the end cutoff, like freshly ingested ones)."""
+        """Make spans queryable (subject to the end cutoff, like freshly ingested ones).
+
+        The spans of one call form one block, as a push that Tempo flushes together: the
+        exemplars of range queries are picked block by block, traces in trace-ID order.
+        """
         new = list(spans)
+        if not new:
+            return
+        block = _Block(new)
         with self._lock:
             self._spans.extend(new)
             self._spans.sort(key=lambda s: s.start_ns)
+            self._blocks.append(block)
 
     @property
     def spans(self) -> list[Span]:
@@ -1237,10 +1680,23 @@ class TempoDouble:
             return Response.text(400, str(error))
 
     def _visible_spans(self, headers: Mapping[str, str]) -> list[Span]:
-        tenant = _header(headers, "X-Scope-OrgID")
-        if self.require_tenant is not None and tenant != self.require_tenant:
+        if not self._sees_spans(headers):
             return []
         return self.spans
+
+    def _visible_blocks(self, headers: Mapping[str, str]) -> list[_Block]:
+        if not self._sees_spans(headers):
+            return []
+        with self._lock:
+            return list(self._blocks)
+
+    def _sees_spans(self, headers: Mapping[str, str]) -> bool:
+        tenant = _header(headers, "X-Scope-OrgID")
+        return self.require_tenant is None or tenant == self.require_tenant
+
+    def date_header(self) -> str:
+        """The ``Date`` header of an answer given now, by the double's clock (RFC 7231)."""
+        return email.utils.formatdate(self.clock(), usegmt=True)
 
     def _now_ns(self) -> int:
         return round(self.clock() * NANOS_PER_SECOND)
@@ -1282,11 +1738,15 @@ class TempoDouble:
             step_ns = default_step_ns(start_ns, end_ns)
         if start_ns > end_ns:
             raise _BadRequestError("end must be greater than start")
-        if step_ns <= 0 or (end_ns - start_ns) // step_ns > MAX_INTERVALS:
+        limit = self.max_intervals
+        if limit and (step_ns <= 0 or (end_ns - start_ns) // step_ns > limit):
             raise _BadRequestError(
                 f"step of {go_duration_string(step_ns)} is too small, minimum step for given "
-                f"range is {go_duration_string((end_ns - start_ns) // MAX_INTERVALS)}"
+                f"range is {go_duration_string((end_ns - start_ns) // limit)}"
             )
+        if step_ns <= 0:  # not captured: Tempo's sharder refuses it when max_intervals is 0
+            raise _BadRequestError("step must be greater than 0")
+        exemplars = self._exemplars_param(params)
         query = self._parse(params, prefix="")
 
         # traceql.AlignRequest: start down, end up, then one extra bucket before start
@@ -1298,14 +1758,16 @@ class TempoDouble:
         max_end = now_ns - self.query_end_cutoff_ns
         if max_end < aligned_end:
             aligned_end = max_end - max_end % step_ns
-        self._check_max_duration(aligned_end - aligned_start)
+        self._check_max_duration(aligned_end - aligned_start, headers)
 
         grid = _Grid(aligned_start, aligned_end, step_ns, instant=False)
         series, matched = evaluate(
             query, self._visible_spans(headers), grid, step_ns / NANOS_PER_SECOND
         )
-        rendered = [
-            {
+        picked = self._pick_exemplars(query, grid, series, exemplars, now_ns, headers)
+        rendered = []
+        for s in sorted(series, key=_label_sort_key):
+            entry: dict[str, Any] = {
                 "labels": _render_labels(s.labels),
                 "samples": [
                     _with_value({"timestampMs": str(grid.timestamp_ms(i))}, v)
@@ -1313,8 +1775,9 @@ class TempoDouble:
                     if not math.isnan(v)
                 ],
             }
-            for s in sorted(series, key=_label_sort_key)
-        ]
+            if picked.get(s.labels):
+                entry["exemplars"] = [_render_exemplar(e) for e in picked[s.labels]]
+            rendered.append(entry)
         rendered = [s for s in rendered if s["samples"]]
         body: dict[str, Any] = {"series": rendered, "metrics": _metrics(matched)}
         max_series = int(params.get("maxSeries") or 0)
@@ -1327,13 +1790,45 @@ class TempoDouble:
             )
         return Response.json(body)
 
+    def _pick_exemplars(
+        self, query: MetricsQuery, grid: _Grid, series: Sequence[_Series], limit: int,
+        now_ns: int, headers: Mapping[str, str],
+    ) -> dict[Labels, list[_Exemplar]]:
+        """The exemplars of a range answer, by series labels, each series' by time."""
+        blocks = self._visible_blocks(headers)
+        if not query.exemplars or limit <= 0 or not blocks:
+            return {}
+        picker = _ExemplarPicker(query, blocks, grid, self.exemplar_seed)
+        picked = picker.pick(limit, now_ns - self.query_backend_after_ns)
+        by_labels: dict[Labels, list[_Exemplar]] = {}
+        if query.function == "quantile_over_time":
+            # Tempo 3.0.3 gives all of them to the first quantile's series (capture 18);
+            # later versions split them by value
+            for key, exemplar in picked:
+                base = tuple(x for x in _series_labels(query, key, True) if x[0] != "__bucket")
+                by_labels.setdefault((*base, ("p", query.quantiles[0])), []).append(exemplar)
+        else:
+            values = {s.labels: s.values for s in series}
+            histogram = query.function == "histogram_over_time"
+            for key, exemplar in picked:
+                labels = _series_labels(query, key, histogram)
+                if math.isnan(exemplar.value):  # attachExemplars: the sample of its interval
+                    index = grid.index(exemplar.ts_ms * 1_000_000)
+                    own = values.get(labels)
+                    if own is not None and index is not None and not math.isnan(own[index]):
+                        exemplar = replace(exemplar, value=own[index])
+                by_labels.setdefault(labels, []).append(exemplar)
+        for exemplars in by_labels.values():
+            exemplars.sort(key=lambda e: e.ts_ms)
+        return by_labels
+
     def _instant(self, params: Mapping[str, str], headers: Mapping[str, str]) -> Response:
         now_ns = self._now_ns()
         start_ns, end_ns = self._bounds(params, now_ns)
         if start_ns >= end_ns:  # not captured: Tempo's CompileMetricsQueryRange wording
             raise _BadRequestError("end must be greater than start")
         query = self._parse(params, prefix="compiling query: ")
-        self._check_max_duration(end_ns - start_ns)
+        self._check_max_duration(end_ns - start_ns, headers)
         window_end = min(end_ns, now_ns - self.query_end_cutoff_ns)
         grid = _Grid(start_ns, window_end, end_ns - start_ns, instant=True)
         series, matched = evaluate(
@@ -1356,12 +1851,25 @@ class TempoDouble:
         except TraceQLError as error:
             raise _BadRequestError(str(error)) from None
 
-    def _check_max_duration(self, range_ns: int) -> None:
-        if self.max_duration_ns and range_ns > self.max_duration_ns:
+    def _check_max_duration(self, range_ns: int, headers: Mapping[str, str]) -> None:
+        """Tempo's max duration: the tenant's ``max_metrics_duration`` override when it is set
+        (not 0), else ``query_frontend.metrics.max_duration``; 0 means no limit."""
+        tenant = _header(headers, "X-Scope-OrgID") or "single-tenant"
+        limit = self.max_duration_overrides_ns.get(tenant) or self.max_duration_ns
+        if limit and range_ns > limit:
             raise _BadRequestError(
                 "metrics query time range exceeds the maximum allowed duration of "
-                + go_duration_string(self.max_duration_ns)
+                + go_duration_string(limit)
             )
+
+    def _exemplars_param(self, params: Mapping[str, str]) -> int:
+        """The ``exemplars`` parameter: 0 or more than ``max_exemplars`` means
+        ``max_exemplars``."""
+        text = params.get("exemplars") or "0"
+        if not text.isdigit():  # not captured
+            raise _BadRequestError(UNSUPPORTED + f"exemplars={text!r}: not an unsigned integer")
+        wanted = int(text)
+        return self.max_exemplars if wanted == 0 or wanted > self.max_exemplars else wanted
 
     def _config_yaml(self) -> str:
         """The part of ``/status/config`` the double models, in Tempo's layout."""
@@ -1369,7 +1877,9 @@ class TempoDouble:
             "query_frontend:\n"
             "    metrics:\n"
             f"        max_duration: {go_duration_string(self.max_duration_ns)}\n"
-            f"        max_intervals: {MAX_INTERVALS}\n"
+            f"        max_intervals: {self.max_intervals}\n"
+            f"        max_exemplars: {self.max_exemplars}\n"
+            f"        query_backend_after: {go_duration_string(self.query_backend_after_ns)}\n"
             f"    query_end_cutoff: {go_duration_string(self.query_end_cutoff_ns)}\n"
         )
 
@@ -1412,7 +1922,8 @@ class TempoDouble:
                 request.transport.abort()
             raise asyncio.CancelledError() from None
         return web.Response(
-            status=answer.status, body=answer.body, headers={"Content-Type": answer.content_type}
+            status=answer.status, body=answer.body,
+            headers={"Content-Type": answer.content_type, "Date": self.date_header()},
         )
 
 
@@ -1466,7 +1977,7 @@ class _DoubleTransport(httpx.AsyncBaseTransport):
             ) from None
         return httpx.Response(
             answer.status,
-            headers={"Content-Type": answer.content_type},
+            headers={"Content-Type": answer.content_type, "Date": self._double.date_header()},
             content=answer.body,
             request=request,
         )

@@ -91,10 +91,8 @@ async def run_daemon_until(env: Env, checkpoint_at_least: int) -> Daemon:
 
         def done() -> bool:
             rules = daemon.state.known_rules()
-            stored = [daemon.state.rule_state(r[0]) for r in rules]
             return (len(rules) == len(METRICS)
-                    and all(s is not None and s.checkpoint >= checkpoint_at_least
-                            for s in stored)
+                    and all(r.checkpoint >= checkpoint_at_least for r in rules)
                     and daemon.state.outbox_depth() == 0)
 
         await eventually(done, f"every rule at checkpoint {checkpoint_at_least}", 60, 0.2)
@@ -111,11 +109,6 @@ def checkpoints(state_dir: Path) -> set[int]:
     """The checkpoints of every rule in the state (one value when they are in step)."""
     state = State(state_dir / STATE_FILE)
     try:
-        values = set()
-        for rule_id, *_ in state.known_rules():
-            stored = state.rule_state(rule_id)
-            assert stored is not None
-            values.add(stored.checkpoint)
-        return values
+        return {rule.checkpoint for rule in state.known_rules()}
     finally:
         state.close()

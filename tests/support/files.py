@@ -12,7 +12,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from bridge.rules import Group, load_rule_files
+from bridge.rulefmt import load_rule_files
+from bridge.rules import Group
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"

@@ -8,6 +8,7 @@ Uses ``/usr/bin/prometheus`` (Debian's package, installed by CI) or
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -23,10 +24,21 @@ from tests.support.servers import free_port
 DEFAULT_BINARY = "/usr/bin/prometheus"
 READY_TIMEOUT = 30.0
 _CONFIG = """\
-# Written by tests/support/prometheus.py: no scrape targets, only the receiver.
+# Written by tests/support/prometheus.py: the receiver, and scrape targets if asked.
 global:
   scrape_interval: 1m
   evaluation_interval: 1m
+"""
+
+
+_SCRAPE = """\
+scrape_configs:
+  - job_name: tempo-bridge
+    scrape_interval: 1s
+    scrape_timeout: 1s
+    file_sd_configs:
+      - files: [{file}]
+        refresh_interval: 1s
 """
 
 
@@ -59,11 +71,16 @@ class PrometheusServer:
     blocks, such as those of ``promtool tsdb create-blocks-from``, to query them.
     ``remote_write_receiver=False`` starts it without ``--web.enable-remote-write-receiver``;
     ``out_of_order_time_window`` (``"2h"``) sets ``storage.tsdb.out_of_order_time_window``.
+    ``scrape_targets_file`` makes it scrape, as the job ``tempo-bridge`` every second, the
+    targets listed in that file (Prometheus's file service discovery, JSON:
+    ``[{"targets": ["127.0.0.1:9478"]}]``); write the file when the targets are known, even
+    after the start (Prometheus watches it, and applies a change within about 5 s).
     """
 
     def __init__(
         self, tmp_dir: Path, *, binary: str | None = None, storage_dir: Path | None = None,
         remote_write_receiver: bool = True, out_of_order_time_window: str | None = None,
+        scrape_targets_file: Path | None = None,
     ) -> None:
         self._binary = binary or prometheus_binary()
         self._dir = tmp_dir
@@ -73,7 +90,8 @@ class PrometheusServer:
         self._config.write_text(_CONFIG + (
             f"storage:\n  tsdb:\n    out_of_order_time_window: {out_of_order_time_window}\n"
             if out_of_order_time_window else ""
-        ))
+        ) + (_SCRAPE.format(file=json.dumps(str(scrape_targets_file)))
+             if scrape_targets_file else ""))
         self._remote_write_receiver = remote_write_receiver
         self._log = self._dir / "prometheus.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -197,7 +215,7 @@ class PrometheusServer:
 @contextlib.contextmanager
 def start_prometheus(
     tmp_dir: Path, *, storage_dir: Path | None = None, remote_write_receiver: bool = True,
-    out_of_order_time_window: str | None = None,
+    out_of_order_time_window: str | None = None, scrape_targets_file: Path | None = None,
 ) -> Iterator[PrometheusServer]:
     """A running Prometheus for the duration of the ``with`` block.
 
@@ -207,6 +225,7 @@ def start_prometheus(
     server = PrometheusServer(
         tmp_dir, storage_dir=storage_dir, remote_write_receiver=remote_write_receiver,
         out_of_order_time_window=out_of_order_time_window,
+        scrape_targets_file=scrape_targets_file,
     )
     try:
         server.start()
