@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.common import (
-    DEFAULT_RULES,
     Report,
     SpanSpec,
     Stopwatch,
@@ -53,24 +52,23 @@ from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Query, Window, align_down
-from tests.prometheus_server import PrometheusServer, start_prometheus
-from tests.traffic import Key, span_truth, summed_attributes
+from tests.support.files import DEFAULT_RULES
+from tests.support.files import write_config as write_bridge_config
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.traffic import Key, span_truth, summed_attributes
 
 RAN_BEFORE = 2 * 3600  # how long the daemon ran before it stopped
 Totals = dict[str, dict[Key, float]]  # record -> labels without __name__ -> total
 
 
 def write_config(directory: Path, tempo_url: str, write_url: str) -> Path:
-    path = directory / "bridge.yaml"
-    path.write_text(
-        f"tempo:\n  url: {tempo_url}\n"
-        f"remote_write:\n  url: {write_url}\n"
-        f"state_dir: {directory / 'state'}\n"
-        f"rule_files: [{DEFAULT_RULES}]\n"
-        "web:\n  listen_address: 127.0.0.1:0\n"
-        "log_level: warning\n"
+    """The default rules as shipped, Tempo's default cutoff and ingest delay."""
+    return write_bridge_config(
+        directory, tempo_url, write_url,
+        tempo={"query_end_cutoff": None, "ingest_delay": None},
+        state_dir=str(directory / "state"), rule_files=[str(DEFAULT_RULES)],
+        log_level="warning",
     )
-    return path
 
 
 def state_totals(state: State, group: Group) -> tuple[Totals, dict[str, int]]:

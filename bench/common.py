@@ -1,11 +1,12 @@
 """Shared pieces of the benchmarks: figure lines, memory readings, spans, a Tempo double server.
 
 Every benchmark prints its results as figure lines, one per figure, in one format that a
-person can read and ``tests/test_bench.py`` can parse::
+person can read and ``tests/test_bench.py`` parses (its ``FIGURE``)::
 
     [evaluate] wall time ........................ 0.812 s      target <= 1.0 s: met
 
-``FIGURE`` is that line's regular expression. A benchmark whose correctness check fails
+``[bench] label ..... value [unit] [(share%)] [target <= 1.0 s: met]``, or ``# text`` after
+the ``[bench]`` for a note. A benchmark whose correctness check fails
 (catch-up totals differing from a run that never stopped, ...) exits with status 1; a
 missed target is only reported (``MISSED``).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-import re
 import resource
 import signal
 import subprocess
@@ -29,20 +29,11 @@ from typing import Any, Literal
 
 import httpx
 
-from tests import traffic
-from tests.traffic import Key
+from tests.support import traffic
+from tests.support.traffic import Key
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RULES = ROOT / "rules" / "openrouter.yaml"
 EXAMPLE_CONFIG = ROOT / "examples" / "bridge.yaml"
-
-FIGURE = re.compile(
-    r"^\[(?P<bench>[a-z-]+)\] (?P<label>.+?) \.+ (?P<value>-?[\d,]+(?:\.\d+)?%?|yes|no)"
-    r"(?: (?P<unit>[^\s(]+))?(?: \((?P<share>[\d.]+)%\))?"
-    r"(?: +target (?P<target>[<>=]+ \S+(?: \S+)?): (?P<verdict>met|MISSED))?$"
-)
-"""A figure line: ``[bench] label ..... value [unit] [(share%)] [target <= 1.0 s: met]``."""
-
 
 # -- figures ----------------------------------------------------------------------------------
 
@@ -181,7 +172,7 @@ def machine() -> str:
 # -- OpenRouter spans -------------------------------------------------------------------------
 
 def make_spans(start: float, seconds: float, mean_gap: float, seed: int) -> list[Any]:
-    """The synthetic OpenRouter traffic of ``tests/traffic.py``, requests about
+    """The synthetic OpenRouter traffic of ``tests/support/traffic.py``, requests about
     ``mean_gap`` seconds apart over ``(start, start + seconds)``."""
     return traffic.make_spans(start, seconds, seed, gap=(0.2 * mean_gap, 1.8 * mean_gap))
 

@@ -232,7 +232,7 @@ async def serve_answers(instant: bytes, ranged: bytes) -> tuple[web.AppRunner, s
 
 
 async def run(series: int, profile: bool) -> int:
-    from tests.prometheus_server import start_prometheus
+    from tests.support.prometheus import start_prometheus
 
     report = Report("evaluate")
     report.note(machine())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,6 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
-    DEFAULT_RULES,
     EXAMPLE_CONFIG,
     Report,
     SpanSpec,
@@ -37,16 +35,11 @@ from bench.common import (
     tempo_server,
     wait_until,
 )
-from tests.prometheus_server import start_prometheus
+from tests.support.files import DEFAULT_RULES, default_rules
+from tests.support.prometheus import start_prometheus
+from tests.support.servers import free_port
 
 INTERVAL = 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def substitute(text: str, pattern: str, replacement: str) -> str:
@@ -59,9 +52,7 @@ def substitute(text: str, pattern: str, replacement: str) -> str:
 
 def write_config(directory: Path, tempo_url: str, write_url: str, port: int) -> Path:
     """The example config, pointed at the benchmark's Tempo, Prometheus, state and rules."""
-    rules = DEFAULT_RULES.read_text()
-    rules = re.sub(r"(?m)^(\s+)interval: .*$", rf"\1interval: {INTERVAL}s", rules)
-    rules = re.sub(r"(?m)^(\s+)query_offset: .*$", rf"\1query_offset: {INTERVAL}s", rules)
+    rules = default_rules(interval=INTERVAL, query_offset=INTERVAL)
     (directory / "rules.yaml").write_text(rules)
     text = EXAMPLE_CONFIG.read_text()
     for pattern, replacement in (

@@ -59,6 +59,13 @@ class Scheduler:
                 self._add(group)
         self._groups = new
 
+    def wakeup(self) -> None:
+        """Look for due ticks now. APScheduler plans its next look with an event-loop timer
+        (monotonic time) from the wall clock of the last look; a wall clock moved since (a
+        test's fake clock) is only seen here or at that timer."""
+        if self._scheduler.running:
+            self._scheduler.wakeup()
+
     def every(self, name: str, seconds: float, job: Callable[[], Awaitable[object]]) -> None:
         """Run ``job`` every ``seconds`` from now on, beside the groups (housekeeping)."""
         self._scheduler.add_job(

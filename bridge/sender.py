@@ -95,8 +95,11 @@ class Sender:
             except (StateError, sqlite3.Error) as exc:
                 # the requests stay queued; try again at the next wake-up or after ``idle``
                 log.error("cannot read or update the outbox", error=str(exc))
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a wake-up that
+            # came with a cancellation instead of raising it, and the sender would run on
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), idle)
+                async with asyncio.timeout(idle):
+                    await self._wake.wait()
 
     async def drain(self) -> None:
         """Send everything queued; returns when the outbox is empty."""

@@ -1,4 +1,5 @@
-"""Shared test set-up: every test starts with structlog's defaults."""
+"""Fixtures every test module may use: structlog's defaults back after each test, and a real
+Prometheus per module. The helpers behind them live in ``tests/support``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from tests.support.prometheus import PrometheusServer, start_prometheus
+
 
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
@@ -14,3 +17,11 @@ def _reset_logging() -> Iterator[None]:
     the test; give the next test the defaults back."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="module")
+def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus with its remote-write receiver, shared by one module's tests and
+    stopped after them."""
+    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server

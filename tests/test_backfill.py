@@ -24,10 +24,7 @@ from bridge.evaluation import Update
 from bridge.rulefmt import load_rule_files
 from bridge.state import State
 from tests.doubles.tempo import Span, TempoDouble
-from tests.prometheus_server import start_prometheus
-from tests.promtool import promtool
-from tests.test_e2e import (
-    DEFAULT_RULES,
+from tests.support.e2e import (
     METRICS,
     Env,
     assert_totals_match,
@@ -36,8 +33,12 @@ from tests.test_e2e import (
     truth,
     write_rules,
 )
-from tests.test_e2e import write_config as write_e2e_config
-from tests.traffic import MODELS, make_spans
+from tests.support.e2e import write_config as write_e2e_config
+from tests.support.files import DEFAULT_RULES, NOWHERE, write_config
+from tests.support.prometheus import start_prometheus
+from tests.support.promtool import promtool
+from tests.support.servers import serving
+from tests.support.traffic import MODELS, make_spans
 
 pytestmark = pytest.mark.prometheus
 
@@ -50,22 +51,18 @@ SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+) (\d+)$')
 @pytest.fixture
 async def tempo() -> AsyncIterator[tuple[TempoDouble, str]]:
     double = TempoDouble()
-    url = await double.start()
-    yield double, url
-    await double.stop()
+    async with serving(double) as url:
+        yield double, url
 
 
-def write_config(
+def backfill_config(
     directory: Path, tempo_url: str, rule_files: Sequence[Path], external: dict[str, str]
 ) -> Path:
-    path = directory / "bridge.yaml"
-    labels = ", ".join(f"{k}: {v}" for k, v in external.items())
-    files = ", ".join(f'"{f}"' for f in rule_files)
-    path.write_text(
-        f"tempo:\n  url: {tempo_url}\nremote_write:\n  external_labels: {{{labels}}}\n"
-        f"state_dir: state\nrule_files: [{files}]\n"
+    """A config with Tempo's default cutoff and ingest delay, as the double has them."""
+    return write_config(
+        directory, tempo_url, tempo={"query_end_cutoff": None, "ingest_delay": None},
+        remote_write={"external_labels": external}, rule_files=[str(f) for f in rule_files],
     )
-    return path
 
 
 async def run_cli(*args: str | Path) -> int:
@@ -108,7 +105,7 @@ async def test_backfilled_blocks_equal_the_truth(
     spans = make_spans(start - 600, end - start + 1200, seed=11, gap=(5.0, 40.0),
                        models=[*MODELS, ODD_MODEL])
     double.add_spans(spans)
-    config = write_config(tmp_path, url, [DEFAULT_RULES], {"test": "backfill"})
+    config = backfill_config(tmp_path, url, [DEFAULT_RULES], {"test": "backfill"})
     out = tmp_path / "backfill.om"
 
     code = await run_cli("backfill", "--config", config, "--from", str(start),
@@ -185,7 +182,7 @@ async def test_gauges_five_minute_windows_and_the_query_offset(
     double.add_spans(spans)
     rules = tmp_path / "rules.yaml"
     rules.write_text(GAUGE_RULES)
-    config = write_config(tmp_path, url, [rules], {})
+    config = backfill_config(tmp_path, url, [rules], {})
     out = tmp_path / "backfill.om"
 
     code = await run_cli(
@@ -241,7 +238,7 @@ async def test_gauges_five_minute_windows_and_the_query_offset(
 def test_refuses_an_unknown_rule_and_an_empty_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(tmp_path, "http://127.0.0.1:9", [DEFAULT_RULES], {})
+    config = backfill_config(tmp_path, "http://127.0.0.1:9", [DEFAULT_RULES], {})
     out = tmp_path / "out.om"
     args = ["backfill", "--config", str(config), "--out", str(out)]
     assert main([*args, "--from", "2h", "--to", "1h", "--rule", "nope_total"]) == 1
@@ -257,10 +254,9 @@ async def test_seeded_state_continues_the_counters_across_the_boundary(tmp_path:
     now = time.time()
     spans = make_spans(now - 60, 70, seed=13)
     double = TempoDouble(spans, query_end_cutoff=0.0)
-    url = await double.start()
-    try:
+    async with serving(double) as url:
         config = tmp_path / "bridge.yaml"
-        write_e2e_config(config, url, "http://127.0.0.1:9/api/v1/write", name)
+        write_e2e_config(config, url, NOWHERE, name)
         write_rules(tmp_path / "rules.yaml", 1, 1, "0s")  # one-second windows
         start = int(now) - 50
         out = tmp_path / "backfill.om"
@@ -291,15 +287,13 @@ async def test_seeded_state_continues_the_counters_across_the_boundary(tmp_path:
                 f"sum({selector} - ({selector} offset {span_s}s or {selector} * 0))", time=end)
             expected = truth(spans, end - span_s, end)["openrouter_requests_total"]
             assert float(answer["value"][1]) == sum(expected.values()) > 0
-    finally:
-        await double.stop()
 
 
 def test_seed_state_refuses_a_rule_the_daemon_already_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "bridge.yaml"
-    write_e2e_config(config, "http://127.0.0.1:9", "http://127.0.0.1:9/api/v1/write", "x")
+    write_e2e_config(config, "http://127.0.0.1:9", NOWHERE, "x")
     write_rules(tmp_path / "rules.yaml", 1, 1, "0s")
     (group,) = load_rule_files([str(tmp_path / "rules.yaml")], min_query_offset=0)
     rule = group.rules[0]

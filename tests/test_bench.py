@@ -1,8 +1,10 @@
 """The benchmarks run in quick mode and print their figures: ``python -m bench --quick``.
 
-No timing is asserted, only that each benchmark ran, printed the figures it promises in
-the format of ``bench.common.FIGURE`` (with a met/MISSED verdict where there is a target),
-and passed its correctness checks (catch-up totals equal a run that never stopped, ...).
+The command runs in a child process, as anyone would run it, and its output is read: no
+timing is asserted, only that each benchmark ran, printed the figures it promises as
+figure lines (``FIGURE``, the format ``bench.common.Report`` prints, with a met/MISSED
+verdict where there is a target), and passed its correctness checks (catch-up totals equal
+a run that never stopped, ...).
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import FIGURE
-
 pytestmark = pytest.mark.prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
+
+FIGURE = re.compile(
+    r"^\[(?P<bench>[a-z-]+)\] (?P<label>.+?) \.+ (?P<value>-?[\d,]+(?:\.\d+)?%?|yes|no)"
+    r"(?: (?P<unit>[^\s(]+))?(?: \((?P<share>[\d.]+)%\))?"
+    r"(?: +target (?P<target>[<>=]+ \S+(?: \S+)?): (?P<verdict>met|MISSED))?$"
+)
+"""A figure line: ``[bench] label ..... value [unit] [(share%)] [target <= 1.0 s: met]``."""
 
 # benchmark -> figures it must print; those with a target must show a verdict
 EXPECTED = {

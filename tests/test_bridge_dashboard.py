@@ -45,11 +45,11 @@ from bridge.config import load_config
 from bridge.daemon import Daemon
 from bridge.metrics import Metrics
 from tests.doubles.tempo import Response, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
 from tests.support import grafana
+from tests.support.e2e import checkpoints, write_config, write_rules
+from tests.support.prometheus import PrometheusServer, start_prometheus
 from tests.support.receiver import FaultyReceiver, Refused
-from tests.test_e2e import checkpoints, write_config, write_rules
-from tests.traffic import make_spans
+from tests.support.traffic import make_spans
 
 pytestmark = pytest.mark.prometheus
 

@@ -12,6 +12,8 @@ import pytest
 
 from bridge.cli import main, parse_time
 from tests.doubles.tempo import Span, TempoDouble
+from tests.support.files import Rule, write_config, write_rules
+from tests.support.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1795780800
@@ -84,27 +86,11 @@ async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
         for i in range(6)
     ]
     tempo = TempoDouble(spans, clock=lambda: T0 + 3600, query_end_cutoff=0)
-    url = await tempo.start()
-    try:
-        (tmp_path / "rules.yaml").write_text(
-            textwrap.dedent(
-                """\
-                groups:
-                  - name: g
-                    interval: 60s
-                    query_offset: 60s
-                    rules:
-                      - record: cost_usd_total
-                        expr: '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
-                        kind: counter
-                """  # noqa: E501
-            )
-        )
-        config = tmp_path / "bridge.yaml"
-        config.write_text(
-            f"tempo: {{url: '{url}', query_end_cutoff: 0s, ingest_delay: 0s}}\n"
-            "rule_files: [rules.yaml]\n"
-        )
+    sums = '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
+    write_rules(tmp_path / "rules.yaml", Rule("cost_usd_total", sums),
+                interval="60s", query_offset="60s", settle=None)
+    async with serving(tempo) as url:
+        config = write_config(tmp_path, url)
         code, out, err = await run_cli(
             "eval", "--config", str(config), "--from", str(T0), "--to", str(T0 + 180)
         )
@@ -130,8 +116,6 @@ async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
             "# EOF",
         ]
         assert len(tempo.requests) == 2  # one range query per eval
-    finally:
-        await tempo.stop()
 
 
 RULES_CORPUS = sorted((ROOT / "tests" / "fixtures" / "rules" / "bad").glob("*.yaml"))
@@ -178,14 +162,9 @@ def test_run_on_a_port_in_use_is_one_line_and_exit_1(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        (tmp_path / "rules.yaml").write_text("groups: []\n")
-        config = tmp_path / "bridge.yaml"
-        config.write_text(
-            "tempo: {url: 'http://127.0.0.1:9'}\n"
-            "remote_write: {url: 'http://127.0.0.1:9/api/v1/write'}\n"
-            f"state_dir: state\nrule_files: [rules.yaml]\n"
-            f"web: {{listen_address: '127.0.0.1:{port}'}}\n"
-        )
+        write_rules(tmp_path / "rules.yaml")
+        config = write_config(tmp_path, "http://127.0.0.1:9",
+                              web={"listen_address": f"127.0.0.1:{port}"})
         assert main(["run", "--config", str(config)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"tempo-bridge: cannot listen on 127.0.0.1:{port} (web.listen_address): ")

@@ -32,10 +32,8 @@ from ruamel.yaml import YAML
 
 from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import Span, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
 from tests.support import grafana
-from tests.test_e2e import (
-    DEFAULT_RULES,
+from tests.support.e2e import (
     METRICS,
     Env,
     checkpoints,
@@ -44,7 +42,9 @@ from tests.test_e2e import (
     write_config,
     write_rules,
 )
-from tests.traffic import make_spans
+from tests.support.files import DEFAULT_RULES
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.traffic import make_spans
 
 pytestmark = pytest.mark.prometheus
 

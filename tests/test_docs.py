@@ -16,7 +16,7 @@ from bridge.check import check
 from bridge.metrics import Metrics
 from bridge.rulefmt import load_rule_files
 from tests.doubles.tempo import parse_metrics_query
-from tests.promtool import promtool
+from tests.support.promtool import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -12,10 +12,9 @@ import email.utils
 import json
 import math
 import re
-import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
@@ -34,7 +33,10 @@ from bridge.doctor import (
 )
 from bridge.tempo import ClockSkew
 from tests.doubles.captures import find_tempo_api, load_capture
-from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.support.files import Rule, write_rules
+from tests.support.files import write_config as write_bridge_config
+from tests.support.prometheus import PrometheusServer, start_prometheus
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.prometheus
 
@@ -144,12 +146,6 @@ def tempo() -> Iterator[FakeTempo]:
 
 
 @pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def prom_without_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     with start_prometheus(
         tmp_path_factory.mktemp("prometheus-off"), remote_write_receiver=False
@@ -166,31 +162,19 @@ def prom_out_of_order(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom
 
 
 def write_config(
-    directory: Path, tempo_url: str, write_url: str, *, extra_tempo: str = "",
-    extra_remote_write: str = "", group: str = "interval: 1m\n    query_offset: 2m",
+    directory: Path, tempo_url: str, write_url: str, *, tempo: Mapping[str, object] = {},
+    remote_write: Mapping[str, object] = {}, interval: str = "1m", tenant: str | None = None,
 ) -> Path:
-    (directory / "rules.yaml").write_text(
-        f"""\
-groups:
-  - name: costs
-    {group}
-    rules:
-      - record: requests_total
-        expr: '{{ }} | count_over_time()'
-        kind: counter
-"""
+    """One group ``costs`` (query offset 2m) and a config with Tempo's default cutoff and
+    ingest delay, changed by ``tempo`` and ``remote_write``."""
+    write_rules(directory / "rules.yaml", Rule("requests_total", "{ } | count_over_time()"),
+                group="costs", interval=interval, query_offset="2m", settle=None,
+                tenant=tenant)
+    return write_bridge_config(
+        directory, tempo_url, write_url,
+        tempo={"query_end_cutoff": None, "ingest_delay": None, **tempo},
+        remote_write=remote_write, state_dir=None, web=None,
     )
-    config = directory / "bridge.yaml"
-    config.write_text(
-        f"""\
-tempo:
-  url: {tempo_url}
-{extra_tempo}remote_write:
-  url: {write_url}
-{extra_remote_write}rule_files: [rules.yaml]
-"""
-    )
-    return config
 
 
 def doctor(
@@ -203,13 +187,6 @@ def doctor(
 
 def group_at(config: Path) -> str:
     return f"group costs ({config.parent / 'rules.yaml'}:2)"
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 CLOCK_OK = "OK   Tempo's clock agrees with this host's (to the Date header's second)"
@@ -365,7 +342,7 @@ def test_max_duration_longer_than_the_bridges(
         "tempo.max_duration: 168h in the bridge's config"
     )
     # mirrored in the bridge's config: fine
-    config = write_config(tmp_path, tempo.url, prom.write_url, extra_tempo="  max_duration: 1w\n")
+    config = write_config(tmp_path, tempo.url, prom.write_url, tempo={"max_duration": "1w"})
     code, lines = doctor(capsys, config)
     assert code == 0
     assert lines[5] == (
@@ -421,8 +398,7 @@ def test_max_intervals_below_the_bridges(
         "tempo.max_intervals: 1440 in the bridge's config"
     )
     # mirrored in the bridge's config: fine; Tempo's above the bridge's: fine too
-    config = write_config(tmp_path, tempo.url, prom.write_url,
-                          extra_tempo="  max_intervals: 1440\n")
+    config = write_config(tmp_path, tempo.url, prom.write_url, tempo={"max_intervals": 1440})
     code, lines = doctor(capsys, config)
     assert code == 0
     assert lines[6] == (
@@ -485,7 +461,7 @@ def test_a_tenants_own_max_duration(
     tempo.overrides["team-a"] = (200, overrides_page("max_metrics_duration_12h", "team-a"))
     config = write_config(
         tmp_path, tempo.url, prom.write_url,
-        group="interval: 1m\n    query_offset: 2m\n    tenant: team-a|team-b",
+        tenant="team-a|team-b",
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -501,7 +477,7 @@ def test_a_tenants_own_max_duration(
     assert asked == ["/status/overrides/team-a", "/status/overrides/team-b"]
     # mirrored in the bridge's config: fine
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_tempo="  tenant: team-a\n  max_duration: 12h\n")
+        tmp_path, tempo.url, prom.write_url, tempo={"tenant": "team-a", "max_duration": "12h"})
     code, lines = doctor(capsys, config)
     assert lines[8] == (
         "OK   Tempo's per-tenant override read.max_metrics_duration of tenant team-a is 12h, "
@@ -514,8 +490,8 @@ def test_a_tenants_max_duration_shorter_than_two_intervals(
 ) -> None:
     tempo.overrides["team-a"] = (200, overrides_page("max_metrics_duration_12h", "team-a"))
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_tempo="  max_duration: 12h\n",
-        group="interval: 8h\n    query_offset: 2m\n    tenant: team-a",
+        tmp_path, tempo.url, prom.write_url, tempo={"max_duration": "12h"},
+        interval="8h", tenant="team-a",
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -598,7 +574,7 @@ def test_clock_skew_check_without_groups_or_date() -> None:
 def test_unreachable_tempo(
     tmp_path: Path, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{unused_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     config = write_config(tmp_path, url, prom.write_url)
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -619,9 +595,8 @@ def test_query_refused_and_no_secret_printed(
     (tmp_path / "rw-token").write_text(TOKEN + "\n")
     config = write_config(
         tmp_path, tempo.url, prom.write_url,
-        extra_tempo="  bearer_token_file: tempo-token\n",
-        extra_remote_write="  bearer_token_file: rw-token\n",
-        group="interval: 1m\n    query_offset: 2m\n    tenant: team-a",
+        tempo={"bearer_token_file": "tempo-token"},
+        remote_write={"bearer_token_file": "rw-token"}, tenant="team-a",
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -657,7 +632,7 @@ def test_prometheus_without_the_receiver(
 def test_unreachable_receiver(
     tmp_path: Path, tempo: FakeTempo, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = f"http://127.0.0.1:{unused_port()}/api/v1/write"
+    url = f"http://127.0.0.1:{free_port()}/api/v1/write"
     config = write_config(tmp_path, tempo.url, url)
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -672,7 +647,7 @@ def test_no_sample_age_limit_against_prometheus_without_out_of_order_window(
     tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_remote_write="  max_sample_age: 0s\n"
+        tmp_path, tempo.url, prom.write_url, remote_write={"max_sample_age": "0s"}
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -689,7 +664,7 @@ def test_sample_age_above_what_prometheus_takes(
     tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = write_config(
-        tmp_path, tempo.url, prom.write_url, extra_remote_write="  max_sample_age: 1h\n"
+        tmp_path, tempo.url, prom.write_url, remote_write={"max_sample_age": "1h"}
     )
     code, lines = doctor(capsys, config)
     assert code == 1
@@ -714,7 +689,7 @@ def test_sample_age_against_an_out_of_order_window(
                "remote_write.max_sample_age: 2h or less"),
     ]:
         config = write_config(
-            tmp_path, tempo.url, url, extra_remote_write=f"  max_sample_age: {age}\n"
+            tmp_path, tempo.url, url, remote_write={"max_sample_age": age}
         )
         code, lines = doctor(capsys, config)
         assert lines[-2] == expected
@@ -727,7 +702,7 @@ def test_a_receiver_that_is_not_prometheus_is_not_judged(
     # Mimir's write path, with a key in the query string that must not be printed
     write_url = f"{tempo.url}/api/v1/push?api_key={TOKEN}"
     config = write_config(
-        tmp_path, tempo.url, write_url, extra_remote_write="  max_sample_age: 0s\n"
+        tmp_path, tempo.url, write_url, remote_write={"max_sample_age": "0s"}
     )
     code, lines = doctor(capsys, config)
     assert lines[-3:] == [

@@ -1,52 +1,81 @@
-"""Fault injection (``bench/faults.py``) in CI sizes, and the faults it found, as unit tests.
+"""The reliability harness (``reliability/faults.py``) in CI sizes, and the faults it found,
+as unit tests.
 
-Each scenario runs the real daemon as a subprocess against the Tempo double and a real
+``python -m reliability.faults --quick`` runs in a child process, as anyone would run it:
+each scenario runs the real daemon as a subprocess against the Tempo double and a real
 Prometheus while one thing fails (Tempo or the receiver away or misbehaving, SIGKILLs,
-late spans), then reads every counter back with PromQL: no window may be lost or counted
-twice, and every counter must equal the truth computed from the spans (1e-9 relative).
-The sizes are ``bench.faults.QUICK`` (3 windows down, 4 s of faults, 3 kills): about 45 s
-for all six on two cores. ``uv run --frozen python bench/faults.py`` runs the full sizes.
+late spans), then reads every counter back with PromQL. Its table is checked row by row:
+no window lost or counted twice, and every counter equal to the truth computed from the
+spans (1e-9 relative). The quick sizes (3 windows down, 4 s of faults, 3 kills) take about
+45 s for all six scenarios on two cores; without ``--quick`` the harness runs the full ones.
 """
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Iterator
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from bench.faults import QUICK, SCENARIOS, TOLERANCE, run_scenario, table_row
 from bridge.engine import Engine, rule_key
 from bridge.metrics import Metrics
-from bridge.rulefmt import load_rule_files
-from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Limits
 from tests.doubles.tempo import Response, Span, TempoDouble
-from tests.prometheus_server import PrometheusServer, start_prometheus
+from tests.support.clock import FakeClock
+from tests.support.files import Rule, load_group
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("tempo-down", "tempo-faults", "receiver-down", "receiver-faults", "sigkill",
+             "late-spans")
+TOLERANCE = 1e-9  # relative: Tempo's float sums may differ from the exact sum in the last bits
+
+
+@dataclass(frozen=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        """The table's rows by scenario, each cell by its column's title."""
+        lines = [line for line in self.stdout.splitlines() if line.startswith("| ")]
+        if not lines:
+            return {}
+        header, *rows = ([cell.strip() for cell in line.strip().strip("|").split("|")]
+                         for line in lines)
+        return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
 
 
 @pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
+def run() -> Run:
+    result = subprocess.run(
+        [sys.executable, "-m", "reliability.faults", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    return Run(result.returncode, result.stdout, result.stderr)
 
 
 @pytest.mark.prometheus
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-async def test_no_window_is_lost_or_counted_twice(
-    scenario: str, prom: PrometheusServer, tmp_path: Path
-) -> None:
-    row = await run_scenario(scenario, QUICK, prom, tmp_path)
-    print(table_row(row))
-    assert row.problems == []
-    assert row.expected >= 5
-    assert row.recorded == row.expected
-    assert (row.lost, row.double_counted) == (0, 0)
-    assert row.max_error <= TOLERANCE
+def test_the_harness_runs_every_scenario_and_succeeds(run: Run) -> None:
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert list(run.rows()) == list(SCENARIOS)
+
+
+@pytest.mark.prometheus
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_no_window_is_lost_or_counted_twice(run: Run, scenario: str) -> None:
+    row = run.rows().get(scenario)
+    assert row is not None, run.stdout[-3000:] + run.stderr[-3000:]
+    assert f"FAILED {scenario}:" not in run.stderr, run.stderr
+    expected = int(row["windows expected"])
+    assert expected >= 5
+    assert int(row["recorded"]) == expected
+    assert (int(row["lost"]), int(row["double-counted"])) == (0, 0)
+    assert float(row["max relative error"]) <= TOLERANCE
 
 
 # -- findings -------------------------------------------------------------------------------
@@ -55,61 +84,27 @@ T0 = 1795780800  # a multiple of 3600
 COUNT = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def one_minute_group(tmp_path: Path) -> Group:
-    path = tmp_path / "rules.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        groups:
-          - name: g
-            interval: 60s
-            query_offset: 60s
-            settle: [600s]
-            rules:
-              - record: requests_total
-                expr: '{COUNT}'
-                kind: counter
-        """))
-    (group,) = load_rule_files([str(path)], min_query_offset=0)
-    return group
-
-
-def in_process(double: TempoDouble) -> httpx.MockTransport:
-    def handler(request: httpx.Request) -> httpx.Response:
-        answer = double.handle(request.url.path, dict(request.url.params), dict(request.headers))
-        assert isinstance(answer, Response)
-        return httpx.Response(answer.status, content=answer.body,
-                              headers={"Content-Type": answer.content_type})
-
-    return httpx.MockTransport(handler)
-
-
 @pytest.mark.parametrize("body", [b"{}", b'{"series": [{"labels": [], "samples": "none"}]}'])
 async def test_a_body_that_is_not_a_metrics_answer_loses_no_window(
     tmp_path: Path, body: bytes
 ) -> None:
-    """Found by ``bench/faults.py`` (tempo-faults): such a 200 answer was taken as a window
+    """Found by the harness (tempo-faults): such a 200 answer was taken as a window
     without spans, and the window was lost unless a settle pass read it again.
 
     Tempo's answers always carry a ``metrics`` object (every capture of Tempo 3.0.3
     does); an empty object, or an instant series shaped like nothing Tempo sends, come
     from something else (a proxy, a cache, a misrouted URL) and must not be recorded."""
-    clock = Clock(T0 + 120)  # the window (T0, T0 + 60] is due
+    clock = FakeClock(T0 + 120)  # the window (T0, T0 + 60] is due
     double = TempoDouble(
         [Span(start_ns=(T0 + 10) * 10**9, attributes={"model": "a"},
               resource={"service.name": "svc"})],
         clock=clock, query_end_cutoff=0,
     )
     state = State(tmp_path / "state.sqlite")
-    engine = Engine(TempoClient("http://tempo", transport=in_process(double)), state,
+    engine = Engine(TempoClient("http://tempo", transport=double.transport()), state,
                     Metrics(), limits=Limits(), clock=clock)
-    group = one_minute_group(tmp_path)
+    group = load_group(tmp_path / "rules.yaml", Rule("requests_total", COUNT),
+                       interval="60s", query_offset="60s", settle="[600s]")
     key = rule_key(group, group.rules[0])
 
     double.inject(Response(200, "application/json", body))

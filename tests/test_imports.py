@@ -50,3 +50,18 @@ def test_the_rule_model_knows_no_yaml_nor_its_file_format() -> None:
 )
 def test_config_and_rule_files_do_not_import_each_other(module: str, forbidden: set[str]) -> None:
     assert not bridge_imports(module) & forbidden
+
+
+def test_the_tests_import_neither_the_benchmarks_nor_the_reliability_harness() -> None:
+    """bench/ and reliability/ use the tests' doubles and helpers; the tests run them as
+    programs, so that there is no import cycle between them."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     else [])
+            found += [f"{path.relative_to(tests)}: {name}" for name in names
+                      if name.split(".")[0] in ("bench", "reliability")]
+    assert found == []

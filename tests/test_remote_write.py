@@ -8,7 +8,7 @@ import math
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from bridge.remote_write import (
     serialize_write_request,
 )
 from bridge.series import STALE_NAN, Exemplar, Labels, Sample, is_stale_nan
-from tests.prometheus_server import PrometheusError, PrometheusServer, start_prometheus
+from tests.support.prometheus import PrometheusError, PrometheusServer, start_prometheus
 
 URL = "http://receiver.test/api/v1/write"
 
@@ -505,12 +505,6 @@ def test_prometheus_dying_at_start_shows_its_output(tmp_path: Path,
         pass
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
-
-
 def now_ms() -> int:
     return int(time.time()) * 1000
 
@@ -535,51 +529,51 @@ def value_at(prometheus: PrometheusServer, promql: str, t_ms: int) -> dict[str, 
 
 
 @pytest.mark.prometheus
-async def test_prometheus_stores_counter_and_gauge_exactly(prometheus: PrometheusServer) -> None:
+async def test_prometheus_stores_counter_and_gauge_exactly(prom: PrometheusServer) -> None:
     t = now_ms()
     counter = (("__name__", "rw_cost_usd_total"), ("model", "openai/gpt-4o"))
     gauge = (("__name__", "rw_queue_depth"),)
     external = {"cluster": "ci"}
-    await write(prometheus, [
+    await write(prom, [
         (add_external_labels(counter, external), [(t - 60_000, 0.1), (t, 0.30000000000000004)]),
         (add_external_labels(gauge, external), [(t, 17.0)]),
     ])
-    assert value_at(prometheus, "rw_cost_usd_total", t - 60_000) == {
+    assert value_at(prom, "rw_cost_usd_total", t - 60_000) == {
         "__name__=rw_cost_usd_total,cluster=ci,model=openai/gpt-4o": "0.1"}
-    assert value_at(prometheus, "rw_cost_usd_total", t) == {
+    assert value_at(prom, "rw_cost_usd_total", t) == {
         "__name__=rw_cost_usd_total,cluster=ci,model=openai/gpt-4o": "0.30000000000000004"}
-    assert value_at(prometheus, "rw_queue_depth", t) == {"__name__=rw_queue_depth,cluster=ci": "17"}
-    [matrix] = prometheus.query_range("rw_cost_usd_total", (t - 60_000) / 1000, t / 1000, 60)
+    assert value_at(prom, "rw_queue_depth", t) == {"__name__=rw_queue_depth,cluster=ci": "17"}
+    [matrix] = prom.query_range("rw_cost_usd_total", (t - 60_000) / 1000, t / 1000, 60)
     assert matrix["values"] == [[(t - 60_000) / 1000, "0.1"], [t / 1000, "0.30000000000000004"]]
-    assert prometheus.series('{__name__=~"rw_(cost_usd_total|queue_depth)"}') == [
+    assert prom.series('{__name__=~"rw_(cost_usd_total|queue_depth)"}') == [
         {"__name__": "rw_cost_usd_total", "cluster": "ci", "model": "openai/gpt-4o"},
         {"__name__": "rw_queue_depth", "cluster": "ci"},
     ]
 
 
 @pytest.mark.prometheus
-async def test_prometheus_stale_marker_ends_a_series(prometheus: PrometheusServer) -> None:
+async def test_prometheus_stale_marker_ends_a_series(prom: PrometheusServer) -> None:
     t = now_ms()
     ended = (("__name__", "rw_gauge"), ("model", "ended"))
     kept = (("__name__", "rw_gauge"), ("model", "kept"))
-    await write(prometheus, [(ended, [(t - 30_000, 1.0)]), (kept, [(t - 30_000, 2.0)])])
-    await write(prometheus, [(ended, [(t - 15_000, STALE_NAN)])])
-    assert value_at(prometheus, "rw_gauge", t - 20_000) == {
+    await write(prom, [(ended, [(t - 30_000, 1.0)]), (kept, [(t - 30_000, 2.0)])])
+    await write(prom, [(ended, [(t - 15_000, STALE_NAN)])])
+    assert value_at(prom, "rw_gauge", t - 20_000) == {
         "__name__=rw_gauge,model=ended": "1", "__name__=rw_gauge,model=kept": "2"}
     # Without the marker, a series stays visible for the 5 min lookback.
-    assert value_at(prometheus, "rw_gauge", t) == {"__name__=rw_gauge,model=kept": "2"}
+    assert value_at(prom, "rw_gauge", t) == {"__name__=rw_gauge,model=kept": "2"}
 
 
 @pytest.mark.prometheus
-async def test_prometheus_rejections(prometheus: PrometheusServer) -> None:
+async def test_prometheus_rejections(prom: PrometheusServer) -> None:
     t = now_ms()
     labels = (("__name__", "rw_rejections"),)
-    await write(prometheus, [(labels, [(t, 5.0)])])
+    await write(prom, [(labels, [(t, 5.0)])])
 
-    out_of_order = await rejection(prometheus, [(labels, [(t - 1000, 4.0)])])
-    duplicate = await rejection(prometheus, [(labels, [(t, 6.0)])])
-    too_old = await rejection(prometheus, [((("__name__", "rw_old"),), [(t - 65 * 60_000, 1.0)])])
-    where = f"POST {prometheus.write_url}: HTTP 400: "
+    out_of_order = await rejection(prom, [(labels, [(t - 1000, 4.0)])])
+    duplicate = await rejection(prom, [(labels, [(t, 6.0)])])
+    too_old = await rejection(prom, [((("__name__", "rw_old"),), [(t - 65 * 60_000, 1.0)])])
+    where = f"POST {prom.write_url}: HTTP 400: "
     assert [str(e) for e in (out_of_order, duplicate, too_old)] == [
         where + "out of order sample",
         where + "duplicate sample for timestamp",
@@ -589,14 +583,14 @@ async def test_prometheus_rejections(prometheus: PrometheusServer) -> None:
                for e in (out_of_order, duplicate, too_old))
 
     # One bad sample fails the whole request: the good series in it is not stored.
-    mixed = await rejection(prometheus, [
+    mixed = await rejection(prom, [
         ((("__name__", "rw_innocent"),), [(t, 1.0)]), (labels, [(t - 1000, 4.0)])])
     assert mixed.reason == "http_400"
-    assert prometheus.query("rw_innocent", t / 1000) == []
+    assert prom.query("rw_innocent", t / 1000) == []
 
     # Resending the latest sample unchanged is accepted; 55 min behind is still in bounds.
-    await write(prometheus, [(labels, [(t, 5.0)])])
-    await write(prometheus, [((("__name__", "rw_late"),), [(t - 55 * 60_000, 3.0)])])
-    assert value_at(prometheus, "rw_rejections", t) == {"__name__=rw_rejections": "5"}
-    assert value_at(prometheus, "rw_late", t - 55 * 60_000) == {"__name__=rw_late": "3"}
-    assert value_at(prometheus, "rw_old", t) == {}
+    await write(prom, [(labels, [(t, 5.0)])])
+    await write(prom, [((("__name__", "rw_late"),), [(t - 55 * 60_000, 3.0)])])
+    assert value_at(prom, "rw_rejections", t) == {"__name__=rw_rejections": "5"}
+    assert value_at(prom, "rw_late", t - 55 * 60_000) == {"__name__=rw_late": "3"}
+    assert value_at(prom, "rw_old", t) == {}

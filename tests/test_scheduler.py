@@ -1,4 +1,10 @@
-"""Scheduler: one job per group, evaluated at once, then at k*interval + query_offset."""
+"""Scheduler: one job per group, evaluated at once, then at k*interval + query_offset.
+
+The wall clock is time-machine's, frozen and moved by the tests (APScheduler reads it
+through ``datetime.now``, the scheduler through ``time.time``); after each move the
+scheduler is woken and the event loop runs what became due. No test waits for time to
+pass.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +13,30 @@ import dataclasses
 import time
 from pathlib import Path
 
+from time_machine import TimeMachineFixture
+
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
 from bridge.scheduler import TICK_MARGIN, Scheduler
+from tests.support.clock import run_ready
+from tests.support.files import rules_yaml
+
+T0 = 1795780800  # a multiple of 3600
 
 
-def groups(tmp_path: Path, offset: str = "1s") -> list[Group]:
+def groups(tmp_path: Path) -> list[Group]:
+    """``a``: 1 s windows read 1 s after they end; ``b``: 2 s windows read 1 s after."""
+    a = rules_yaml(group="a", interval="1s", query_offset="1s")
+    b = rules_yaml(group="b", interval="2s", query_offset="1s")
     path = tmp_path / "r.yaml"
-    path.write_text(
-        "groups:\n"
-        f"  - {{name: a, interval: 1s, query_offset: {offset}, settle: [60s], rules: []}}\n"
-        "  - {name: b, interval: 2s, query_offset: 1s, settle: [60s], rules: []}\n"
-    )
+    path.write_text(a + b.removeprefix("groups:\n"))
     return load_rule_files([str(path)], min_query_offset=0)
 
 
-async def test_groups_run_at_once_then_on_their_phase(tmp_path: Path) -> None:
+async def test_groups_run_at_once_then_each_tick_on_its_phase(
+    tmp_path: Path, time_machine: TimeMachineFixture
+) -> None:
+    time_machine.move_to(T0 + 0.3, tick=False)
     calls: list[tuple[str, float]] = []
 
     async def evaluate(group: Group) -> None:
@@ -31,20 +45,29 @@ async def test_groups_run_at_once_then_on_their_phase(tmp_path: Path) -> None:
     scheduler = Scheduler(evaluate)
     scheduler.start(groups(tmp_path))
     try:
-        await asyncio.sleep(4.3)
+        await run_ready()
+        assert sorted(calls) == [("a", T0 + 0.3), ("b", T0 + 0.3)]  # at once, to catch up
+        # a ticks at k + TICK_MARGIN, b at 2k + 1 + TICK_MARGIN: just after a window is due
+        ticks = {T0 + 1: ["a", "b"], T0 + 2: ["a"], T0 + 3: ["a", "b"], T0 + 4: ["a"]}
+        for due, names in ticks.items():
+            calls.clear()
+            time_machine.move_to(due + TICK_MARGIN - 0.001)
+            scheduler.wakeup()
+            await run_ready()
+            assert calls == [], f"a tick before {due} + TICK_MARGIN"
+            time_machine.move_to(due + TICK_MARGIN + 0.001)
+            scheduler.wakeup()
+            await run_ready()
+            assert sorted(name for name, _ in calls) == names, due
     finally:
         scheduler.shutdown()
-    a = [t for name, t in calls if name == "a"]
-    b = [t for name, t in calls if name == "b"]
-    assert len(a) in (4, 5, 6)
-    assert len(b) in (2, 3, 4)
-    for t in a[1:]:  # ticks fire just after a window becomes due, never before
-        assert TICK_MARGIN - 0.001 <= t % 1 < 0.6
-    for t in b[1:]:
-        assert 1 + TICK_MARGIN - 0.001 <= t % 2 < 1.6
 
 
-async def test_a_slow_evaluation_is_not_run_twice_at_once(tmp_path: Path) -> None:
+async def test_a_slow_evaluation_is_not_run_twice_at_once(
+    tmp_path: Path, time_machine: TimeMachineFixture
+) -> None:
+    time_machine.move_to(T0 + 0.3, tick=False)
+    release = asyncio.Event()
     running = 0
     overlap = False
     calls = 0
@@ -54,17 +77,28 @@ async def test_a_slow_evaluation_is_not_run_twice_at_once(tmp_path: Path) -> Non
         calls += 1
         running += 1
         overlap = overlap or running > 1
-        await asyncio.sleep(1.6)  # longer than the interval: the next tick must wait
+        await release.wait()  # a slow Tempo query
         running -= 1
 
     scheduler = Scheduler(evaluate)
     scheduler.start(groups(tmp_path)[:1])
     try:
-        await asyncio.sleep(3.5)
+        await run_ready()
+        assert calls == 1  # the run at start, still under way
+        time_machine.move_to(T0 + 3.5)  # three ticks come due meanwhile
+        scheduler.wakeup()
+        await run_ready()
+        assert calls == 1  # the tick waits for the run under way
+        release.set()
+        await run_ready()
+        assert calls == 2  # then runs once: the ticks missed meanwhile are one run
+        assert not overlap
+        time_machine.move_to(T0 + 4.5)
+        scheduler.wakeup()
+        await run_ready()
+        assert calls == 3
     finally:
         scheduler.shutdown()
-    assert not overlap
-    assert calls >= 2
 
 
 async def test_replace_keeps_unchanged_groups(tmp_path: Path) -> None:
@@ -146,27 +180,30 @@ async def test_a_group_moved_or_commented_keeps_its_schedule(tmp_path: Path) -> 
         scheduler.shutdown()
 
 
-async def test_a_tick_evaluates_the_group_as_now_written(tmp_path: Path) -> None:
+async def test_a_tick_evaluates_the_group_as_now_written(
+    tmp_path: Path, time_machine: TimeMachineFixture
+) -> None:
+    time_machine.move_to(T0 + 0.3, tick=False)
     evaluated: list[Group] = []
-    seen = asyncio.Condition()
 
     async def evaluate(group: Group) -> None:
-        async with seen:
-            evaluated.append(group)
-            seen.notify_all()
+        evaluated.append(group)
 
     text = "groups:\n  - {name: a, interval: 1s, query_offset: 0s, settle: [60s], rules: []}\n"
     (first,) = load(tmp_path / "a.yaml", text)
     scheduler = Scheduler(evaluate)
     scheduler.start([first])
     try:
-        async with seen:
-            await asyncio.wait_for(seen.wait_for(lambda: len(evaluated) == 1), 5)
+        await run_ready()
+        assert len(evaluated) == 1
         (moved,) = load(tmp_path / "b.yaml", "# moved here\n" + text)
         scheduler.replace([moved])
-        count = len(evaluated)
-        async with seen:  # the next tick, within a second
-            await asyncio.wait_for(seen.wait_for(lambda: len(evaluated) > count), 5)
+        await run_ready()
+        assert len(evaluated) == 1  # the same group: not rescheduled, not run at once
+        time_machine.move_to(T0 + 1 + TICK_MARGIN + 0.001)  # its next tick
+        scheduler.wakeup()
+        await run_ready()
+        assert len(evaluated) == 2
         assert (evaluated[-1].file, evaluated[-1].line) == (moved.file, 3)
     finally:
         scheduler.shutdown()

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
-from aiohttp import web
 
-from bridge.components import load_rules
 from bridge.config import load_config
-from bridge.daemon import Daemon
 from bridge.logs import configure
 from tests.doubles.tempo import Span, TempoDouble
+from tests.support.daemon import make_daemon, running
+from tests.support.files import Rule, write_config, write_rules
+from tests.support.servers import eventually, receiving, serving
 
 TEMPO_TOKEN = "tempo-s3cret-token-4f1c"
 RW_PASSWORD = "rw-pa55word-9a7e"
+COUNT = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
 
 
 async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
@@ -29,80 +28,37 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
               resource={"service.name": "svc"}) for i in range(40)],
         query_end_cutoff=0,
     )
-    tempo_url = await tempo.start()
-    seen_auth: list[str] = []
-
-    async def refuse(request: web.Request) -> web.Response:
-        seen_auth.append(request.headers.get("Authorization", ""))
-        return web.Response(status=401, text="bad credentials\n")
-
-    app = web.Application()
-    app.router.add_post("/api/v1/write", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "tempo-token").write_text(TEMPO_TOKEN + "\n")
     (credentials / "rw-password").write_text(RW_PASSWORD)
-    (tmp_path / "rules.yaml").write_text(
-        textwrap.dedent(
-            """\
-            groups:
-              - name: g
-                interval: 1s
-                query_offset: 1s
-                settle: [60s]
-                rules:
-                  - record: requests_total
-                    expr: '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
-                    kind: counter
-            """
-        )
-    )
-    config_path = tmp_path / "bridge.yaml"
-    config_path.write_text(
-        textwrap.dedent(
-            f"""\
-            tempo:
-              url: {tempo_url}
-              bearer_token_file: tempo-token
-              query_end_cutoff: 0s
-              ingest_delay: 0s
-            remote_write:
-              url: http://127.0.0.1:{port}/api/v1/write
-              basic_auth: {{username: bridge, password_file: rw-password}}
-            state_dir: state
-            rule_files: [rules.yaml]
-            web: {{listen_address: "127.0.0.1:0"}}
-            log_level: debug
-            """
-        )
-    )
+    environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    write_rules(tmp_path / "rules.yaml", Rule("requests_total", COUNT))
     logs = io.StringIO()
     configure("debug", stream=logs)
-    config = load_config(config_path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
-    assert TEMPO_TOKEN not in repr(config)
-    assert RW_PASSWORD not in repr(config)
-    assert TEMPO_TOKEN not in str(config.model_dump())
-    daemon = Daemon(config_path, config, load_rules(config))
-    task = asyncio.create_task(daemon.run())
     try:
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if seen_auth and daemon.web.port:
-                break
-        async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{daemon.web.port}/metrics")).text
+        async with serving(tempo) as tempo_url, \
+                receiving(status=401, text="bad credentials\n") as receiver:
+            config_path = write_config(
+                tmp_path, tempo_url, receiver.url,
+                tempo={"bearer_token_file": "tempo-token"},
+                remote_write={"basic_auth": {"username": "bridge",
+                                             "password_file": "rw-password"}},
+                log_level="debug",
+            )
+            config = load_config(config_path, environ)
+            assert TEMPO_TOKEN not in repr(config)
+            assert RW_PASSWORD not in repr(config)
+            assert TEMPO_TOKEN not in str(config.model_dump())
+            async with running(make_daemon(config_path, environ)) as daemon:
+                await eventually(lambda: "remote write rejected" in logs.getvalue(),
+                                 "the receiver's refusal in the log")
+                async with httpx.AsyncClient() as http:
+                    url = f"http://127.0.0.1:{daemon.web.port}/metrics"
+                    metrics = (await http.get(url)).text
     finally:
-        daemon.stop()
-        await task
-        await tempo.stop()
-        await runner.cleanup()
         configure("info")
+    seen_auth = [write.headers.get("Authorization", "") for write in receiver.requests]
 
     # the secrets went where they belong
     assert tempo.requests[0].header("Authorization") == f"Bearer {TEMPO_TOKEN}"

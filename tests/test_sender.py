@@ -248,3 +248,24 @@ async def test_a_failing_state_does_not_stop_the_sender(
     assert failures == [1]
     assert state.outbox_samples() == 0  # sent again (an identical resend) and removed
     assert route.call_count == 2
+
+
+
+async def test_cancelling_the_run_ends_it_even_with_a_wake_up_pending(tmp_path: Path) -> None:
+    """Found by a daemon test that hung in stopping: a commit woke the sender just as the
+    daemon cancelled it, and ``asyncio.wait_for`` (Python 3.11) returned the wake-up
+    instead of raising the cancellation, so the sender ran on and the daemon waited."""
+    sender, state, _ = make_sender(tmp_path)
+    run = asyncio.create_task(sender.run(idle=60))
+    for _ in range(5):  # the outbox is empty: the sender waits for a wake-up
+        await asyncio.sleep(0)
+    sender.wake()
+    run.cancel()
+    try:
+        done, _ = await asyncio.wait([run], timeout=5)
+        assert done == {run}, "the sender ran on after it was cancelled"
+        assert run.cancelled()
+    finally:
+        run.cancel()  # waiting again, it takes the cancellation
+        await asyncio.wait([run], timeout=5)
+        state.close()

@@ -22,18 +22,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
-from bridge.components import load_rules
-from bridge.config import load_config
-from bridge.daemon import Daemon
 from bridge.systemd import Notifier, monotonic_usec, socket_address, watchdog_interval
-from tests import mdwe
 from tests.doubles.tempo import TempoDouble
+from tests.support import mdwe
+from tests.support.daemon import make_daemon, running
+from tests.support.files import Rule, write_rules
+from tests.support.files import write_config as write_bridge_config
+from tests.support.servers import eventually, free_port, receiving, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tempo-bridge.service"
@@ -213,64 +213,28 @@ def test_a_missing_socket_is_reported_not_raised() -> None:
 # -- the daemon, in-process -------------------------------------------------------------------
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
-RULES = """\
-groups:
-  - name: notify
-    interval: 1s
-    query_offset: 1s
-    rules:
-      - record: spans_total
-        expr: '{ } | count_over_time()'
-        kind: counter
-"""
-
-
 def write_config(directory: Path, tempo_url: str, write_url: str) -> Path:
-    (directory / "rules.yaml").write_text(RULES)
-    config = directory / "bridge.yaml"
-    config.write_text(
-        f"""\
-tempo:
-  url: {tempo_url}
-  query_end_cutoff: 0s
-  ingest_delay: 0s
-remote_write:
-  url: {write_url}
-state_dir: state
-rule_files: [rules.yaml]
-web:
-  listen_address: 127.0.0.1:0
-"""
-    )
-    return config
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """One group ``notify`` counting every span in one-second windows, and its config."""
+    write_rules(directory / "rules.yaml", Rule("spans_total", "{ } | count_over_time()"),
+                group="notify", settle=None)
+    return write_bridge_config(directory, tempo_url, write_url)
 
 
 @pytest.fixture
 async def tempo() -> AsyncIterator[str]:
-    double = TempoDouble(query_end_cutoff=0.0)
-    yield await double.start()
-    await double.stop()
+    async with serving(TempoDouble(query_end_cutoff=0.0)) as url:
+        yield url
 
 
 async def test_daemon_notifies_ready_watchdog_reloading_and_stopping(
     tmp_path: Path, tempo: str, listener: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only the notifications matter here: the receiver is a port nobody listens on.
-    config_path = write_config(tmp_path, tempo, f"http://127.0.0.1:{unused_port()}/api/v1/write")
+    config_path = write_config(tmp_path, tempo, f"http://127.0.0.1:{free_port()}/api/v1/write")
     monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    config = load_config(config_path)
-    daemon = Daemon(config_path, config, load_rules(config))
-    task = asyncio.create_task(daemon.run())
-    try:
+    async with running(make_daemon(config_path)) as daemon:
         ready = await listener.wait_for("READY=1")
         assert ready == "READY=1\nSTATUS=1 rule groups, 1 rules"
         assert daemon.web.port  # READY comes after the web server is up
@@ -318,9 +282,6 @@ async def test_daemon_notifies_ready_watchdog_reloading_and_stopping(
         await listener.wait_for("RELOADING=1", after=seen)
         ready = await listener.wait_for("READY=1", after=seen)
         assert ready == "READY=1\nSTATUS=1 rule groups, 1 rules; reload failed, previous rules kept"
-    finally:
-        daemon.stop()
-        await task
     stopping = await listener.wait_for("STOPPING=1")
     assert stopping == "STOPPING=1\nSTATUS=stopping"
     stopped_at = listener.times("STOPPING=1")[0]
@@ -333,53 +294,13 @@ async def test_daemon_without_notify_socket_runs_as_before(
 ) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", str(WATCHDOG_USEC))
-    config_path = write_config(tmp_path, tempo, f"http://127.0.0.1:{unused_port()}/api/v1/write")
-    config = load_config(config_path)
-    daemon = Daemon(config_path, config, load_rules(config))
-    task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.3)
-    assert not daemon.notifier.enabled
-    assert await daemon.reload() is None
-    daemon.stop()
-    await task
+    config_path = write_config(tmp_path, tempo, f"http://127.0.0.1:{free_port()}/api/v1/write")
+    async with running(make_daemon(config_path)) as daemon:
+        assert not daemon.notifier.enabled
+        assert await daemon.reload() is None
 
 
 # -- the daemon as systemd runs it: a child process, real signals, MemoryDenyWriteExecute -----
-
-
-class Receiver:
-    """A remote-write receiver that accepts every request and counts them."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> str:
-        async def write(request: web.Request) -> web.Response:
-            await request.read()
-            self.requests += 1
-            return web.Response(status=204)
-
-        app = web.Application()
-        app.router.add_post("/api/v1/write", write)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}/api/v1/write"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-async def wait_until(condition: Callable[[], bool], what: str, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def test_the_filter_refuses_writable_executable_memory() -> None:
@@ -404,8 +325,6 @@ async def test_daemon_under_memory_deny_write_execute_with_real_signals(
 ) -> None:
     if not mdwe.supported():
         pytest.skip("the MemoryDenyWriteExecute filter knows x86_64 and aarch64 Linux only")
-    receiver = Receiver()
-    config_path = write_config(tmp_path, tempo, await receiver.start())
     env = {
         **os.environ,
         "NOTIFY_SOCKET": listener.address,
@@ -413,30 +332,30 @@ async def test_daemon_under_memory_deny_write_execute_with_real_signals(
         "PYTHONPATH": str(ROOT),
     }
     env.pop("WATCHDOG_PID", None)
-    log = (tmp_path / "daemon.log").open("w+")
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, mdwe.__file__,
-        sys.executable, "-m", "bridge", "run", "--config", str(config_path),
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        await listener.wait_for("READY=1")
-        # it queried Tempo and sent samples (protobuf, snappy, HTTP) under the filter
-        await wait_until(lambda: receiver.requests > 0, "a remote-write request")
-        await listener.wait_for("WATCHDOG=1")
-        seen = len(listener.messages)
-        child.send_signal(signal.SIGHUP)
-        await listener.wait_for("RELOADING=1", after=seen)
-        await listener.wait_for("READY=1", after=seen)
-        child.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(child.wait(), 20) == 0
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-        await receiver.stop()
-        log.seek(0)
-        output = log.read()
-        log.close()
+    log_path = tmp_path / "daemon.log"
+    async with receiving() as receiver:
+        config_path = write_config(tmp_path, tempo, receiver.url)
+        with log_path.open("w") as log:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, mdwe.__file__,
+                sys.executable, "-m", "bridge", "run", "--config", str(config_path),
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            await listener.wait_for("READY=1")
+            # it queried Tempo and sent samples (protobuf, snappy, HTTP) under the filter
+            await eventually(lambda: receiver.requests, "a remote-write request")
+            await listener.wait_for("WATCHDOG=1")
+            seen = len(listener.messages)
+            child.send_signal(signal.SIGHUP)
+            await listener.wait_for("RELOADING=1", after=seen)
+            await listener.wait_for("READY=1", after=seen)
+            child.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(child.wait(), 20) == 0
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    output = log_path.read_text()
     assert listener.texts()[-1] == "STOPPING=1\nSTATUS=stopping", output
     assert '"level": "error"' not in output, output

@@ -1,4 +1,4 @@
-"""Reader of the ``.http`` captures of real Tempo traffic in ``tempo-api/captures``.
+"""Reader of the ``.http`` captures of a real Tempo's traffic (``tests/fixtures/tempo-api``).
 
 A capture file looks like this (``>`` lines are request headers, ``<`` lines
 response headers; the body follows the blank line after the response headers
@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tempo-api"
+"""The recordings kept in the repository (see its README.md)."""
 
 _REQUESTED_AT = re.compile(r"requested at unix_ns=(\d+)(?:\s+latency_ms=([\d.]+))?")
 
@@ -148,13 +151,13 @@ def load_captures(directory: Path) -> list[Capture]:
 
 
 def find_tempo_api() -> Path:
-    """The captures: ``$TEMPO_API_DIR``, or ``shared/tempo-api`` beside the repository
-    (where every developer machine and CI have it). Missing captures fail the run."""
-    repo = Path(__file__).resolve().parent.parent.parent
-    candidates = [os.environ.get("TEMPO_API_DIR", ""), str(repo.parent / "shared" / "tempo-api")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "captures").is_dir():
-            return Path(candidate)
-    raise RuntimeError(
-        f"Tempo captures not found in {candidates}: set TEMPO_API_DIR to shared/tempo-api"
-    )
+    """The recordings of a real Tempo: ``tests/fixtures/tempo-api`` in the repository, or
+    ``$TEMPO_API_DIR`` to hold the double to a fresh recording of the same layout. A
+    directory without ``captures/`` fails the run rather than skipping the tests."""
+    override = os.environ.get("TEMPO_API_DIR")
+    directory = Path(override) if override else FIXTURES
+    if not (directory / "captures").is_dir():
+        source = "TEMPO_API_DIR" if override else "the repository's fixtures"
+        raise RuntimeError(f"Tempo captures not found: {directory / 'captures'} ({source}) "
+                           "is not a directory")
+    return directory

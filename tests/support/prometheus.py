@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,10 +19,12 @@ from typing import Any
 
 import httpx
 
+from tests.support.servers import free_port
+
 DEFAULT_BINARY = "/usr/bin/prometheus"
 READY_TIMEOUT = 30.0
 _CONFIG = """\
-# Written by tests/prometheus_server.py: the receiver, and scrape targets if asked.
+# Written by tests/support/prometheus.py: the receiver, and scrape targets if asked.
 global:
   scrape_interval: 1m
   evaluation_interval: 1m
@@ -61,13 +62,6 @@ def find_binary(env_var: str, default: str, error: type[RuntimeError]) -> str:
 def prometheus_binary() -> str:
     """The path of the prometheus binary to run; raises if there is none."""
     return find_binary("PROMETHEUS_BIN", DEFAULT_BINARY, PrometheusError)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrometheusServer:
@@ -110,7 +104,7 @@ class PrometheusServer:
         # The free port can be taken between our probe and Prometheus's bind:
         # then Prometheus exits at once and we try another port.
         for _ in range(3):
-            port = _free_port()
+            port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             self.write_url = f"{self.url}/api/v1/write"
             if self._start_on(port):

@@ -1,11 +1,11 @@
 """Run a command under the seccomp filter systemd 252 installs for ``MemoryDenyWriteExecute=yes``.
 
-``python tests/mdwe.py COMMAND...`` installs the filter and execs COMMAND, which inherits it.
-Like systemd's (``seccomp_memory_deny_write_execute`` in ``src/shared/seccomp-util.c``) it
-makes these calls fail with EPERM: ``mmap`` with both PROT_WRITE and PROT_EXEC,
-``mprotect`` and ``pkey_mprotect`` with PROT_EXEC, and ``shmat`` with SHM_EXEC. So a
-process that runs here runs in the unit, as far as this setting goes. Standard library only:
-the filter is a classic BPF program handed to ``prctl(PR_SET_SECCOMP)`` through ctypes.
+``python tests/support/mdwe.py COMMAND...`` installs the filter and execs COMMAND, which
+inherits it. Like systemd's (``seccomp_memory_deny_write_execute`` in its
+``seccomp-util.c``) it makes these calls fail with EPERM: ``mmap`` with both PROT_WRITE and
+PROT_EXEC, ``mprotect`` and ``pkey_mprotect`` with PROT_EXEC, and ``shmat`` with SHM_EXEC.
+So a process that runs here runs in the unit, as far as this setting goes. Standard library
+only: the filter is a classic BPF program handed to ``prctl(PR_SET_SECCOMP)`` through ctypes.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def install() -> None:
 
 def main(argv: list[str]) -> None:
     if not argv:
-        sys.exit("usage: python tests/mdwe.py COMMAND [ARG...]")
+        sys.exit("usage: python tests/support/mdwe.py COMMAND [ARG...]")
     install()
     os.execvp(argv[0], argv)
 

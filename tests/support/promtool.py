@@ -2,7 +2,7 @@
 
 Uses ``/usr/bin/promtool`` (Debian's prometheus package, installed by CI) or
 ``$PROMTOOL_BIN``. A missing binary is an error, not a skip, as for
-``tests/prometheus_server.py``.
+``tests/support/prometheus.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.prometheus_server import find_binary
+from tests.support.prometheus import find_binary
 
 DEFAULT_BINARY = "/usr/bin/promtool"
 
