@@ -188,6 +188,9 @@ class Sender:
 
     def _on_retry(self, reason: str, wait: float) -> None:
         self._metrics.send_retries.labels(reason).inc()
+        # drain() returns only once the receiver takes the samples: while it fails, the
+        # outbox gauges (and the status page) follow the outbox at every retry instead
+        self.update_gauges()
         log.warning("remote write failed, retrying", reason=reason, retry_in=round(wait, 3))
 
 
