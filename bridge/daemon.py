@@ -180,8 +180,8 @@ class Daemon:
         self.status.set_groups([
             GroupStatus(
                 name=g.name, file=g.file, interval=g.interval, query_offset=g.query_offset,
-                settle=g.settle, tenant=g.tenant,
-                rules=[RuleStatus(r.record, r.kind, r.expr) for r in g.rules],
+                settle=g.settle, tenant=g.tenant, labels=dict(g.labels),
+                rules=[RuleStatus(r.record, r.kind, r.expr, dict(r.labels)) for r in g.rules],
             )
             for g in groups
         ])

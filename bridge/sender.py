@@ -89,7 +89,7 @@ class Sender:
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)
         self._metrics.outbox_oldest_age.set(age)
         if self._status is not None:
-            self._status.outbox(depth, age)
+            self._status.outbox(depth, age, self._clock())
 
     async def _send(self, rows: list[OutboxRow]) -> None:
         keep = self._sendable(rows)
