@@ -76,7 +76,8 @@ class Daemon:
             status=self.status,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
-        self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready)
+        self.web = WebServer(self.metrics.registry, self.reload, lambda: self._ready,
+                             self.status.snapshot, clock=clock)
         self._groups = groups
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
 

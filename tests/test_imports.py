@@ -50,3 +50,9 @@ def test_the_rule_model_knows_no_yaml_nor_its_file_format() -> None:
 )
 def test_config_and_rule_files_do_not_import_each_other(module: str, forbidden: set[str]) -> None:
     assert not bridge_imports(module) & forbidden
+
+
+def test_the_status_page_renders_the_status_board_and_nothing_else() -> None:
+    """It reads a snapshot; it does not reach into the state, the engine or the daemon."""
+    assert bridge_imports("statuspage") == {"bridge.status", "bridge.durations"}
+    assert bridge_imports("status") == set()
