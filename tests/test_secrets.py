@@ -1,4 +1,5 @@
-"""Secrets: read from files, sent where they belong, never in logs, metrics, errors or output."""
+"""Secrets: read from files, sent where they belong, never in logs, metrics, errors, output
+or the status page and its JSON."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.doubles.tempo import Span, TempoDouble
 
 TEMPO_TOKEN = "tempo-s3cret-token-4f1c"
 RW_PASSWORD = "rw-pa55word-9a7e"
+URL_TOKEN = "url-t0ken-5b2d"  # some receivers take a token in the URL's query
 
 
 async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
@@ -31,9 +33,11 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
     )
     tempo_url = await tempo.start()
     seen_auth: list[str] = []
+    seen_query: list[str] = []
 
     async def refuse(request: web.Request) -> web.Response:
         seen_auth.append(request.headers.get("Authorization", ""))
+        seen_query.append(request.query_string)
         return web.Response(status=401, text="bad credentials\n")
 
     app = web.Application()
@@ -73,7 +77,7 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
               query_end_cutoff: 0s
               ingest_delay: 0s
             remote_write:
-              url: http://127.0.0.1:{port}/api/v1/write
+              url: http://127.0.0.1:{port}/api/v1/write?token={URL_TOKEN}
               basic_auth: {{username: bridge, password_file: rw-password}}
             state_dir: state
             rule_files: [rules.yaml]
@@ -95,8 +99,16 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
             if seen_auth and daemon.web.port:
                 break
+        base = f"http://127.0.0.1:{daemon.web.port}"
         async with httpx.AsyncClient() as http:
-            metrics = (await http.get(f"http://127.0.0.1:{daemon.web.port}/metrics")).text
+            for _ in range(100):  # until the page has the receiver's refusal to show
+                status = (await http.get(f"{base}/api/v1/status")).json()
+                if status["receiver"]["last_answer"] and status["tempo"]["last_answer"]:
+                    break
+                await asyncio.sleep(0.05)
+            metrics = (await http.get(f"{base}/metrics")).text
+            page = (await http.get(f"{base}/")).text
+            status_json = (await http.get(f"{base}/api/v1/status")).text
     finally:
         daemon.stop()
         await task
@@ -107,11 +119,18 @@ async def test_secrets_are_used_but_never_shown(tmp_path: Path) -> None:
     # the secrets went where they belong
     assert tempo.requests[0].header("Authorization") == f"Bearer {TEMPO_TOKEN}"
     assert seen_auth[0].startswith("Basic ")
+    assert seen_query[0] == f"token={URL_TOKEN}"
     # and nowhere else: the receiver's refusal was logged, with its body, without them
     text = logs.getvalue()
     events = [json.loads(line) for line in text.splitlines()]
     assert any(e["event"] == "remote write rejected" and "bad credentials" in e["error"]
                for e in events)
-    for secret in (TEMPO_TOKEN, RW_PASSWORD, seen_auth[0].split()[1]):
+    # the page and the JSON show the receiver's refusal and the URLs, not the credentials
+    assert "bad credentials" in page
+    assert f"127.0.0.1:{port}/api/v1/write?..." in page
+    assert json.loads(status_json)["receiver"]["last_answer"]["status"] == 401
+    for secret in (TEMPO_TOKEN, RW_PASSWORD, seen_auth[0].split()[1], URL_TOKEN):
         assert secret not in text
         assert secret not in metrics
+        assert secret not in page
+        assert secret not in status_json
