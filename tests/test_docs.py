@@ -1,17 +1,21 @@
 """The docs hold working examples: ``docs/alerts.yaml`` passes the real promtool's check and its
 unit tests and reads only metrics the bridge exposes; the operator guide's rule file is valid
-and its queries are TraceQL the Tempo double runs."""
+and its queries are TraceQL the Tempo double runs; its ``/api/v1/status`` example has the
+API's fields."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from bridge.check import check
 from bridge.metrics import Metrics
 from bridge.rulefmt import load_rule_files
+from bridge.statuspage import document
 from tests.doubles.tempo import parse_metrics_query
 from tests.promtool import promtool
+from tests.test_statuspage import NOW, hostile
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -55,3 +59,29 @@ def test_the_guides_rule_example_is_valid(tmp_path: Path) -> None:
     for group in groups:
         for rule in group.rules:
             parse_metrics_query(rule.expr)
+
+
+def _paths(value: object, prefix: str = "") -> set[str]:
+    """Every key path in a JSON value (list items merged: ``groups[].rules[].kind``); the
+    keys of ``labels`` and ``queries`` are data, not fields."""
+    if isinstance(value, dict):
+        if prefix.endswith((".labels", ".queries")):
+            return set()
+        found = set()
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            found |= {path} | _paths(item, path)
+        return found
+    if isinstance(value, list):
+        return set().union(*(_paths(item, prefix + "[]") for item in value))
+    return set()
+
+
+def test_the_guides_status_json_example_has_every_field_of_the_api() -> None:
+    guide = (DOCS / "operator-guide.md").read_text()
+    (example,) = re.findall(r"```json\n(.*?)```", guide, re.S)
+    shown = json.loads(example)
+    assert _paths(shown) == _paths(document(hostile(), NOW))
+    # and every top-level field is in the guide's table
+    for field in shown:
+        assert re.search(rf"^\| `{field}(\[\])?`|, `{field}`", guide, re.M), field
