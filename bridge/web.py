@@ -78,7 +78,7 @@ class WebServer:
 
     async def _page(self, request: web.Request) -> web.Response:
         text = request.query.get("refresh", str(statuspage.DEFAULT_REFRESH))
-        if not text.isdigit() or int(text) > MAX_REFRESH:
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_REFRESH:
             return web.Response(
                 status=400,
                 text=f"refresh must be a whole number of seconds from 0 (never) to "

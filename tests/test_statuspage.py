@@ -359,7 +359,7 @@ async def test_the_endpoints(server: httpx.AsyncClient) -> None:
     assert answer.headers["Content-Security-Policy"].startswith("default-src 'none';")
     assert answer.text == render(hostile(), NOW)
     assert (await server.get("/?refresh=0")).text == render(hostile(), NOW, 0)
-    for bad in ("-1", "x", "1.5", "86401"):
+    for bad in ("-1", "x", "1.5", "86401", "²"):
         refused = await server.get("/", params={"refresh": bad})
         assert refused.status_code == 400
         assert refused.text == (
