@@ -89,7 +89,8 @@ class Daemon:
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
         self._sender_alive = False
-        self.web = WebServer(self.metrics.registry, self.reload, lambda: self.ready)
+        self.web = WebServer(self.metrics.registry, self.reload, lambda: self.ready,
+                             self.status.snapshot, clock=clock)
         self._groups = groups
         self.notifier = notifier if notifier is not None else Notifier.from_environ()
 
@@ -256,8 +257,8 @@ class Daemon:
         self.status.set_groups([
             GroupStatus(
                 name=g.name, file=g.file, interval=g.interval, query_offset=g.query_offset,
-                settle=g.settle, tenant=g.tenant,
-                rules=[RuleStatus(r.record, r.kind, r.expr) for r in g.rules],
+                settle=g.settle, tenant=g.tenant, labels=dict(g.labels),
+                rules=[RuleStatus(r.record, r.kind, r.expr, dict(r.labels)) for r in g.rules],
             )
             for g in groups
         ])

@@ -370,10 +370,16 @@ class Engine:
 
     def _contact(self, error: TempoError | None) -> None:
         """Record on the status board whether Tempo answered."""
-        if self._status is not None:
-            self._status.tempo_answered(
-                TempoContact(self._clock(), error is None, None if error is None else str(error))
+        if self._status is None:
+            return
+        if error is None:
+            contact = TempoContact(self._clock(), True)
+        else:
+            contact = TempoContact(
+                self._clock(), False, str(error), error.reason,
+                reachable=error.reason not in ("network", "timeout"),
             )
+        self._status.tempo_answered(contact)
 
     def _report(self, run: _Run, duration: float) -> None:
         """Record the evaluation on the status board."""

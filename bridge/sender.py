@@ -116,7 +116,7 @@ class Sender:
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)
         self._metrics.outbox_oldest_age.set(age)
         if self._status is not None:
-            self._status.outbox(depth, age)
+            self._status.outbox(depth, age, self._clock())
 
     def _next(self) -> list[tuple[int, Batch]]:
         """The next requests in outbox order: the next one from memory when it is there,
@@ -225,6 +225,9 @@ class Sender:
 
     def _on_retry(self, reason: str, wait: float) -> None:
         self._metrics.send_retries.labels(reason).inc()
+        # drain() returns only once the receiver takes the samples: while it fails, the
+        # outbox gauges (and the status page) follow the outbox at every retry instead
+        self.update_gauges()
         log.warning("remote write failed, retrying", reason=reason, retry_in=round(wait, 3))
 
 

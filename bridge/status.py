@@ -38,6 +38,8 @@ class RuleStatus:
     record: str
     kind: str
     expr: str
+    labels: dict[str, str] = field(default_factory=dict)
+    """The rule's own labels (the group's are on the group)."""
     checkpoint: int | None = None
     """End of the last window recorded: data is complete up to here. None: never run."""
     windows_behind: int = 0
@@ -57,6 +59,7 @@ class GroupStatus:
     settle: tuple[int, ...]
     tenant: str | None
     rules: list[RuleStatus]
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,10 @@ class TempoContact:
     at: float
     ok: bool
     error: str | None = None
+    reason: str | None = None
+    """The failure's reason token (``network``, ``timeout``, ``http_503`` ...)."""
+    reachable: bool = True
+    """Whether Tempo answered at all: False for a network error or a timeout."""
 
 
 @dataclass
@@ -110,6 +117,13 @@ class Status:
     groups: list[GroupStatus] = field(default_factory=list)
     outbox_samples: int = 0
     outbox_oldest_age: float = 0.0
+    outbox_updated: float | None = None
+    """When the sender last counted the outbox (after a drain, and at every retry)."""
+    outbox_waiting_since: float | None = None
+    """When the sender first found samples it could not deliver, since the outbox was
+    last empty; None while it drains."""
+    outbox_waiting_samples: int = 0
+    """The samples waiting at ``outbox_waiting_since``: fewer than now means it grows."""
     receiver: ReceiverAnswer | None = None
     receiver_url: str = ""
     tempo: TempoContact | None = None
@@ -131,12 +145,15 @@ class StatusBoard:
         return copy.deepcopy(self._status)
 
     def set_groups(self, groups: list[GroupStatus]) -> None:
-        """The groups now loaded; rules kept from before keep what they recorded."""
+        """The groups now loaded; rules kept from before (same group, record, kind and
+        expression) keep what they recorded, and take their new labels."""
         for group in groups:
-            for i, rule in enumerate(group.rules):
+            for rule in group.rules:
                 known = self._rules.get((group.name, rule.record))
                 if known is not None and (known.kind, known.expr) == (rule.kind, rule.expr):
-                    group.rules[i] = known
+                    rule.checkpoint, rule.windows_behind = known.checkpoint, known.windows_behind
+                    rule.settle, rule.last = known.settle, known.last
+                    rule.last_error = known.last_error
         self._status.groups = groups
         self._rules = {(g.name, r.record): r for g in groups for r in g.rules}
 
@@ -152,9 +169,20 @@ class StatusBoard:
         if evaluation.error is not None:
             rule.last_error = evaluation
 
-    def outbox(self, samples: int, oldest_age: float) -> None:
-        self._status.outbox_samples = samples
-        self._status.outbox_oldest_age = oldest_age
+    def outbox(self, samples: int, oldest_age: float, at: float) -> None:
+        """The outbox as counted at ``at``. The sender counts it after a drain (so it is
+        empty unless a 4xx left nothing to retry) and at every retry (so a non-empty
+        count means samples wait for the receiver)."""
+        status = self._status
+        status.outbox_samples = samples
+        status.outbox_oldest_age = oldest_age
+        status.outbox_updated = at
+        if samples == 0:
+            status.outbox_waiting_since = None
+            status.outbox_waiting_samples = 0
+        elif status.outbox_waiting_since is None:
+            status.outbox_waiting_since = at
+            status.outbox_waiting_samples = samples
 
     def receiver_answered(self, answer: ReceiverAnswer) -> None:
         self._status.receiver = answer

@@ -1,16 +1,31 @@
-"""HTTP endpoints: ``/metrics``, ``/-/healthy``, ``/-/ready`` and ``POST /-/reload``."""
+"""HTTP endpoints: the status page ``/`` and ``/api/v1/status``, ``/metrics``,
+``/-/healthy``, ``/-/ready`` and ``POST /-/reload``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bridge import statuspage
 from bridge.errors import BridgeError
+from bridge.status import Status
 
 Reload = Callable[[], Awaitable[str | None]]
 """Reloads the rules; returns None on success or the error to report."""
+
+MAX_REFRESH = 86400
+_PAGE_HEADERS = {
+    # The page runs no script and loads nothing: even markup that escaped escaping
+    # could not run or call out.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 class WebServer:
@@ -21,13 +36,20 @@ class WebServer:
         registry: CollectorRegistry,
         reload: Reload,
         ready: Callable[[], bool],
+        status: Callable[[], Status],
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
         self._reload = reload
         self._ready = ready
+        self._status = status
+        self._clock = clock
         app = web.Application()
         app.add_routes(
             [
+                web.get("/", self._page),
+                web.get("/api/v1/status", self._status_json),
                 web.get("/metrics", self._metrics),
                 web.get("/-/healthy", self._healthy),
                 web.get("/-/ready", self._readiness),
@@ -53,6 +75,21 @@ class WebServer:
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+    async def _page(self, request: web.Request) -> web.Response:
+        text = request.query.get("refresh", str(statuspage.DEFAULT_REFRESH))
+        if not (text.isascii() and text.isdigit()) or int(text) > MAX_REFRESH:
+            return web.Response(
+                status=400,
+                text=f"refresh must be a whole number of seconds from 0 (never) to "
+                f"{MAX_REFRESH}, not {text!r}\n",
+            )
+        page = statuspage.render(self._status(), self._clock(), int(text))
+        return web.Response(text=page, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def _status_json(self, request: web.Request) -> web.Response:
+        document = statuspage.document(self._status(), self._clock())
+        return web.json_response(document, headers={"Cache-Control": "no-store"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)

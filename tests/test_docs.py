@@ -1,11 +1,12 @@
 """The docs hold working examples: ``docs/alerts.yaml`` passes the real promtool's check and its
-unit tests and reads only metrics the bridge exposes; ``docs/cost-alerts.yaml`` too, reading only
+ unit tests and reads only metrics the bridge exposes; ``docs/cost-alerts.yaml`` too, reading only
 the default rules' metrics, with budgets and thresholds as recording rules rather than numbers in
 the alerts; the operator guide's rule file is valid and its queries are TraceQL the Tempo double
-runs."""
+runs; its ``/api/v1/status`` example has the API's fields."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from ruamel.yaml import YAML
 from bridge.check import check
 from bridge.metrics import Metrics
 from bridge.rulefmt import load_rule_files
+from bridge.statuspage import document
 from tests.doubles.tempo import parse_metrics_query
 from tests.support.promtool import promtool
+from tests.support.status import NOW, hostile
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -114,3 +117,29 @@ def test_cost_alerts_hold_no_numbers_only_durations() -> None:
         # the numbers of names, durations and template-free PromQL: none may remain
         text = re.sub(r"\b[a-z_:]+[a-z_:0-9]*\b|\b\d+[smhdwy]\b", "", rule["expr"])
         assert not re.search(r"\d", text), (rule["alert"], text)
+
+
+def _paths(value: object, prefix: str = "") -> set[str]:
+    """Every key path in a JSON value (list items merged: ``groups[].rules[].kind``); the
+    keys of ``labels`` and ``queries`` are data, not fields."""
+    if isinstance(value, dict):
+        if prefix.endswith((".labels", ".queries")):
+            return set()
+        found = set()
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            found |= {path} | _paths(item, path)
+        return found
+    if isinstance(value, list):
+        return set().union(*(_paths(item, prefix + "[]") for item in value))
+    return set()
+
+
+def test_the_guides_status_json_example_has_every_field_of_the_api() -> None:
+    guide = (DOCS / "operator-guide.md").read_text()
+    (example,) = re.findall(r"```json\n(.*?)```", guide, re.S)
+    shown = json.loads(example)
+    assert _paths(shown) == _paths(document(hostile(), NOW))
+    # and every top-level field is in the guide's table
+    for field in shown:
+        assert re.search(rf"^\| `{field}(\[\])?`|, `{field}`", guide, re.M), field

@@ -29,7 +29,7 @@ from bridge.rules import Group, Rule
 from bridge.series import Labels, is_stale_nan
 from bridge.state import RuleKey
 from tests.doubles.tempo import RecordedRequest, Span
-from tests.test_engine import Harness
+from tests.support.engine import Harness
 
 T0 = 1795780800
 REQUESTS = "{ } | count_over_time() by (span.model, span.key)"

@@ -3,189 +3,27 @@ and every edit of a rule file keeping the counters exact."""
 
 from __future__ import annotations
 
-import dataclasses
-import textwrap
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bridge.engine import Engine, dry_run, rule_key
 from bridge.errors import StateError
-from bridge.evaluation import series_labels
-from bridge.metrics import Metrics
-from bridge.remote_write import Batch, encode_batches
-from bridge.rulefmt import load_rule_files
-from bridge.rules import Group, Rule
-from bridge.series import Exemplar, Labels, Sample, is_stale_nan
-from bridge.state import State
+from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
-from bridge.windows import Limits
-from tests.doubles.tempo import Response, Span, TempoDouble
-
-T0 = 1795780800  # a multiple of 3600
-COUNT = '{ resource.service.name = "svc" } | count_over_time() by (span.model)'
-SUM = '{ resource.service.name = "svc" } | sum_over_time(span.cost) by (span.model)'
-LIMITS = Limits(max_duration=86400, max_intervals=10_000)
-
-
-def span(t: float, model: str | int | None, cost: float = 1.0) -> Span:
-    attributes: dict[str, str | int | float] = {"cost": cost}
-    if model is not None:
-        attributes["model"] = model
-    return Span(start_ns=int(t * 1e9), attributes=attributes, resource={"service.name": "svc"})
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def transport(double: TempoDouble) -> httpx.MockTransport:
-    """Serve the double in-process: no sockets, same answers."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        answer = double.handle(request.url.path, dict(request.url.params), dict(request.headers))
-        assert isinstance(answer, Response)
-        return httpx.Response(
-            answer.status, content=answer.body, headers={"Content-Type": answer.content_type}
-        )
-
-    return httpx.MockTransport(handler)
-
-
-def rules_yaml(
-    *, interval: str = "60s", settle: str = "[]", labels: str = "{}", start: str = "0s",
-    rules: Iterable[str] = (),
-) -> str:
-    body = "".join(textwrap.indent(textwrap.dedent(r), "      ") for r in rules)
-    return textwrap.dedent(
-        f"""\
-        groups:
-          - name: g
-            interval: {interval}
-            query_offset: 60s
-            start: {start}
-            settle: {settle}
-            labels: {labels}
-            rules:
-        """
-    ) + body
-
-
-def rule_yaml(record: str = "x", expr: str = COUNT, kind: str = "counter", extra: str = "") -> str:
-    return f"- record: {record}\n  expr: '{expr}'\n  kind: {kind}\n" + "".join(
-        f"  {line}\n" for line in extra.splitlines()
-    )
-
-
-class Harness:
-    """An engine on a state file, the Tempo double and a clock the test moves."""
-
-    def __init__(self, tmp_path: Path, spans: Iterable[Span] = (), *, now: float = T0,
-                 retention: int = 0, limits: Limits = LIMITS) -> None:
-        self.tmp = tmp_path
-        self.clock = Clock(now)
-        self.double = TempoDouble(spans, clock=self.clock, query_end_cutoff=0)
-        self.retention = retention
-        self.limits = limits
-        self.state = State(tmp_path / "state.sqlite")
-        self.metrics = Metrics()
-        self.written: list[Sample] = []
-        """Every sample committed, in the order the evaluations wrote them."""
-        self.exemplars: dict[tuple[Labels, int], list[Exemplar]] = {}
-        self._encoding: list[Sample] = []
-        self.engine = self._engine()
-
-    def _engine(self) -> Engine:
-        client = TempoClient("http://tempo", transport=transport(self.double))
-        return Engine(client, self.state, self.metrics, limits=self.limits,
-                      retention=self.retention, clock=self.clock, encode=self._encode,
-                      on_commit=self._committed)
-
-    def _encode(self, samples: Sequence[Sample],
-                exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]]) -> list[Batch]:
-        self._encoding = list(samples)
-        self.exemplars.update({k: list(v) for k, v in exemplars.items()})
-        return encode_batches(samples, exemplars, {}, 2000)
-
-    def _committed(self, ids: Sequence[int], batches: Sequence[Batch]) -> None:
-        self.written += self._encoding
-        self._encoding = []
-
-    def restart(self) -> None:
-        self.state.close()
-        self.state = State(self.tmp / "state.sqlite")
-        self.metrics = Metrics()
-        self.engine = self._engine()
-
-    def load(self, text: str, idle_after: int | None = None) -> Group:
-        path = self.tmp / "rules.yaml"
-        path.write_text(text)
-        (group,) = load_rule_files([str(path)], min_query_offset=0)
-        if idle_after is not None:
-            group = dataclasses.replace(group, idle_after=idle_after)
-        return group
-
-    async def tick(self, group: Group, advance: float = 0) -> bool:
-        self.clock.now += advance
-        return await self.engine.evaluate_group(group)
-
-    async def retire_absent(self, groups: Iterable[Group]) -> None:
-        loaded = {rule_key(g, r) for g in groups for r in g.rules}
-        for known in self.state.known_rules():
-            if known.removed_at is None and known.key not in loaded:
-                await self.engine.retire(known.key, known.interval or 60)
-
-    def outbox(self) -> list[tuple[dict[str, str], int, float]]:
-        """The samples written, in order, timestamps in seconds."""
-        return [(dict(labels), ts // 1000, value) for labels, ts, value in self.written]
-
-    def totals(self, group: Group, rule: Rule) -> dict[Labels, float]:
-        """The rule's counters: each Prometheus series' sum of its Tempo series' totals."""
-        stored = self.state.load(rule_key(group, rule))
-        assert stored is not None
-        sums: dict[Labels, float] = defaultdict(float)
-        for key, total in stored.totals.items():
-            sums[series_labels(rule, group, key)] += total.value
-        return dict(sums)
-
-    def queries(self) -> list[tuple[str, dict[str, str]]]:
-        return [(r.path.rsplit("/", 1)[-1], dict(r.params)) for r in self.double.requests]
-
-    def failures(self, reason: str) -> float | None:
-        return self.metrics.registry.get_sample_value(
-            "tempo_bridge_evaluation_failures_total", {"group": "g", "rule": "x", "reason": reason}
-        )
-
-
-def truth(
-    spans: Iterable[Span], group: Group, rule: Rule, start: int, end: int,
-    value: Callable[[Span], float] = lambda s: 1.0,
-) -> dict[Labels, float]:
-    """What a counter over the spans starting in ``(start, end]`` must hold."""
-    sums: dict[Labels, float] = defaultdict(float)
-    for s in spans:
-        if start < s.start_ns / 1e9 <= end:
-            key = tuple(sorted((f"span.{k}", str(v)) for k, v in s.attributes.items()
-                               if k == "model"))
-            sums[series_labels(rule, group, key)] += value(s)
-    return dict(sums)
-
-
-def assert_increasing(rows: Iterable[tuple[dict[str, str], int, float]]) -> None:
-    """No series gets a sample at or before its previous one (Prometheus would refuse it)."""
-    last: dict[tuple[tuple[str, str], ...], int] = {}
-    for labels, ts, _value in rows:
-        key = tuple(sorted(labels.items()))
-        assert ts > last.get(key, -1), f"{labels} at {ts} after {last.get(key)}"
-        last[key] = ts
-
+from tests.doubles.tempo import Response, Span
+from tests.support.engine import (
+    COUNT,
+    LIMITS,
+    SUM,
+    T0,
+    Harness,
+    assert_increasing,
+    rule_yaml,
+    rules_yaml,
+    span,
+    truth,
+)
 
 # -- windows, failures, gauges ---------------------------------------------------------------
 
@@ -294,7 +132,7 @@ async def test_dry_run_counts_from_zero_and_holds_back_young_windows(tmp_path: P
     h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 70, "a"), span(T0 + 130, "a")],
                 now=T0 + 1000)
     group = h.load(rules_yaml(rules=[rule_yaml()]))
-    client = TempoClient("http://tempo", transport=transport(h.double))
+    client = TempoClient("http://tempo", transport=h.double.transport())
     (run,) = await dry_run(client, [group], T0 + 60, T0 + 180, LIMITS, now=T0 + 1000)
     assert [(ts // 1000, v) for _, ts, v in run.samples] == [
         (T0 + 60, 0.0), (T0 + 120, 1.0), (T0 + 180, 2.0)
@@ -580,7 +418,7 @@ async def test_idle_series_stop_and_the_state_stays_bounded(tmp_path: Path) -> N
 
 async def test_a_catch_up_far_behind_writes_only_what_the_receiver_takes(tmp_path: Path) -> None:
     h = Harness(tmp_path, [span(T0 + 10 + 60 * i, "a") for i in range(60)], now=T0 + 3660)
-    client = TempoClient("http://tempo", transport=transport(h.double))
+    client = TempoClient("http://tempo", transport=h.double.transport())
     engine = Engine(client, h.state, h.metrics, limits=LIMITS, max_sample_age=600,
                     clock=h.clock, encode=h._encode, on_commit=h._committed)
     group = h.load(rules_yaml(start="1h", rules=[rule_yaml()]))

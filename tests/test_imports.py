@@ -65,3 +65,9 @@ def test_the_tests_import_neither_the_benchmarks_nor_the_reliability_harness() -
             found += [f"{path.relative_to(tests)}: {name}" for name in names
                       if name.split(".")[0] in ("bench", "reliability")]
     assert found == []
+
+
+def test_the_status_page_renders_the_status_board_and_nothing_else() -> None:
+    """It reads a snapshot; it does not reach into the state, the engine or the daemon."""
+    assert bridge_imports("statuspage") == {"bridge.status", "bridge.durations"}
+    assert bridge_imports("status") == set()

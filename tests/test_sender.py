@@ -269,3 +269,30 @@ async def test_cancelling_the_run_ends_it_even_with_a_wake_up_pending(tmp_path: 
         run.cancel()  # waiting again, it takes the cancellation
         await asyncio.wait([run], timeout=5)
         state.close()
+
+
+
+@respx.mock
+async def test_outbox_gauges_follow_the_outbox_while_the_receiver_fails(
+    tmp_path: Path,
+) -> None:
+    """drain() does not return during an outage; the gauges must not freeze at the value
+    of the last drain (the outbox alerts read them)."""
+    sender, state, metrics = make_sender(tmp_path)
+    depths: list[float | None] = []
+    attempts = 0
+
+    def receiver(request: httpx.Request) -> httpx.Response:
+        nonlocal attempts
+        attempts += 1
+        depths.append(metrics.registry.get_sample_value("tempo_bridge_outbox_samples"))
+        if attempts == 2:  # samples committed during the outage
+            fill(state, None, [(series("b"), int(NOW * 1000) + i, 1.0) for i in range(4)])
+        return httpx.Response(503 if attempts < 4 else 204)
+
+    respx.post(URL).mock(side_effect=receiver)
+    sender.update_gauges()
+    fill(state, sender, [(series("a"), int(NOW * 1000) - 30_000, 1.0)])
+    await sender.drain()
+    assert depths[:4] == [0.0, 1.0, 5.0, 5.0]
+    assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == 0

@@ -4,6 +4,7 @@ receiver), a free port, and waiting for what they do."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,10 +31,18 @@ async def eventually(
     seconds fail the test, naming ``what`` was awaited. For what real I/O decides (a server
     up, a request sent), never to let a wall-clock phase pass."""
     deadline = time.monotonic() + within
-    while not condition():
+    while not await _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(every)
+
+
+async def _holds(condition: Callable[[], object]) -> bool:
+    """``condition()``, awaited when it is a coroutine function's."""
+    result = condition()
+    if inspect.isawaitable(result):
+        result = await result
+    return bool(result)
 
 
 @asynccontextmanager
@@ -52,6 +61,7 @@ class Write:
 
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
 
 class Receiver:
@@ -82,7 +92,8 @@ class Receiver:
             self._runner = None
 
     async def _write(self, request: web.Request) -> web.Response:
-        self.requests.append(Write(dict(request.headers), await request.read()))
+        self.requests.append(
+            Write(dict(request.headers), await request.read(), request.query_string))
         return web.Response(status=self.status, text=self.text or None)
 
 
