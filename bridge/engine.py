@@ -26,7 +26,6 @@ from bridge.evaluation import (
     EvaluationError,
     LabelMapper,
     Stored,
-    TempoKey,
     Update,
     WindowRead,
     evaluate,
@@ -37,7 +36,7 @@ from bridge.evaluation import (
 from bridge.metrics import Metrics
 from bridge.remote_write import Batch
 from bridge.rules import Group, Rule
-from bridge.series import Exemplar, Labels, Sample
+from bridge.series import Exemplar, Labels, Sample, TempoKey
 from bridge.state import RuleKey
 from bridge.status import Evaluation, StatusBoard, TempoContact
 from bridge.tempo import InstantSeries, RangeSeries, TempoClient
@@ -71,8 +70,9 @@ class Store(Protocol):
 
     def load(self, key: RuleKey) -> Stored | None: ...
 
-    def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
-        ...
+    def kept(
+        self, key: RuleKey, windows: Iterable[Window]
+    ) -> Mapping[Window, Mapping[TempoKey, float]]: ...
 
     def commit(
         self, key: RuleKey, update: Update, batches: Sequence[Batch] = (), *,
@@ -95,14 +95,16 @@ class MemoryStore:
         self.rules: dict[RuleKey, Stored] = {}
         self.samples: dict[RuleKey, list[Sample]] = {}
         self.exemplars: dict[RuleKey, dict[tuple[Labels, int], list[Exemplar]]] = {}
-        self._kept: dict[RuleKey, dict[Window, dict[TempoKey, float]]] = {}
+        self._kept: dict[RuleKey, dict[Window, Mapping[TempoKey, float]]] = {}
         self._last: dict[Labels, int] = {}
         self.last_ts: Mapping[Labels, int] = self._last
 
     def load(self, key: RuleKey) -> Stored | None:
         return self.rules.get(key)
 
-    def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
+    def kept(
+        self, key: RuleKey, windows: Iterable[Window]
+    ) -> dict[Window, Mapping[TempoKey, float]]:
         kept = self._kept.get(key, {})
         return {w: kept[w] for w in windows if w in kept}
 

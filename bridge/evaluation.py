@@ -21,16 +21,12 @@ import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bridge.rules import Group, Rule
-from bridge.series import STALE_NAN, Exemplar, Labels, Sample
+from bridge.series import STALE_NAN, Exemplar, Labels, Sample, TempoKey
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query, Window
-
-TempoKey = tuple[tuple[str, str], ...]
-"""A Tempo series: its labels as Tempo returned them (``span.model``, ``"nil"`` kept),
-sorted by name. Values are text: two series that differ only by type (the int 3 and the
-string "3") share a key, and are summed, as they would share Prometheus labels."""
 
 GROWTH_TOLERANCE = 1e-12
 """A settled window value that grew by less than this share of itself did not grow: it is
@@ -78,16 +74,14 @@ def reads_from_answer(
     merged: dict[int, int] = dict.fromkeys(per_end, 0)
     picked: dict[int, dict[TempoKey, list[Exemplar]]] = {end: {} for end in per_end}
     ends = sorted(per_end)
-    keys: dict[tuple[tuple[str, str], ...], TempoKey] = {}
     for series in answer:
-        items = tuple(sorted(series.labels.items()))
-        key = keys.setdefault(items, items)
+        key = series.labels
         if isinstance(series, InstantSeries):
             points: Iterable[tuple[int, float]] = ((query.end * 1000, series.value),)
             always = True
         else:
             points = series.samples
-            always = all(name == "__name__" for name, _value in items)
+            always = not key or (len(key) == 1 and key[0][0] == "__name__")
             for exemplar in series.exemplars:
                 end = _end_of(ends, exemplar.ts_ms)
                 if end is not None and query.windows[0].start * 1000 < exemplar.ts_ms:
@@ -113,8 +107,7 @@ def _end_of(ends: Sequence[int], ts_ms: int) -> int | None:
     return ends[i] if i < len(ends) else None
 
 
-@dataclass
-class Total:
+class Total(NamedTuple):
     """A counter's running total for one Tempo series."""
 
     value: float
@@ -147,10 +140,17 @@ class Stored:
 
     def apply(self, update: Update) -> Stored:
         """This state with ``update`` committed."""
-        totals = dict(self.totals)
-        totals.update(update.totals)
-        for key in update.dropped:
-            totals.pop(key, None)
+        totals: Mapping[TempoKey, Total]
+        if update.all_totals is not None:
+            totals = update.all_totals
+        elif update.totals or update.dropped:
+            copied = dict(self.totals)
+            copied.update(update.totals)
+            for key in update.dropped:
+                copied.pop(key, None)
+            totals = copied
+        else:
+            totals = self.totals
         kept = {w for w in self.recorded if w.end > update.prune_upto} | {
             w for w in update.keep if w.end > update.prune_upto
         }
@@ -192,7 +192,10 @@ class Update:
     """Totals that changed (new ones included)."""
     dropped: set[TempoKey] = field(default_factory=set)
     """Totals removed: idle for longer than the state retention."""
-    keep: dict[Window, dict[TempoKey, float]] = field(default_factory=dict)
+    all_totals: Mapping[TempoKey, Total] | None = None
+    """Every total after the update (what :meth:`Stored.apply` takes as it is), when the
+    evaluation has it; None: the stored totals with ``totals`` and ``dropped`` applied."""
+    keep: dict[Window, Mapping[TempoKey, float]] = field(default_factory=dict)
     """Values of windows read now, kept for later settle passes."""
     prune_upto: int = 0
     """Kept values of windows ending at or before this are no longer needed."""
@@ -232,12 +235,20 @@ def series_labels(
 
 class LabelMapper:
     """Tempo keys to Prometheus labels for a rule, each key mapped once: kept from one
-    evaluation to the next while the rule maps labels the same way."""
+    evaluation to the next while the rule maps labels the same way.
+
+    It also knows which Prometheus series several Tempo series share (:attr:`shared`),
+    so that the common case, one Tempo series per Prometheus series, costs no summing.
+    """
 
     def __init__(self, rule: Rule, group: Group) -> None:
         self._rule, self._group = rule, group
-        self._labels: dict[TempoKey, Labels] = {}
+        self.labels_of: dict[TempoKey, Labels] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self.owner: dict[Labels, TempoKey] = {}
+        """The first Tempo key mapped to each Prometheus series."""
+        self.shared: dict[Labels, list[TempoKey]] = {}
+        """Prometheus series that two or more mapped Tempo keys share: their keys."""
         self.signature = _mapping(rule, group)
 
     def fits(self, rule: Rule, group: Group) -> bool:
@@ -246,13 +257,19 @@ class LabelMapper:
 
     def forget(self, keep: Iterable[TempoKey]) -> None:
         """Drop the mappings of every key but ``keep`` (series gone from the state)."""
-        wanted = set(keep)
-        self._labels = {k: v for k, v in self._labels.items() if k in wanted}
+        keys = list(keep)
+        self.labels_of, self.owner, self.shared = {}, {}, {}
+        for key in keys:
+            self(key)
 
     def __call__(self, key: TempoKey) -> Labels:
-        labels = self._labels.get(key)
+        labels = self.labels_of.get(key)
         if labels is None:
-            labels = self._labels[key] = series_labels(self._rule, self._group, key, self._pairs)
+            labels = self.labels_of[key] = series_labels(self._rule, self._group, key,
+                                                          self._pairs)
+            owner = self.owner.setdefault(labels, key)
+            if owner != key:
+                self.shared.setdefault(labels, [owner]).append(key)
         return labels
 
 
@@ -338,23 +355,20 @@ class _Counter:
                  writer: _Writer, context: Context) -> None:
         self.group, self.rule, self.stored = group, rule, stored
         self.map, self.writer, self.context = mapper, writer, context
-        self.totals: dict[TempoKey, Total] = dict(stored.totals)
+        self.totals: Mapping[TempoKey, Total] = stored.totals  # copied at the first change
+        self._copied = False
         self.changed: dict[TempoKey, Total] = {}
         self.adopted: set[Labels] = set()
-        self.keep: dict[Window, dict[TempoKey, float]] = {}
+        self.keep: dict[Window, Mapping[TempoKey, float]] = {}
         self.stats = Stats()
         self.exemplar_limit = group.exemplars_per_series if group.exemplars else 0
         # exemplars of late spans a settle pass found: written with the next window end
         self.late: dict[Labels, list[Exemplar]] = {}
         self.checkpoint = stored.checkpoint
-        # the Tempo keys of each Prometheus series, and when the series last grew
-        self.keys: dict[Labels, list[TempoKey]] = {}
-        self.grown_at: dict[Labels, int] = {}
-        for key, total in self.totals.items():
-            labels = mapper(key)
-            self.keys.setdefault(labels, []).append(key)
-            self.grown_at[labels] = max(self.grown_at.get(labels, total.last_grown),
-                                        total.last_grown)
+        labels_of = mapper.labels_of
+        for key in stored.totals:  # a mapper new to these totals maps them once
+            if key not in labels_of:
+                mapper(key)
 
     def run(
         self, reads: Sequence[WindowRead], kept: Mapping[Window, Mapping[TempoKey, float]]
@@ -364,34 +378,51 @@ class _Counter:
             self._settle(again, kept)
         for read in reads[len(again):]:
             self._record(read)
+        dropped = self._expire()
+        if dropped:
+            totals = self._writable()
+            for key in dropped:
+                del totals[key]
         return Update(
-            self.checkpoint, frozenset(), {}, totals=self.changed, dropped=self._expire(),
-            keep=self.keep, adopted=self.adopted, stats=self.stats,
+            self.checkpoint, frozenset(), {}, totals=self.changed, dropped=dropped,
+            all_totals=self.totals if self._copied else None,
+            keep=dict(self.keep), adopted=self.adopted, stats=self.stats,
         )
+
+    def _writable(self) -> dict[TempoKey, Total]:
+        if not self._copied:
+            self.totals = dict(self.totals)
+            self._copied = True
+        return self.totals  # type: ignore[return-value]
 
     def value(self, labels: Labels) -> float:
         """The value of a Prometheus series: the sum of its Tempo series' totals (before
         its first growth: a legacy total it will take over, or 0)."""
-        keys = self.keys.get(labels)
-        if keys is None:
+        keys = self.map.shared.get(labels)
+        if keys is not None:
+            return math.fsum(self.totals[k].value for k in keys if k in self.totals)
+        key = self.map.owner.get(labels)
+        total = None if key is None else self.totals.get(key)
+        if total is None:
             return 0.0 if labels in self.adopted else self.stored.legacy.get(labels, 0.0)
-        if len(keys) == 1:
-            return self.totals[keys[0]].value
-        return math.fsum(self.totals[k].value for k in keys)
+        return total.value
+
+    def grown_at(self, labels: Labels) -> int:
+        """When any of a Prometheus series' Tempo series last grew."""
+        keys = self.map.shared.get(labels) or [self.map.owner[labels]]
+        return max((self.totals[k].last_grown for k in keys if k in self.totals), default=-1)
 
     def _add(self, key: TempoKey, labels: Labels, gain: float, at: int) -> None:
         """Grow ``key`` (of the Prometheus series ``labels``) by ``gain`` at time ``at``."""
-        total = self.totals.get(key)
+        totals = self._writable()
+        total = totals.get(key)
         if total is None:
             start = 0.0
             if labels not in self.adopted and labels in self.stored.legacy:
                 start = self.stored.legacy[labels]
                 self.adopted.add(labels)
             total = Total(start, at)
-            self.keys.setdefault(labels, []).append(key)
-        total = Total(total.value + gain, max(total.last_grown, at))
-        self.totals[key] = self.changed[key] = total
-        self.grown_at[labels] = max(self.grown_at.get(labels, at), at)
+        totals[key] = self.changed[key] = Total(total.value + gain, max(total.last_grown, at))
 
     def _settle(
         self, reads: Sequence[WindowRead], kept: Mapping[Window, Mapping[TempoKey, float]]
@@ -406,23 +437,26 @@ class _Counter:
         """
         at = self.checkpoint
         for read in reads:
-            counted = dict(kept.get(read.window, {}))
+            before = kept.get(read.window, {})
+            counted: dict[TempoKey, float] | None = None
             previous: dict[Labels, float] = {}
             for key, value in read.values.items():
-                gain = value - counted.get(key, 0.0)
-                if not _counts(value) or gain <= GROWTH_TOLERANCE * value:
+                gain = value - before.get(key, 0.0)
+                if gain <= GROWTH_TOLERANCE * value or not _counts(value):
                     continue
                 labels = self.map(key)
                 if labels not in self.writer.live and labels not in previous:
                     previous[labels] = self.value(labels)
                 self._add(key, labels, gain, at)
+                if counted is None:
+                    counted = dict(before)
                 counted[key] = value
                 self.stats.grown += 1
                 if self.exemplar_limit and key in read.exemplars:
                     self.late.setdefault(labels, []).extend(read.exemplars[key])
             for labels, value in previous.items():
                 self.writer.resume(labels, at * 1000, value)
-            self.keep[read.window] = counted
+            self.keep[read.window] = before if counted is None else counted
             self.stats.settled += 1
 
     def _record(self, read: WindowRead) -> None:
@@ -435,38 +469,60 @@ class _Counter:
         window = read.window
         end = window.end
         previous: dict[Labels, float] = {}
-        present: dict[Labels, int] = {}
-        counted: dict[TempoKey, float] = {}
         live = self.writer.live
+        labels_of = self.map.labels_of
+        shared = self.map.shared
+        totals = self._writable()
+        changed = self.changed
+        skipped = False  # a value the counter does not add (not kept for settling)
         for key, value in read.values.items():
-            labels = self.map(key)
-            present[labels] = present.get(labels, 0) + 1
-            grows = _counts(value)
-            if not grows and key in self.totals:
-                continue
+            labels = labels_of.get(key) or self.map(key)
+            total = totals.get(key)
+            if value > 0 and value != math.inf:
+                if total is not None and labels in live and labels not in shared:
+                    totals[key] = changed[key] = Total(total.value + value, end)
+                    continue
+            else:
+                skipped = True
+                if total is not None:
+                    continue
+                value = 0.0  # a new series without growth: it starts at 0
             if labels not in live and labels not in previous:
                 previous[labels] = self.value(labels)
-            self._add(key, labels, value if grows else 0.0, end)
-            if grows:
-                counted[key] = value
-        self.keep[window] = counted
+            self._add(key, labels, value, end)
+        self.keep[window] = (read.values if not skipped else
+                             {k: v for k, v in read.values.items() if _counts(v)})
         self.checkpoint = end
         self.stats.recorded += 1
-        self.stats.merged += read.merged + len(read.values) - len(present)
+        self.stats.merged += read.merged
+        if shared:
+            self.stats.merged += len(read.values) - len({labels_of[k] for k in read.values})
         if end * 1000 < self.context.since_ms:
             return  # too old for the receiver: counted, not written
-        idle_after = self.group.idle_after
-        active = end - idle_after
-        values = {
-            labels: self.value(labels) for labels in self.keys
-            if not idle_after or self.grown_at[labels] > active
-        }
+        values = self._values(end)
         for labels, value in previous.items():
             if labels in values:
                 self.writer.resume(labels, window.start * 1000, value)
         exemplars = _exemplars(read, self.map, self.exemplar_limit, self.late)
         self.late = {}
         self.writer.end_window(end * 1000, values, exemplars)
+
+    def _values(self, end: int) -> dict[Labels, float]:
+        """Every Prometheus series written at ``end``: those that grew within
+        ``idle_after`` (all of them when it is 0), with their values."""
+        idle_after = self.group.idle_after
+        active = end - idle_after if idle_after else -math.inf
+        labels_of = self.map.labels_of
+        shared = self.map.shared
+        values: dict[Labels, float] = {}
+        for key, total in self.totals.items():
+            labels = labels_of[key]
+            if labels in shared:
+                if labels not in values and self.grown_at(labels) > active:
+                    values[labels] = self.value(labels)
+            elif total.last_grown > active:
+                values[labels] = total.value
+        return values
 
     def _expire(self) -> set[TempoKey]:
         """Totals of series idle for longer than the retention are dropped, together with
@@ -477,10 +533,15 @@ class _Counter:
             return set()
         cutoff = self.checkpoint - retention
         live = self.writer.live
+        labels_of = self.map.labels_of
         dropped: set[TempoKey] = set()
-        for labels, keys in self.keys.items():
-            if labels not in live and self.grown_at[labels] <= cutoff:
-                dropped.update(keys)
+        for key, total in self.totals.items():
+            if total.last_grown > cutoff:
+                continue
+            labels = labels_of[key]
+            if labels not in live and (labels not in self.map.shared
+                                       or self.grown_at(labels) <= cutoff):
+                dropped.add(key)
         return dropped
 
 
@@ -576,9 +637,17 @@ class _Writer:
             if self._write(labels, ts_ms, STALE_NAN):
                 ended[labels] = ts_ms
         self.ended = ended
-        for labels, value in values.items():
-            if self._write(labels, ts_ms, value) and exemplars and labels in exemplars:
-                self.exemplars[(labels, ts_ms)] = exemplars[labels]
+        written, append = self._written, self.samples.append
+        last_ts = self._last_ts.get
+        for labels, value in values.items():  # _write, inlined: it runs for every series
+            last = written.get(labels)
+            if last is None:
+                last = last_ts(labels, -1)
+            if ts_ms > last:
+                append((labels, ts_ms, value))
+                written[labels] = ts_ms
+                if exemplars and labels in exemplars:
+                    self.exemplars[(labels, ts_ms)] = exemplars[labels]
         self.live = set(values)
 
 

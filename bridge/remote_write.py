@@ -138,7 +138,6 @@ def _serialize(series: Iterable[Series]) -> bytearray:
     """The WriteRequest's protobuf bytes; validates labels and sample order on the way."""
     pairs = _LabelPairs()
     stamps = _Timestamps()
-    pack = _DOUBLE.pack
     series_headers = _SeriesHeaders()
     out = bytearray()
     for item in series:
@@ -153,22 +152,7 @@ def _serialize(series: Iterable[Series]) -> bytearray:
             chunks.append(pairs[pair])
         encoded_labels = b"".join(chunks)
 
-        if len(samples) == 1:
-            timestamp, value = samples[0]
-            before, after, zero = stamps[timestamp]
-            value_bytes = pack(value)
-            encoded_samples = zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after
-        else:
-            chunks = []
-            last = None
-            for timestamp, value in samples:
-                if last is not None and timestamp <= last:
-                    raise ValueError(f"samples not in time order: {labels!r}")
-                last = timestamp
-                before, after, zero = stamps[timestamp]
-                value_bytes = pack(value)
-                chunks.append(zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after)
-            encoded_samples = b"".join(chunks)
+        encoded_samples = _samples(labels, samples, stamps)
         if len(item) > 2 and item[2]:
             encoded_samples += b"".join(_exemplar(e) for e in item[2])
 
@@ -177,6 +161,28 @@ def _serialize(series: Iterable[Series]) -> bytearray:
         out += encoded_labels
         out += encoded_samples
     return out
+
+
+def _samples(
+    labels: Labels, points: Sequence[tuple[int, float]], stamps: _Timestamps,
+) -> bytes:
+    """The ``TimeSeries.samples`` fields of ``points``, which must be in time order."""
+    pack = _DOUBLE.pack
+    if len(points) == 1:
+        ts, value = points[0]
+        before, after, zero = stamps[ts]
+        value_bytes = pack(value)
+        return zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after
+    chunks = []
+    last = None
+    for ts, value in points:
+        if last is not None and ts <= last:
+            raise ValueError(f"samples not in time order: {labels!r}")
+        last = ts
+        before, after, zero = stamps[ts]
+        value_bytes = pack(value)
+        chunks.append(zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after)
+    return b"".join(chunks)
 
 
 _EXEMPLAR_NAME: Final = _field(b"\x0a", EXEMPLAR_LABEL.encode())
@@ -250,37 +256,99 @@ def encode_batches(
     timestamp of the sample they illustrate. A series' samples stay in one request when
     they fit, else they go in consecutive ones, in time order.
     """
-    per_series: dict[Labels, list[tuple[int, float]]] = {}
-    for labels, ts, value in samples:
-        points = per_series.get(labels)
-        if points is None:
-            per_series[labels] = [(ts, value)]
-        else:
-            points.append((ts, value))
-    batches: list[Batch] = []
-    pending: list[Series] = []
-    count = 0
-    low, high = _INT64_MAX, _INT64_MIN
+    return BatchEncoder(external, max_samples)(samples, exemplars)
 
-    def flush() -> None:
-        nonlocal pending, count, low, high
-        if pending:
-            body = bytes(cramjam.snappy.compress_raw(_serialize(pending)))
-            batches.append(Batch(body, count, low, high))
-        pending, count, low, high = [], 0, _INT64_MAX, _INT64_MIN
 
-    for labels, points in per_series.items():
-        written = add_external_labels(labels, external)
-        for i in range(0, len(points), max_samples):
-            part = points[i:i + max_samples]
-            if count + len(part) > max_samples:
-                flush()
-            found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
-            pending.append((written, part, found) if found else (written, part))
-            count += len(part)
-            low, high = min(low, part[0][0]), max(high, part[-1][0])
-    flush()
-    return batches
+class BatchEncoder:
+    """Encodes evaluations' samples as requests (see :func:`encode_batches`), remembering
+    each series' encoded labels from one evaluation to the next: a steady evaluation
+    writes the same series again, and encoding their labels is most of the work.
+
+    The memory is bounded: when ``cache_size`` series are remembered, the older half of
+    what is remembered is forgotten (series written since are kept).
+    """
+
+    def __init__(
+        self, external: Mapping[str, str], max_samples: int, cache_size: int = 2_000_000,
+    ) -> None:
+        self._external = dict(external)
+        self._max = max_samples
+        self._cache_size = cache_size
+        self._labels: dict[Labels, bytes] = {}
+        self._older: dict[Labels, bytes] = {}
+        self._pairs = _LabelPairs()
+
+    def encoded_labels(self, labels: Labels) -> bytes:
+        """The ``TimeSeries.labels`` fields of a series, external labels added."""
+        encoded = self._labels.get(labels)
+        if encoded is None:
+            encoded = self._older.pop(labels, None)
+            if encoded is None:
+                encoded = self._encode(add_external_labels(labels, self._external))
+            if len(self._labels) >= self._cache_size // 2:
+                self._older, self._labels = self._labels, {}
+            self._labels[labels] = encoded
+        return encoded
+
+    def _encode(self, labels: Labels) -> bytes:
+        pairs = self._pairs
+        if len(pairs) > 100_000:
+            pairs.clear()
+        chunks = []
+        previous = ""
+        for pair in labels:
+            name = pair[0]
+            if name <= previous:  # also rejects an empty first name
+                raise ValueError(f"labels not sorted, unique and named: {labels!r}")
+            previous = name
+            chunks.append(pairs[pair])
+        return b"".join(chunks)
+
+    def __call__(
+        self, samples: Iterable[Sample],
+        exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
+    ) -> list[Batch]:
+        per_series: dict[Labels, list[tuple[int, float]]] = {}
+        for labels, ts, value in samples:
+            points = per_series.get(labels)
+            if points is None:
+                per_series[labels] = [(ts, value)]
+            else:
+                points.append((ts, value))
+        batches: list[Batch] = []
+        stamps = _Timestamps()
+        headers = _SeriesHeaders()
+        out = bytearray()
+        count = 0
+        low, high = _INT64_MAX, _INT64_MIN
+        limit = self._max
+        for labels, points in per_series.items():
+            encoded_labels = self.encoded_labels(labels)
+            for i in range(0, len(points), limit):
+                part = points[i:i + limit] if len(points) > limit else points
+                if count + len(part) > limit:
+                    batches.append(_batch(out, count, low, high))
+                    out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
+                body = _samples(labels, part, stamps)
+                if exemplars:
+                    found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
+                    if found:
+                        body += b"".join(_exemplar(e) for e in found)
+                out += headers[len(encoded_labels) + len(body)]
+                out += encoded_labels
+                out += body
+                count += len(part)
+                if part[0][0] < low:
+                    low = part[0][0]
+                if part[-1][0] > high:
+                    high = part[-1][0]
+        if count:
+            batches.append(_batch(out, count, low, high))
+        return batches
+
+
+def _batch(serialized: bytearray, samples: int, low: int, high: int) -> Batch:
+    return Batch(bytes(cramjam.snappy.compress_raw(serialized)), samples, low, high)
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

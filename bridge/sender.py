@@ -22,10 +22,10 @@ from bridge.errors import ReceiverError, StateError
 from bridge.metrics import Metrics
 from bridge.remote_write import (
     Batch,
+    BatchEncoder,
     RemoteWriteClient,
     Series,
     decode_write_request,
-    encode_batches,
     encode_write_request,
     retrying,
 )
@@ -257,10 +257,4 @@ def encoder(
     external: Mapping[str, str], max_samples: int,
 ) -> Callable[[Sequence[Sample], Mapping[tuple[Labels, int], Sequence[Exemplar]]], list[Batch]]:
     """How evaluations' samples become requests: external labels, request size."""
-
-    def encode(
-        samples: Sequence[Sample], exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
-    ) -> list[Batch]:
-        return encode_batches(samples, exemplars, external, max_samples)
-
-    return encode
+    return BatchEncoder(external, max_samples)

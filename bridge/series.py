@@ -17,6 +17,11 @@ names and values non-empty."""
 Sample = tuple[Labels, int, float]
 """``(labels, timestamp ms, value)``."""
 
+TempoKey = tuple[tuple[str, str], ...]
+"""A Tempo series: its labels as Tempo returned them (``span.model``, ``"nil"`` kept),
+sorted by name, values as text. Two series that differ only by a value's type (the int 3
+and the string "3") share a key, and are summed, as they would share Prometheus labels."""
+
 
 @dataclass(frozen=True, slots=True)
 class Exemplar:

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from bridge.errors import StateError
-from bridge.evaluation import Stored, TempoKey, Total, Update
+from bridge.evaluation import Stored, Total, Update
 from bridge.remote_write import Batch
-from bridge.series import Labels, Sample
+from bridge.series import Labels, Sample, TempoKey
 from bridge.windows import Window
 
 VERSION = 2

@@ -31,7 +31,7 @@ import msgspec
 
 from bridge import USER_AGENT
 from bridge.errors import TempoError
-from bridge.series import Exemplar
+from bridge.series import Exemplar, TempoKey
 
 INSTANT_PATH = "/api/metrics/query"
 RANGE_PATH = "/api/metrics/query_range"
@@ -43,9 +43,10 @@ Kind: TypeAlias = Literal["instant", "range"]
 
 @dataclass(frozen=True, slots=True)
 class InstantSeries:
-    """One series of an instant answer; labels keyed as Tempo sends them (``"nil"`` kept)."""
+    """One series of an instant answer; its labels named as Tempo sends them (``"nil"``
+    kept), sorted by name."""
 
-    labels: Mapping[str, str]
+    labels: TempoKey
     value: float
 
 
@@ -54,7 +55,7 @@ class RangeSeries:
     """One series of a range answer: ``(timestamp ms, value)`` samples, a missing value is 0,
     and the series' exemplars as Tempo gave them."""
 
-    labels: Mapping[str, str]
+    labels: TempoKey
     samples: Sequence[tuple[int, float]]
     exemplars: Sequence[Exemplar] = ()
 
@@ -111,6 +112,7 @@ class TempoClient:
             transport=transport,
         )
         self._on_clock_skew = on_clock_skew
+        self._keys = Keys()
         self._clock = clock
         self.clock_skew: ClockSkew | None = None
         """The skew measured on the latest answer with a ``Date`` header; None before one."""
@@ -121,7 +123,7 @@ class TempoClient:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
         params = {"q": query, "start": str(start), "end": str(end)}
         content = await self._get(INSTANT_PATH, params, tenant)
-        return parse_answer(content, query, "instant")
+        return parse_answer(content, query, "instant", self._keys)
 
     async def range(
         self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
@@ -137,7 +139,7 @@ class TempoClient:
         if exemplars is not None:
             params["exemplars"] = str(exemplars)
         content = await self._get(RANGE_PATH, params, tenant)
-        return parse_answer(content, query, "range")
+        return parse_answer(content, query, "range", self._keys)
 
     async def get_json(self, path: str) -> Any:
         """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
@@ -236,12 +238,12 @@ class _ExemplarStruct(msgspec.Struct, gc=False):
 
 
 class _InstantStruct(msgspec.Struct, gc=False):
-    labels: list[_Label] = []
+    labels: msgspec.Raw = msgspec.Raw(b"[]")  # see Keys
     value: float | str = 0.0
 
 
 class _RangeStruct(msgspec.Struct, gc=False):
-    labels: list[_Label] = []
+    labels: msgspec.Raw = msgspec.Raw(b"[]")  # see Keys
     samples: list[_Sample] = []
     exemplars: list[_ExemplarStruct] = []
 
@@ -253,6 +255,7 @@ class _Answer(msgspec.Struct, gc=False):
 
 
 _ANSWER = msgspec.json.Decoder(_Answer)
+_LABELS = msgspec.json.Decoder(list[_Label])
 _INSTANT_SERIES = msgspec.json.Decoder(_InstantStruct)
 _RANGE_SERIES = msgspec.json.Decoder(_RangeStruct)
 
@@ -262,11 +265,15 @@ class _SlowPathError(Exception):
 
 
 @overload
-def parse_answer(content: bytes, query: str, kind: Literal["instant"]) -> list[InstantSeries]: ...
-@overload
-def parse_answer(content: bytes, query: str, kind: Literal["range"]) -> list[RangeSeries]: ...
 def parse_answer(
-    content: bytes, query: str, kind: Kind
+    content: bytes, query: str, kind: Literal["instant"], keys: Keys | None = None,
+) -> list[InstantSeries]: ...
+@overload
+def parse_answer(
+    content: bytes, query: str, kind: Literal["range"], keys: Keys | None = None,
+) -> list[RangeSeries]: ...
+def parse_answer(
+    content: bytes, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
     with _gc_paused():
@@ -278,9 +285,10 @@ def parse_answer(
             answer.metrics, dict
         ):
             try:
+                known = Keys() if keys is None else keys
                 if kind == "instant":
-                    return _instant_from_structs(answer.series)
-                return _range_from_structs(answer.series, query)
+                    return _instant_from_structs(answer.series, known)
+                return _range_from_structs(answer.series, query, known)
             except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
                 pass
         del answer
@@ -315,19 +323,47 @@ def _label_text(value: _AnyValue) -> str:
     return v
 
 
-def _labels_from(raw: list[_Label], strings: dict[str, str]) -> dict[str, str]:
-    labels = {}
-    intern = strings.setdefault
-    for label in raw:
-        value = label.value
-        text = value.stringValue
-        if (text is msgspec.UNSET or value.intValue is not msgspec.UNSET
-                or value.doubleValue is not msgspec.UNSET
-                or value.boolValue is not msgspec.UNSET):
-            text = _label_text(value)
-        key = label.key
-        labels[intern(key, key)] = intern(text, text)
-    return labels
+class Keys:
+    """The series keys of answers, by the text of their labels in the answer.
+
+    A series is answered with the same labels, written the same way, at every window: the
+    text found again is the key, its labels are not decoded again. The memory is bounded:
+    when ``size`` texts are remembered, the older half of them is forgotten (the texts
+    seen since are kept).
+    """
+
+    def __init__(self, size: int = 2_000_000) -> None:
+        self._size = size
+        self._keys: dict[bytes, TempoKey] = {}
+        self._older: dict[bytes, TempoKey] = {}
+        self._strings: dict[str, str] = {}
+
+    def __call__(self, raw: msgspec.Raw) -> TempoKey:
+        text = bytes(raw)
+        key = self._keys.get(text)
+        if key is None:
+            key = self._older.pop(text, None)
+            if key is None:
+                key = self._decode(raw)
+            if len(self._keys) >= self._size // 2:
+                self._older, self._keys = self._keys, {}
+                self._strings = {}
+            self._keys[text] = key
+        return key
+
+    def _decode(self, raw: msgspec.Raw) -> TempoKey:
+        labels = {}
+        intern = self._strings.setdefault
+        for label in _LABELS.decode(raw):
+            value = label.value
+            text = value.stringValue
+            if (text is msgspec.UNSET or value.intValue is not msgspec.UNSET
+                    or value.doubleValue is not msgspec.UNSET
+                    or value.boolValue is not msgspec.UNSET):
+                text = _label_text(value)
+            key = label.key
+            labels[intern(key, key)] = intern(text, text)
+        return tuple(sorted(labels.items()))
 
 
 def _float(value: float | str) -> float:
@@ -339,17 +375,7 @@ def _float(value: float | str) -> float:
         raise _SlowPathError from None
 
 
-def _integer(value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise _SlowPathError from None
-
-
-def _instant_from_structs(raw: list[msgspec.Raw]) -> list[InstantSeries]:
-    strings: dict[str, str] = {}
+def _instant_from_structs(raw: list[msgspec.Raw], keys: Keys) -> list[InstantSeries]:
     series = []
     decode = _INSTANT_SERIES.decode
     for i, text in enumerate(raw):
@@ -357,24 +383,24 @@ def _instant_from_structs(raw: list[msgspec.Raw]) -> list[InstantSeries]:
         raw[i] = _DONE
         value = item.value
         series.append(InstantSeries(
-            _labels_from(item.labels, strings),
-            value if isinstance(value, float) else _float(value),
+            keys(item.labels), value if isinstance(value, float) else _float(value),
         ))
     return series
 
 
-def _range_from_structs(raw: list[msgspec.Raw], query: str) -> list[RangeSeries]:
-    strings: dict[str, str] = {}
+def _range_from_structs(raw: list[msgspec.Raw], query: str, keys: Keys) -> list[RangeSeries]:
     series = []
     decode = _RANGE_SERIES.decode
     for i, text in enumerate(raw):
         item = decode(text)
         raw[i] = _DONE
-        samples = [
-            (ts if isinstance(ts := s.timestampMs, int) else _integer(ts),
-             v if isinstance(v := s.value, float) else _float(v))
-            for s in item.samples
-        ]
+        try:  # Tempo writes timestamps as strings: int() them here, not one call each
+            samples = [
+                (int(s.timestampMs), v if isinstance(v := s.value, float) else float(v))
+                for s in item.samples
+            ]
+        except ValueError:
+            raise _SlowPathError from None
         exemplars: tuple[Exemplar, ...] = ()
         if item.exemplars:
             try:
@@ -382,7 +408,7 @@ def _range_from_structs(raw: list[msgspec.Raw], query: str) -> list[RangeSeries]
                                   for e in item.exemplars)
             except TempoError:
                 raise _SlowPathError from None
-        series.append(RangeSeries(_labels_from(item.labels, strings), samples, exemplars))
+        series.append(RangeSeries(keys(item.labels), samples, exemplars))
     return series
 
 
@@ -489,7 +515,7 @@ def _exemplar(labels: Sequence[Any], value: Any, ts: Any, query: str) -> Exempla
     return Exemplar(trace_id, _number(value, query), _int(ts, query))
 
 
-def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> dict[str, str]:
+def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> TempoKey:
     raw = series.get("labels", [])
     if not isinstance(raw, list):
         raise _malformed(query, "labels is not a list")
@@ -500,7 +526,7 @@ def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> d
             raise _malformed(query, "a label has no key")
         text = _label_value(item.get("value"), query)
         labels[intern(key, key)] = intern(text, text)
-    return labels
+    return tuple(sorted(labels.items()))
 
 
 def _label_value(value: Any, query: str) -> str:

@@ -14,7 +14,6 @@ from bridge.evaluation import (
     Context,
     EvaluationError,
     Stored,
-    TempoKey,
     Total,
     Update,
     WindowRead,
@@ -25,7 +24,7 @@ from bridge.evaluation import (
 )
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
-from bridge.series import Labels, Sample, is_stale_nan
+from bridge.series import Labels, Sample, TempoKey, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query, Window
 
@@ -90,8 +89,8 @@ def test_range_answer_drops_the_extra_bucket_and_zero_buckets() -> None:
     windows = (Window(600, 660), Window(660, 720))
     query = Query("range", 600, 720, 60, windows)
     answer = [
-        RangeSeries({"span.model": "a"}, [(600_000, 9.0), (660_000, 1.5), (720_000, 0.0)]),
-        RangeSeries({"span.model": "b"}, [(660_000, 0.0), (720_000, 2.0), (780_000, 5.0)]),
+        RangeSeries(KA, [(600_000, 9.0), (660_000, 1.5), (720_000, 0.0)]),
+        RangeSeries(KB, [(660_000, 0.0), (720_000, 2.0), (780_000, 5.0)]),
     ]
     assert reads_from_answer(query, answer) == [
         WindowRead(windows[0], {KA: 1.5}),
@@ -101,7 +100,7 @@ def test_range_answer_drops_the_extra_bucket_and_zero_buckets() -> None:
 
 def test_the_series_of_a_query_without_by_is_always_present() -> None:
     windows = (Window(600, 660), Window(660, 720))
-    name = {"__name__": "count_over_time"}
+    name = (("__name__", "count_over_time"),)
     reads = reads_from_answer(
         Query("range", 600, 720, 60, windows),
         [RangeSeries(name, [(600_000, 0.0), (660_000, 0.0), (720_000, 3.0)])],
@@ -116,7 +115,7 @@ def test_the_series_of_a_query_without_by_is_always_present() -> None:
 def test_series_with_the_same_labels_are_summed() -> None:
     # the int 3 and the string "3" come back as two series with the same text
     query = Query("instant", 600, 660, 60, (Window(600, 660),))
-    answer = [InstantSeries({"span.n": "3"}, 1.0), InstantSeries({"span.n": "3"}, 2.5)]
+    answer = [InstantSeries((("span.n", "3"),), 1.0), InstantSeries((("span.n", "3"),), 2.5)]
     assert reads_from_answer(query, answer)[0].values == {(("span.n", "3"),): 3.5}
 
 

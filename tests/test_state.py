@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StateError
-from bridge.evaluation import Stored, TempoKey, Total, Update
+from bridge.evaluation import Stored, Total, Update
 from bridge.remote_write import Batch, encode_batches
-from bridge.series import STALE_NAN, Labels, Sample, is_stale_nan
+from bridge.series import STALE_NAN, Labels, Sample, TempoKey, is_stale_nan
 from bridge.state import RuleKey, State, _decode_labels
 from bridge.windows import Window
 from tests.support.outbox import queued

@@ -39,7 +39,7 @@ async def test_instant_answer_with_labels_and_float_values() -> None:
     capture = replay("08_instant_sum_cost_by_model.http")
     client = TempoClient(BASE)
     series = await client.instant(query_of(capture), 1795768367, 1795770767)
-    by_model = {s.labels["span.gen_ai.request.model"]: s.value for s in series}
+    by_model = {dict(s.labels)["span.gen_ai.request.model"]: s.value for s in series}
     assert by_model == {
         "anthropic/claude-3.5-sonnet": 0.656163,
         "google/gemini-2.0-flash-001": 0.015073000000000005,
@@ -57,7 +57,7 @@ async def test_range_answer_int64_strings_and_missing_values() -> None:
     capture = replay("20_range_no_match.http")
     series = await TempoClient(BASE).range(query_of(capture), 1795768367, 1795770767, 60)
     assert len(series) == 1
-    assert series[0].labels == {"__name__": "count_over_time"}
+    assert series[0].labels == (("__name__", "count_over_time"),)
     samples = series[0].samples
     assert samples[0] == (1795768320000, 0.0)  # no "value" key: 0
     assert all(isinstance(ts, int) for ts, _ in samples)
@@ -69,7 +69,7 @@ async def test_range_answer_int64_strings_and_missing_values() -> None:
 async def test_range_answer_extra_leading_bucket_is_returned_as_is() -> None:
     capture = replay("72_range_aligned_5min_window_count.http")
     (series,) = await TempoClient(BASE).range(query_of(capture), 1795769400, 1795769700, 60)
-    assert series.labels == {"__name__": "count_over_time"}
+    assert series.labels == (("__name__", "count_over_time"),)
     assert series.samples == [
         (1795769400000, 3.0), (1795769460000, 4.0), (1795769520000, 5.0),
         (1795769580000, 3.0), (1795769640000, 5.0), (1795769700000, 3.0),
@@ -95,7 +95,7 @@ async def test_range_exemplars_as_tempo_gives_them() -> None:
 async def test_count_exemplars_have_their_bucket_s_value_and_no_parameter_by_default() -> None:
     capture = replay("12_range_count_by_key_step60s.http")
     series = await TempoClient(BASE).range(query_of(capture), 1795768367, 1795770767, 60)
-    by_key = {s.labels["span.trace.metadata.openrouter.api_key_name"]: s for s in series}
+    by_key = {dict(s.labels)["span.trace.metadata.openrouter.api_key_name"]: s for s in series}
     ci = by_key["ci-evals"]
     assert ci.exemplars[0] == Exemplar("996a627e8c21ecef593676d45d5358ad", 2.0, 1795768793129)
     assert dict(ci.samples)[1795768800000] == 2.0  # the bucket the exemplar is in
@@ -106,7 +106,7 @@ async def test_count_exemplars_have_their_bucket_s_value_and_no_parameter_by_def
 async def test_nil_label_value_is_kept() -> None:
     capture = replay("13_instant_count_by_key.http")
     series = await TempoClient(BASE).instant(query_of(capture), 1795768367, 1795770767)
-    keys = {s.labels["span.trace.metadata.openrouter.api_key_name"] for s in series}
+    keys = {dict(s.labels)["span.trace.metadata.openrouter.api_key_name"] for s in series}
     assert "nil" in keys
 
 
@@ -120,7 +120,7 @@ async def test_no_match_instant_answer_without_series_key() -> None:
 async def test_instant_zero_value_has_no_value_key() -> None:
     capture = replay("21_instant_no_match.http")
     series = await TempoClient(BASE).instant(query_of(capture), 1795768367, 1795770767)
-    assert series == [InstantSeries({"__name__": "count_over_time"}, 0.0)]
+    assert series == [InstantSeries((("__name__", "count_over_time"),), 0.0)]
 
 
 @pytest.mark.parametrize(
