@@ -33,6 +33,7 @@ from bridge.evaluation import (
     retire,
     settle_ages,
 )
+from bridge.memory import gc_paused
 from bridge.metrics import Metrics
 from bridge.remote_write import Batch
 from bridge.rules import Group, Rule
@@ -287,19 +288,20 @@ class Engine:
         mapper = self._mappers.get(run.key)
         if mapper is None or not mapper.fits(rule, group):
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
-        try:
-            kept = self._store.kept(run.key, again)
-            update = evaluate(group, rule, stored, reads, kept, context, mapper)
-        except EvaluationError as exc:
-            self._failed(run, query, what, exc.reason, exc)
-            return None
-        after = stored.apply(update)
-        batches = self._batches(update)
-        try:
-            ids = self._commit(run, update, batches, after)
-        except StateError as exc:
-            self._failed(run, query, what, "state", exc)
-            return None
+        with gc_paused():  # millions of objects, no cycles: see bridge.memory
+            try:
+                kept = self._store.kept(run.key, again)
+                update = evaluate(group, rule, stored, reads, kept, context, mapper)
+            except EvaluationError as exc:
+                self._failed(run, query, what, exc.reason, exc)
+                return None
+            after = stored.apply(update)
+            batches = self._batches(update)
+            try:
+                ids = self._commit(run, update, batches, after)
+            except StateError as exc:
+                self._failed(run, query, what, "state", exc)
+                return None
         if update.dropped:
             mapper.forget(after.totals)
         run.stored = after

@@ -242,6 +242,9 @@ class Batch:
     min_ts: int
     """The oldest sample's timestamp, ms (to tell when it grew too old to send)."""
     max_ts: int
+    independent: bool = False
+    """None of its series is in another request of the same evaluation: it may be posted
+    beside them, in any order."""
 
 
 def encode_batches(
@@ -315,6 +318,7 @@ class BatchEncoder:
                 per_series[labels] = [(ts, value)]
             else:
                 points.append((ts, value))
+        independent = all(len(points) <= self._max for points in per_series.values())
         batches: list[Batch] = []
         stamps = _Timestamps()
         headers = _SeriesHeaders()
@@ -327,7 +331,7 @@ class BatchEncoder:
             for i in range(0, len(points), limit):
                 part = points[i:i + limit] if len(points) > limit else points
                 if count + len(part) > limit:
-                    batches.append(_batch(out, count, low, high))
+                    batches.append(_batch(out, count, low, high, independent))
                     out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
                 body = _samples(labels, part, stamps)
                 if exemplars:
@@ -343,12 +347,15 @@ class BatchEncoder:
                 if part[-1][0] > high:
                     high = part[-1][0]
         if count:
-            batches.append(_batch(out, count, low, high))
+            batches.append(_batch(out, count, low, high, independent))
         return batches
 
 
-def _batch(serialized: bytearray, samples: int, low: int, high: int) -> Batch:
-    return Batch(bytes(cramjam.snappy.compress_raw(serialized)), samples, low, high)
+def _batch(
+    serialized: bytearray, samples: int, low: int, high: int, independent: bool,
+) -> Batch:
+    return Batch(bytes(cramjam.snappy.compress_raw(serialized)), samples, low, high,
+                 independent)
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

@@ -51,28 +51,22 @@ CREATE TABLE IF NOT EXISTS rules (
     checkpoint  INTEGER NOT NULL,   -- end of the last window recorded
     interval    INTEGER,            -- the group's interval at the last commit
     tenant      TEXT,               -- the tenant of the last commit
-    removed_at  REAL                -- when the rule left the rule files (NULL while loaded)
+    removed_at  REAL,               -- when the rule left the rule files (NULL while loaded)
+    live        BLOB,               -- ids (int64) of the Prometheus series written at the
+                                    -- checkpoint
+    ended       BLOB                -- ids (int64), then timestamps (int64, ms) of those
+                                    -- stale-marked at or after it
 );
 CREATE TABLE IF NOT EXISTS series (
     series_id   INTEGER PRIMARY KEY,
-    labels      TEXT NOT NULL UNIQUE -- a label set, Tempo's or Prometheus'
+    labels      TEXT NOT NULL       -- a label set, Tempo's or Prometheus' (each once: the
+                                    -- bridge keeps them all in memory, by label set)
 );
 CREATE TABLE IF NOT EXISTS totals (
     rule_id     TEXT PRIMARY KEY,
     ids         BLOB NOT NULL,      -- Tempo series ids (int64)
     vals        BLOB NOT NULL,      -- their totals (float64)
     grown       BLOB NOT NULL       -- when each last grew (int64, unix seconds)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS live (
-    rule_id     TEXT NOT NULL,
-    series_id   INTEGER NOT NULL,   -- a Prometheus series written at the checkpoint
-    PRIMARY KEY (rule_id, series_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ended (
-    rule_id     TEXT NOT NULL,
-    series_id   INTEGER NOT NULL,   -- a Prometheus series stale-marked at or after it
-    ts_ms       INTEGER NOT NULL,
-    PRIMARY KEY (rule_id, series_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     rule_id     TEXT NOT NULL,
@@ -102,7 +96,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
-_RULE_TABLES = ("rules", "totals", "live", "ended", "windows", "settle", "legacy")
+_RULE_TABLES = ("rules", "totals", "windows", "settle", "legacy")
 
 
 class RuleKey(NamedTuple):
@@ -185,14 +179,13 @@ class State:
         self.last_ts: dict[Labels, int] = {}
         """The timestamp (ms) of the last sample queued for each series, by any rule."""
         last = self.last_ts
-        for sid, checkpoint in db.execute(
-            "SELECT live.series_id, rules.checkpoint FROM live JOIN rules USING (rule_id)"
-        ):
-            labels = self._labels[sid]
-            last[labels] = max(last.get(labels, -1), checkpoint * 1000)
-        for sid, ts in db.execute("SELECT series_id, ts_ms FROM ended"):
-            labels = self._labels[sid]
-            last[labels] = max(last.get(labels, -1), ts)
+        for checkpoint, live, ended in db.execute("SELECT checkpoint, live, ended FROM rules"):
+            for sid in _ids(live):
+                labels = self._labels[sid]
+                last[labels] = max(last.get(labels, -1), checkpoint * 1000)
+            for sid, ts in _ended(ended):
+                labels = self._labels[sid]
+                last[labels] = max(last.get(labels, -1), ts)
 
     def close(self) -> None:
         self._db.close()
@@ -209,7 +202,9 @@ class State:
         if cached is not None:
             return cached
         db = self._db
-        row = db.execute("SELECT checkpoint FROM rules WHERE rule_id = ?", (rule_id,)).fetchone()
+        row = db.execute(
+            "SELECT checkpoint, live, ended FROM rules WHERE rule_id = ?", (rule_id,)
+        ).fetchone()
         if row is None:
             return None
         labels = self._labels
@@ -221,16 +216,8 @@ class State:
             ids, vals, grown = (array("q", blobs[0]), array("d", blobs[1]),
                                 array("q", blobs[2]))
             totals = {labels[i]: Total(v, g) for i, v, g in zip(ids, vals, grown, strict=True)}
-        live = frozenset(
-            labels[sid] for (sid,) in db.execute(
-                "SELECT series_id FROM live WHERE rule_id = ?", (rule_id,)
-            )
-        )
-        ended = {
-            labels[sid]: ts for sid, ts in db.execute(
-                "SELECT series_id, ts_ms FROM ended WHERE rule_id = ?", (rule_id,)
-            )
-        }
+        live = frozenset(labels[sid] for sid in _ids(row[1]))
+        ended = {labels[sid]: ts for sid, ts in _ended(row[2])}
         settled = dict(
             db.execute("SELECT age, checkpoint FROM settle WHERE rule_id = ?", (rule_id,))
         )
@@ -340,7 +327,7 @@ class State:
             KnownRule(RuleKey(g, r, e, k), int(c), i, t, removed, int(live))
             for g, r, e, k, c, i, t, removed, live in self._db.execute(
                 "SELECT group_name, record, expr, kind, checkpoint, interval, tenant,"
-                " removed_at, (SELECT count(*) FROM live WHERE live.rule_id = rules.rule_id)"
+                " removed_at, coalesce(length(live), 0) / 8"
                 " FROM rules ORDER BY group_name, record, kind, expr"
             )
         ]
@@ -377,10 +364,10 @@ class State:
         """Forget every label set nothing refers to any more; how many were dropped."""
         db = self._db
         with self._transaction("collect unused series"):
-            used: set[int] = set()
-            for query in ("SELECT series_id FROM live", "SELECT series_id FROM ended",
-                          "SELECT series_id FROM legacy"):
-                used.update(sid for (sid,) in db.execute(query))
+            used: set[int] = {sid for (sid,) in db.execute("SELECT series_id FROM legacy")}
+            for live, ended in db.execute("SELECT live, ended FROM rules"):
+                used.update(_ids(live))
+                used.update(sid for sid, _ in _ended(ended))
             for (blob,) in db.execute("SELECT ids FROM totals"):
                 used.update(array("q", blob))
             for (blob,) in db.execute("SELECT vals FROM windows"):
@@ -480,36 +467,21 @@ class State:
         )
 
     def _store_live(self, rule_id: str, live: frozenset[Labels]) -> None:
-        """Replace the rule's live set, writing only what changed."""
+        """Replace the rule's live set (one row, written when it changed)."""
         cached = self._cache.get(rule_id)
-        if cached is not None:
-            before = cached.live
-        else:
-            before = frozenset(
-                self._labels[sid] for (sid,) in self._db.execute(
-                    "SELECT series_id FROM live WHERE rule_id = ?", (rule_id,)
-                )
-            )
-        if live == before:
+        if cached is not None and cached.live == live:
             return
-        self._db.executemany(
-            "DELETE FROM live WHERE rule_id = ? AND series_id = ?",
-            [(rule_id, self._ids[labels]) for labels in before - live],
-        )
-        self._db.executemany(
-            "INSERT INTO live (rule_id, series_id) VALUES (?, ?)",
-            [(rule_id, self._id(labels)) for labels in live - before],
-        )
+        ids = array("q", [self._id(labels) for labels in live])
+        self._db.execute("UPDATE rules SET live = ? WHERE rule_id = ?", (ids.tobytes(), rule_id))
 
     def _store_ended(self, rule_id: str, ended: Mapping[Labels, int]) -> None:
         cached = self._cache.get(rule_id)
         if cached is not None and dict(cached.ended) == dict(ended):
             return
-        self._db.execute("DELETE FROM ended WHERE rule_id = ?", (rule_id,))
-        self._db.executemany(
-            "INSERT INTO ended (rule_id, series_id, ts_ms) VALUES (?, ?, ?)",
-            [(rule_id, self._id(labels), ts) for labels, ts in ended.items()],
-        )
+        ids = array("q", [self._id(labels) for labels in ended])
+        times = array("q", ended.values())
+        self._db.execute("UPDATE rules SET ended = ? WHERE rule_id = ?",
+                         (ids.tobytes() + times.tobytes(), rule_id))
 
     def _store_settled(self, rule_id: str, settled: Mapping[int, int]) -> None:
         self._db.execute(
@@ -655,17 +627,21 @@ def _from_version_0(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE rules ADD COLUMN interval INTEGER")
     db.execute("ALTER TABLE rules ADD COLUMN tenant TEXT")
     db.execute("ALTER TABLE rules ADD COLUMN removed_at REAL")
+    db.execute("ALTER TABLE rules ADD COLUMN live BLOB")
+    db.execute("ALTER TABLE rules ADD COLUMN ended BLOB")
     db.execute(
         "CREATE TABLE legacy (rule_id TEXT NOT NULL, series_id INTEGER NOT NULL,"
         " total REAL NOT NULL, PRIMARY KEY (rule_id, series_id)) WITHOUT ROWID"
     )
     db.execute("INSERT INTO legacy SELECT rule_id, series_id, total FROM totals")
-    db.execute(
-        "CREATE TABLE live (rule_id TEXT NOT NULL, series_id INTEGER NOT NULL,"
-        " PRIMARY KEY (rule_id, series_id)) WITHOUT ROWID"
-    )
-    db.execute("INSERT INTO live SELECT rule_id, series_id FROM totals")
-    db.execute("INSERT OR IGNORE INTO live SELECT rule_id, series_id FROM live_gauges")
+    live: dict[str, set[int]] = {}
+    for rule_id, sid in db.execute(
+        "SELECT rule_id, series_id FROM totals UNION SELECT rule_id, series_id FROM live_gauges"
+    ):
+        live.setdefault(rule_id, set()).add(sid)
+    for rule_id, ids in live.items():
+        db.execute("UPDATE rules SET live = ? WHERE rule_id = ?",
+                   (array("q", sorted(ids)).tobytes(), rule_id))
     for table in ("totals", "live_gauges", "window_values", "sent"):
         db.execute(f"DROP TABLE IF EXISTS {table}")
     db.execute("ALTER TABLE outbox RENAME TO outbox_v0")
@@ -675,7 +651,7 @@ def _from_version_0(db: sqlite3.Connection) -> None:
     )
     for rule_id, group, record, expr, kind in old:
         new_id = _rule_id(group, record, expr, kind)
-        for table in ("rules", "legacy", "live", "settle"):
+        for table in ("rules", "legacy", "settle"):
             db.execute(f"UPDATE {table} SET rule_id = ? WHERE rule_id = ?", (new_id, rule_id))
 
 
@@ -720,6 +696,19 @@ def _lock(path: Path) -> IO[str]:
 def _nan(bits: int) -> float:
     value: float = _DOUBLE.unpack(_BITS.pack(bits))[0]
     return value
+
+
+def _ids(blob: bytes | None) -> array[int]:
+    """The series ids of a rule's live set."""
+    return array("q", blob or b"")
+
+
+def _ended(blob: bytes | None) -> Iterator[tuple[int, int]]:
+    """``(series id, timestamp ms)`` of a rule's ended series."""
+    if not blob:
+        return iter(())
+    half = len(blob) // 2
+    return zip(array("q", blob[:half]), array("q", blob[half:]), strict=True)
 
 
 def _decode_values(blob: bytes) -> tuple[array[int], array[float]]:

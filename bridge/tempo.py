@@ -16,13 +16,11 @@ latest :class:`ClockSkew` is :attr:`TempoClient.clock_skew`, and goes to ``on_cl
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import gc
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, overload
 
@@ -31,6 +29,7 @@ import msgspec
 
 from bridge import USER_AGENT
 from bridge.errors import TempoError
+from bridge.memory import gc_paused
 from bridge.series import Exemplar, TempoKey
 
 INSTANT_PATH = "/api/metrics/query"
@@ -276,7 +275,7 @@ def parse_answer(
     content: bytes, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
-    with _gc_paused():
+    with gc_paused():
         try:
             answer: _Answer | None = _ANSWER.decode(content)
         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -447,19 +446,6 @@ def _check_status(body: Mapping[str, Any], query: str) -> None:
         raise TempoError("partial", f"query {query!r}: Tempo answered PARTIAL: {message}")
     if status not in (None, "COMPLETE"):
         raise _malformed(query, f"unknown status {status!r}")
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: parsing a big answer allocates millions of
-    containers, none in a cycle, and each collection would walk them all again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _series(body: Mapping[str, Any], query: str) -> list[Mapping[str, Any]]:

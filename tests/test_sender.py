@@ -296,3 +296,37 @@ async def test_outbox_gauges_follow_the_outbox_while_the_receiver_fails(
     await sender.drain()
     assert depths[:4] == [0.0, 1.0, 5.0, 5.0]
     assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == 0
+
+
+@respx.mock
+async def test_requests_of_one_evaluation_go_side_by_side_and_evaluations_in_order(
+    tmp_path: Path,
+) -> None:
+    in_flight: list[str] = []
+    overlaps: list[set[str]] = []
+    order: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        (labels, samples, _), *_ = decode_write_request(request.content)
+        name = f"{dict(labels)['model']}@{samples[0][0]}"
+        in_flight.append(name)
+        overlaps.append(set(in_flight))
+        await asyncio.sleep(0.01)
+        in_flight.remove(name)
+        order.append(name)
+        return httpx.Response(204)
+
+    respx.post(URL).mock(side_effect=receiver)
+    sender, state, metrics = make_sender(tmp_path)
+    ts = int(NOW * 1000)
+    # two evaluations of the same series, one request per series each
+    fill(state, sender, [(series(m), ts, 1.0) for m in "abcd"], per_request=1)
+    fill(state, sender, [(series(m), ts + 60_000, 2.0) for m in "abcd"], per_request=1)
+    await sender.drain()
+    assert sent(metrics) == 8
+    assert max(len(names) for names in overlaps) > 1  # side by side
+    # never a request of the second evaluation while one of the first is under way
+    for names in overlaps:
+        assert len({name.split("@")[1] for name in names}) == 1
+    assert all(o.endswith(str(ts)) for o in order[:4])
+    assert state.outbox_samples() == 0
