@@ -231,16 +231,22 @@ class Engine:
                 # contiguous with the windows to catch up: read in the same queries
                 reread = pending
                 break
-            for query in plan_queries(pending, self._limits, single_range=group.exemplars):
+            for query in plan_queries(pending, self._limits, single_range=group.exemplars,
+                                      series=_series_hint(stored, self._limits)):
                 settled = await self._step(run, stored, query, "settle")
                 if settled is None:
                     return False
                 stored = settled
-        for query in plan_queries(reread + due, self._limits, single_range=group.exemplars):
+        pending = reread + due
+        while pending:
+            # planned again after each query: the series it found size the next one
+            query = plan_queries(pending, self._limits, single_range=group.exemplars,
+                                 series=_series_hint(stored, self._limits))[0]
             next_state = await self._step(run, stored, query, "evaluation")
             if next_state is None:
                 return False
             stored = next_state
+            pending = pending[len(query.windows):]
         return True
 
     def _load(self, run: _Run) -> Stored:
@@ -404,6 +410,18 @@ class Engine:
             at=self._clock(), duration=duration, series=series, queries=dict(run.queries),
             windows=run.windows, error=run.error, reason=run.reason,
         ))
+
+
+UNKNOWN_SERIES_WINDOWS = 60
+"""Windows a rule whose series are not known yet reads in its first range query."""
+
+
+def _series_hint(stored: Stored, limits: Limits) -> int:
+    """How many series the rule's answers hold, to size range queries by points: what it
+    holds now, or, not known yet, as many as bring its first query to at most
+    :data:`UNKNOWN_SERIES_WINDOWS` windows."""
+    known = max(len(stored.totals), len(stored.live))
+    return known or limits.max_points // UNKNOWN_SERIES_WINDOWS
 
 
 @dataclass

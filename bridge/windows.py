@@ -62,10 +62,17 @@ class Limits:
 
     max_duration: int = 86400
     max_intervals: int = 10_000
+    max_points: int = 2_000_000
+    """The most samples (series times windows) one range answer should hold: a day of
+    one-minute windows of 100,000 series is 144 million, several GB of JSON."""
 
-    def windows_per_query(self, step: int) -> int:
-        """How many windows of ``step`` one range query may read."""
-        return max(min(self.max_duration // step, self.max_intervals) - 1, 0)
+    def windows_per_query(self, step: int, series: int = 0) -> int:
+        """How many windows of ``step`` one range query may read, for a rule that had
+        ``series`` series (0: not known yet)."""
+        windows = max(min(self.max_duration // step, self.max_intervals) - 1, 0)
+        if series:
+            windows = min(windows, max(self.max_points // series, 1))
+        return windows
 
 
 def align_down(t: float, interval: int) -> int:
@@ -100,12 +107,13 @@ def due_windows(checkpoint: int, now: float, interval: int, query_offset: int) -
 
 
 def plan_queries(
-    windows: Sequence[Window], limits: Limits, *, single_range: bool = False
+    windows: Sequence[Window], limits: Limits, *, single_range: bool = False, series: int = 0,
 ) -> list[Query]:
     """Queries that read ``windows`` (ascending, contiguous), in order, each window once.
 
     A run of windows of one length ``step``, ending on multiples of it, is read by range
-    queries with that step, each within ``limits``. A window on its own (a transition
+    queries with that step, each within ``limits`` (for a rule of ``series`` series, the
+    number of points too). A window on its own (a transition
     window, or one whose length allows no range query under ``max_duration``) is an
     instant query; so is a run of one window, unless ``single_range`` asks for a
     one-window range query (its answer carries exemplars, an instant answer does not).
@@ -114,7 +122,7 @@ def plan_queries(
     i = 0
     while i < len(windows):
         step = windows[i].length
-        per_query = limits.windows_per_query(step)
+        per_query = limits.windows_per_query(step, series)
         run = i + 1
         if windows[i].end % step == 0:
             while (run < len(windows) and run - i < per_query

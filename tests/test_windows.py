@@ -133,3 +133,15 @@ def test_chunks_cover_every_window_once_in_order(count: int) -> None:
         assert q.end - q.start + q.step <= DAY
         assert q.end == q.windows[-1].end
         assert q.start == q.windows[0].start
+
+
+def test_range_queries_are_sized_by_points_too() -> None:
+    # a day of one-minute windows: one query for 1,000 series, 72 for 100,000
+    windows = grid(T12, 1440, 60)
+    assert len(plan_queries(windows, LIMITS, series=1_000)) == 2  # max_duration first
+    big = plan_queries(windows, LIMITS, series=100_000)
+    assert {len(q.windows) for q in big} == {20}
+    assert len(big) == 72
+    assert [w for q in big for w in q.windows] == windows
+    # a rule with more series than points in a query still reads a window at a time
+    assert {len(q.windows) for q in plan_queries(windows[:5], LIMITS, series=10**7)} == {1}
