@@ -58,4 +58,4 @@ def open_state(config: Config, *, exclusive: bool = False) -> State:
 def limits(config: Config) -> Limits:
     """What Tempo accepts in one range query, as the config mirrors it."""
     return Limits(max_duration=int(config.tempo.max_duration),
-                  max_intervals=config.tempo.max_intervals)
+                  max_intervals=config.tempo.max_intervals, max_points=config.tempo.max_points)

@@ -243,6 +243,8 @@ class TempoConfig(_Endpoint):
     ingest_delay: Duration = 15.0  # a span becomes queryable this long after it arrives
     max_duration: PositiveDuration = 24 * 3600.0  # Tempo's longest range query
     max_intervals: int = Field(default=10000, ge=1)  # Tempo's most steps in a range query
+    # the most samples (series x windows) the bridge asks for in one range answer
+    max_points: int = Field(default=2_000_000, ge=1)
 
     @property
     def min_query_offset(self) -> float:
