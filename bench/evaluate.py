@@ -144,9 +144,6 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     from bridge.windows import Limits
 
     configure("warning", stream=sys.stderr)
-    import gc, os
-    if os.environ.get("BENCH_NOGC"):
-        gc.disable()
     tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     (tmp / "rules.yaml").write_text(RULES)
     (group,) = load_rule_files([str(tmp / "rules.yaml")], min_query_offset=45)

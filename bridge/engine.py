@@ -29,9 +29,9 @@ from bridge.evaluation import (
     Update,
     WindowRead,
     evaluate,
+    match_settle_ages,
     reads_from_answer,
     retire,
-    settle_ages,
 )
 from bridge.memory import gc_paused
 from bridge.metrics import Metrics
@@ -71,7 +71,7 @@ class Store(Protocol):
 
     def load(self, key: RuleKey) -> Stored | None: ...
 
-    def kept(
+    def kept_values(
         self, key: RuleKey, windows: Iterable[Window]
     ) -> Mapping[Window, Mapping[TempoKey, float]]: ...
 
@@ -103,7 +103,7 @@ class MemoryStore:
     def load(self, key: RuleKey) -> Stored | None:
         return self.rules.get(key)
 
-    def kept(
+    def kept_values(
         self, key: RuleKey, windows: Iterable[Window]
     ) -> dict[Window, Mapping[TempoKey, float]]:
         kept = self._kept.get(key, {})
@@ -117,7 +117,7 @@ class MemoryStore:
         self.rules[key] = after or (stored or Stored(update.checkpoint)).apply(update)
         self.exemplars.setdefault(key, {}).update(update.exemplars)
         kept = self._kept.setdefault(key, {})
-        kept.update(update.keep)
+        kept.update(update.kept_values)
         for window in [w for w in kept if w.end <= update.prune_upto]:
             del kept[window]
         self.samples.setdefault(key, []).extend(update.samples)
@@ -223,8 +223,8 @@ class Engine:
         self._metrics.windows_behind.labels(group.name, rule.record).set(len(due))
         reread: list[Window] = []
         # oldest age first: after a downtime its read covers the younger ages' windows
-        for age in sorted(stored.settled, reverse=True):
-            pending = self._settle_due(stored, age, run.now)
+        for age in sorted(stored.settle_checkpoints, reverse=True):
+            pending = self._due_again(stored, age, run.now)
             if not pending:
                 continue
             if len(due) > 1 and pending[-1].end == stored.checkpoint:
@@ -269,18 +269,18 @@ class Engine:
                             prune_upto=checkpoint)
             self._commit(run, update)
             return Stored(checkpoint).apply(update)
-        update_ages = settle_ages(group, rule, stored)
+        update_ages = match_settle_ages(group, rule, stored)
         if update_ages is not None:
             self._commit(run, update_ages)
             stored = stored.apply(update_ages)
         return stored
 
     @staticmethod
-    def _settle_due(stored: Stored, age: int, now: float) -> list[Window]:
+    def _due_again(stored: Stored, age: int, now: float) -> list[Window]:
         """Recorded windows that reached ``age`` since the last settle pass at it."""
         upto = min(stored.checkpoint, now - age)
-        after = stored.settled[age]
-        return [w for w in stored.recorded if after < w.end <= upto]
+        after = stored.settle_checkpoints[age]
+        return [w for w in stored.kept_windows if after < w.end <= upto]
 
     async def _step(self, run: _Run, stored: Stored, query: Query, what: str) -> Stored | None:
         """Read one query, evaluate it and commit the update; None when it failed."""
@@ -296,7 +296,7 @@ class Engine:
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
         with gc_paused():  # millions of objects, no cycles: see bridge.memory
             try:
-                kept = self._store.kept(run.key, again)
+                kept = self._store.kept_values(run.key, again)
                 update = evaluate(group, rule, stored, reads, kept, context, mapper)
             except EvaluationError as exc:
                 self._failed(run, query, what, exc.reason, exc)
@@ -354,8 +354,8 @@ class Engine:
         run.windows += stats.recorded
         metrics.windows_evaluated.labels(*names).inc(stats.recorded)
         metrics.windows_behind.labels(*names).dec(stats.recorded)
-        if stats.settled:
-            metrics.windows_settled.labels(*names).inc(stats.settled)
+        if stats.reread:
+            metrics.windows_settled.labels(*names).inc(stats.reread)
         if stats.grown:
             metrics.settle_growth.labels(*names).inc(stats.grown)
         if stats.merged:
@@ -363,7 +363,7 @@ class Engine:
         metrics.last_success.labels(*names).set(self._clock())
         metrics.checkpoint.labels(*names).set(update.checkpoint)
         self._log(run, query).info(
-            "evaluation", recorded=stats.recorded, settled=stats.settled, grown=stats.grown,
+            "evaluation", recorded=stats.recorded, reread=stats.reread, grown=stats.grown,
             merged=stats.merged, series=len(update.live), samples=len(update.samples),
         )
 
@@ -402,7 +402,7 @@ class Engine:
         series = 0
         if stored is not None:
             status.checkpoint = stored.checkpoint
-            status.settle = dict(stored.settled)
+            status.settle = dict(stored.settle_checkpoints)
             status.windows_behind = len(due_windows(
                 stored.checkpoint, self._clock(), run.group.interval, run.group.query_offset))
             series = len(stored.live)

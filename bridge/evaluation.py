@@ -127,9 +127,9 @@ class Stored:
     live: frozenset[Labels] = frozenset()
     """Prometheus series written at the checkpoint (counters' active series, gauges' present
     series); those not written at the next window end get a stale marker."""
-    settled: Mapping[int, int] = field(default_factory=dict)
+    settle_checkpoints: Mapping[int, int] = field(default_factory=dict)
     """Per settle age (seconds): the end of the last window read again at that age."""
-    recorded: tuple[Window, ...] = ()
+    kept_windows: tuple[Window, ...] = ()
     """Windows whose values are kept for settling (not yet settled at every age)."""
     legacy: Mapping[Labels, float] = field(default_factory=dict)
     """Totals kept by tempo-bridge 0.1 per Prometheus series; a Tempo series that maps to
@@ -151,14 +151,14 @@ class Stored:
             totals = copied
         else:
             totals = self.totals
-        kept = {w for w in self.recorded if w.end > update.prune_upto} | {
-            w for w in update.keep if w.end > update.prune_upto
+        kept = {w for w in self.kept_windows if w.end > update.prune_upto} | {
+            w for w in update.kept_values if w.end > update.prune_upto
         }
         legacy = {k: v for k, v in self.legacy.items() if k not in update.adopted}
         return Stored(
             checkpoint=update.checkpoint, totals=totals, live=update.live,
-            ended=dict(update.ended), settled=dict(update.settled),
-            recorded=tuple(sorted(kept)), legacy=legacy,
+            ended=dict(update.ended), settle_checkpoints=dict(update.settle_checkpoints),
+            kept_windows=tuple(sorted(kept)), legacy=legacy,
         )
 
 
@@ -168,8 +168,8 @@ class Stats:
 
     recorded: int = 0
     """Windows read for the first time."""
-    settled: int = 0
-    """Recorded windows read again."""
+    reread: int = 0
+    """Recorded windows read again (settle passes)."""
     grown: int = 0
     """Tempo series values of settled windows that had grown (late spans)."""
     merged: int = 0
@@ -182,7 +182,7 @@ class Update:
 
     checkpoint: int
     live: frozenset[Labels]
-    settled: dict[int, int]
+    settle_checkpoints: dict[int, int]
     samples: list[Sample] = field(default_factory=list)
     exemplars: dict[tuple[Labels, int], list[Exemplar]] = field(default_factory=dict)
     """Exemplars of samples, by the sample's series and timestamp (ms)."""
@@ -195,7 +195,7 @@ class Update:
     all_totals: Mapping[TempoKey, Total] | None = None
     """Every total after the update (what :meth:`Stored.apply` takes as it is), when the
     evaluation has it; None: the stored totals with ``totals`` and ``dropped`` applied."""
-    keep: dict[Window, Mapping[TempoKey, float]] = field(default_factory=dict)
+    kept_values: dict[Window, Mapping[TempoKey, float]] = field(default_factory=dict)
     """Values of windows read now, kept for later settle passes."""
     prune_upto: int = 0
     """Kept values of windows ending at or before this are no longer needed."""
@@ -302,21 +302,23 @@ def evaluate(
         update = _Counter(group, rule, stored, mapper, writer, context).run(reads, kept)
     else:
         update = _gauge(group, stored, reads, mapper, writer)
-    update.settled = _settled(stored, reads, context.now)
+    update.settle_checkpoints = _advance_settle_checkpoints(stored, reads, context.now)
     update.samples = writer.samples
     update.exemplars = writer.exemplars
     update.live = frozenset(writer.live)
     update.ended = writer.ended
-    if update.settled:
-        update.prune_upto = min(update.settled.values())
-        update.keep = {w: v for w, v in update.keep.items() if w.end > update.prune_upto}
+    if update.settle_checkpoints:
+        update.prune_upto = min(update.settle_checkpoints.values())
+        update.kept_values = {
+            w: v for w, v in update.kept_values.items() if w.end > update.prune_upto
+        }
     else:
         update.prune_upto = update.checkpoint
-        update.keep = {}
+        update.kept_values = {}
     return update
 
 
-def settle_ages(group: Group, rule: Rule, stored: Stored) -> Update | None:
+def match_settle_ages(group: Group, rule: Rule, stored: Stored) -> Update | None:
     """The update that matches a rule's settle checkpoints with its group's ages, or None.
 
     A new age starts at the checkpoint (windows recorded before it are not read again at
@@ -324,8 +326,8 @@ def settle_ages(group: Group, rule: Rule, stored: Stored) -> Update | None:
     for it.
     """
     ages = group.settle if rule.kind == "counter" else ()
-    settled = {age: stored.settled.get(age, stored.checkpoint) for age in ages}
-    if settled == dict(stored.settled):
+    settled = {age: stored.settle_checkpoints.get(age, stored.checkpoint) for age in ages}
+    if settled == dict(stored.settle_checkpoints):
         return None
     prune = min(settled.values()) if settled else stored.checkpoint
     return Update(stored.checkpoint, stored.live, settled, ended=dict(stored.ended),
@@ -341,7 +343,7 @@ def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Upda
     writer = _Writer(stored, Context(now=0.0, last_ts=last_ts))
     end = (stored.checkpoint // interval + 1) * interval
     writer.end_window(end * 1000, {})
-    return Update(stored.checkpoint, frozenset(writer.live), dict(stored.settled),
+    return Update(stored.checkpoint, frozenset(writer.live), dict(stored.settle_checkpoints),
                   samples=writer.samples, ended=writer.ended, prune_upto=0)
 
 
@@ -375,7 +377,7 @@ class _Counter:
     ) -> Update:
         again = [r for r in reads if r.window.end <= self.stored.checkpoint]
         if again:
-            self._settle(again, kept)
+            self._add_late_growth(again, kept)
         for read in reads[len(again):]:
             self._record(read)
         dropped = self._expire()
@@ -386,7 +388,7 @@ class _Counter:
         return Update(
             self.checkpoint, frozenset(), {}, totals=self.changed, dropped=dropped,
             all_totals=self.totals if self._copied else None,
-            keep=dict(self.keep), adopted=self.adopted, stats=self.stats,
+            kept_values=dict(self.keep), adopted=self.adopted, stats=self.stats,
         )
 
     def _writable(self) -> dict[TempoKey, Total]:
@@ -424,7 +426,7 @@ class _Counter:
             total = Total(start, at)
         totals[key] = self.changed[key] = Total(total.value + gain, max(total.last_grown, at))
 
-    def _settle(
+    def _add_late_growth(
         self, reads: Sequence[WindowRead], kept: Mapping[Window, Mapping[TempoKey, float]]
     ) -> None:
         """Add what recorded windows gained since they were last read (late spans).
@@ -457,7 +459,7 @@ class _Counter:
             for labels, value in previous.items():
                 self.writer.resume(labels, at * 1000, value)
             self.keep[read.window] = before if counted is None else counted
-            self.stats.settled += 1
+            self.stats.reread += 1
 
     def _record(self, read: WindowRead) -> None:
         """Add one new window's values and write every active series at its end.
@@ -662,10 +664,12 @@ def _pick(found: Iterable[Exemplar], limit: int) -> list[Exemplar]:
 # -- settle checkpoints --------------------------------------------------------------------
 
 
-def _settled(stored: Stored, reads: Sequence[WindowRead], now: float) -> dict[int, int]:
+def _advance_settle_checkpoints(
+    stored: Stored, reads: Sequence[WindowRead], now: float
+) -> dict[int, int]:
     """Settle checkpoints after reading ``reads``: a window read when already older than
     an age is settled at that age, if every window before it is."""
-    settled = dict(stored.settled)
+    settled = dict(stored.settle_checkpoints)
     for age in settled:
         limit = now - age
         for read in reads:

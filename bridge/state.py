@@ -236,7 +236,9 @@ class State:
         self._cache[rule_id] = stored
         return stored
 
-    def kept(self, key: RuleKey, windows: Iterable[Window]) -> dict[Window, dict[TempoKey, float]]:
+    def kept_values(
+        self, key: RuleKey, windows: Iterable[Window]
+    ) -> dict[Window, dict[TempoKey, float]]:
         """The values kept for settling of ``windows`` (those the state has)."""
         wanted = {w.end: w for w in windows}
         if not wanted:
@@ -284,13 +286,13 @@ class State:
                 )
             self._store_live(rule_id, update.live)
             self._store_ended(rule_id, update.ended)
-            self._store_settled(rule_id, update.settled)
-            if update.keep:
+            self._store_settled(rule_id, update.settle_checkpoints)
+            if update.kept_values:
                 db.executemany(
                     "INSERT OR REPLACE INTO windows (rule_id, window_end, window_start, vals)"
                     " VALUES (?, ?, ?, ?)",
                     [(rule_id, w.end, w.start, self._encode_values(values))
-                     for w, values in update.keep.items()],
+                     for w, values in update.kept_values.items()],
                 )
             db.execute(
                 "DELETE FROM windows WHERE rule_id = ? AND window_end <= ?",

@@ -121,9 +121,10 @@ async def test_backfilled_blocks_equal_the_truth(
         assert {ts for *_, ts in samples} == set(range(first, last + 1, 60))
         assert all('test="backfill"' in labels for _, labels, _, _ in samples)
     assert 'model="acme/\\"quoted\\" \\\\ model\\nv2"' in text
-    # one range query per rule: 24h of windows fit in one
+    # two range queries per rule: the first (an hour of windows) finds how many series
+    # the rule has, which sizes the next; the rest of the range fits in one
     ranges = [r for r in double.requests if r.path == "/api/metrics/query_range"]
-    assert len(ranges) == len(METRICS)
+    assert len(ranges) == 2 * len(METRICS)
 
     blocks = tmp_path / "blocks"
     promtool("tsdb", "create-blocks-from", "openmetrics", out, blocks)

@@ -159,7 +159,7 @@ async def test_late_spans_are_added_by_settle_passes_once(tmp_path: Path) -> Non
     assert h.totals(group, group.rules[0]) == {a: 2.0, late: 1.0}
     stored = h.state.load(rule_key(group, group.rules[0]))
     assert stored is not None
-    assert stored.settled == {600: T0 + 60, 3600: T0}
+    assert stored.settle_checkpoints == {600: T0 + 60, 3600: T0}
     # the new series starts at 0 at the checkpoint the settle pass saw, then its total
     rows = [(ts, v) for labels, ts, v in h.outbox() if labels.get("model") == "late"]
     assert rows[0] == (T0 + 60, 0.0)
@@ -174,9 +174,9 @@ async def test_late_spans_are_added_by_settle_passes_once(tmp_path: Path) -> Non
     assert h.totals(group, group.rules[0]) == {a: 2.0, late: 1.0}
     stored = h.state.load(rule_key(group, group.rules[0]))
     assert stored is not None
-    assert stored.settled[3600] >= T0 + 60
+    assert stored.settle_checkpoints[3600] >= T0 + 60
     # values of windows past the oldest settle age are no longer kept
-    assert all(w.end > stored.settled[3600] for w in stored.recorded)
+    assert all(w.end > stored.settle_checkpoints[3600] for w in stored.kept_windows)
 
 
 async def test_windows_caught_up_late_are_not_read_again(tmp_path: Path) -> None:
@@ -193,7 +193,7 @@ async def test_windows_caught_up_late_are_not_read_again(tmp_path: Path) -> None
     assert h.totals(group, group.rules[0]) == {a: 3.0}
     stored = h.state.load(rule_key(group, group.rules[0]))
     assert stored is not None
-    assert stored.settled[600] == T0 + 3600 - 600  # first read when older than 10 m
+    assert stored.settle_checkpoints[600] == T0 + 3600 - 600  # first read when older than 10 m
     assert await h.tick(group, 60)
     assert len(h.queries()) == before + 3  # one settle read, one new window
     assert h.totals(group, group.rules[0]) == {a: 3.0}
@@ -213,7 +213,7 @@ async def test_one_settle_read_serves_every_age_after_a_downtime(tmp_path: Path)
     assert h.totals(group, group.rules[0]) == {
         (("__name__", "x"), ("model", "a")): 2.0, (("__name__", "x"), ("model", "late")): 1.0,
     }
-    assert stored.settled == {600: T0 + 3 * 3600 - 600, 3600: T0 + 2 * 3600}
+    assert stored.settle_checkpoints == {600: T0 + 3 * 3600 - 600, 3600: T0 + 2 * 3600}
     before = len(h.queries())
     assert await h.tick(group, 60)
     assert len(h.queries()) == before + 3  # a settle read per age, one new window

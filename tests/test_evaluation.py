@@ -18,9 +18,9 @@ from bridge.evaluation import (
     Update,
     WindowRead,
     evaluate,
+    match_settle_ages,
     reads_from_answer,
     retire,
-    settle_ages,
 )
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
@@ -252,13 +252,13 @@ def test_settle_adds_only_growth_and_never_counts_it_twice(tmp_path: Path) -> No
     kept = {window: {KA: 2.0, KB: 1.0}}
     update = run(group, stored, [WindowRead(window, {KA: 3.5, KB: 0.5})], kept=kept, now=800)
     assert update.totals == {KA: Total(11.5, 300)}  # B shrank: a counter never goes down
-    assert update.keep == {window: {KA: 3.5, KB: 1.0}}  # what the totals hold, not less
+    assert update.kept_values == {window: {KA: 3.5, KB: 1.0}}  # what the totals hold, not less
     assert update.stats.grown == 1
     assert update.samples == []  # written at the next window end
-    assert update.settled == {600: 120, 3600: 60}
+    assert update.settle_checkpoints == {600: 120, 3600: 60}
     # B comes back to 1.0: nothing new
     again = run(group, stored.apply(update), [WindowRead(window, {KA: 3.5, KB: 1.0})],
-                kept=update.keep, now=800)
+                kept=update.kept_values, now=800)
     assert again.totals == {}
 
 
@@ -285,27 +285,27 @@ def test_a_series_first_seen_late_starts_at_zero_at_the_checkpoint(tmp_path: Pat
 
 def test_settle_checkpoints_advance_over_windows_read_old_enough(tmp_path: Path) -> None:
     group = load_group(tmp_path, group="settle: [2m, 10m]")
-    stored = Stored(60, settled={120: 60, 600: 60})
+    stored = Stored(60, settle_checkpoints={120: 60, 600: 60})
     reads = [w(end) for end in range(120, 781, 60)]
     update = run(group, stored, reads, now=900)
     # read at 900: windows ending by 780 are 2 minutes old, by 300 ten minutes old
-    assert update.settled == {120: 780, 600: 300}
+    assert update.settle_checkpoints == {120: 780, 600: 300}
     assert update.prune_upto == 300
-    assert sorted(window.end for window in update.keep) == list(range(360, 781, 60))
+    assert sorted(window.end for window in update.kept_values) == list(range(360, 781, 60))
 
 
 def test_settle_ages_added_start_at_the_checkpoint_and_removed_ones_go(tmp_path: Path) -> None:
-    stored = Stored(900, settled={600: 300, 3600: 60})
+    stored = Stored(900, settle_checkpoints={600: 300, 3600: 60})
     group = load_group(tmp_path, group="settle: [10m, 2h]")
-    update = settle_ages(group, group.rules[0], stored)
+    update = match_settle_ages(group, group.rules[0], stored)
     assert update is not None
-    assert update.settled == {600: 300, 7200: 900}
+    assert update.settle_checkpoints == {600: 300, 7200: 900}
     assert update.prune_upto == 300  # the values kept only for the 1 h age go
-    assert settle_ages(group, group.rules[0], stored.apply(update)) is None
+    assert match_settle_ages(group, group.rules[0], stored.apply(update)) is None
     no_settle = load_group(tmp_path, group="settle: []")
-    update = settle_ages(no_settle, no_settle.rules[0], stored)
+    update = match_settle_ages(no_settle, no_settle.rules[0], stored)
     assert update is not None
-    assert (update.settled, update.prune_upto) == ({}, 900)
+    assert (update.settle_checkpoints, update.prune_upto) == ({}, 900)
 
 
 # -- gauges, limits, retiring -----------------------------------------------------------

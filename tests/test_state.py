@@ -30,7 +30,7 @@ def requests(samples: list[Sample], per_request: int = 2000) -> list[Batch]:
 
 
 def update(checkpoint: int, **kwargs: object) -> Update:
-    fields: dict[str, object] = {"live": frozenset(), "settled": {}, **kwargs}
+    fields: dict[str, object] = {"live": frozenset(), "settle_checkpoints": {}, **kwargs}
     return Update(checkpoint, **fields)  # type: ignore[arg-type]
 
 
@@ -41,7 +41,8 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
     samples: list[Sample] = [(A, 60_000, 0.0), (A, 120_000, 1.5)]
     ids = state.commit(RULE, update(
         120, totals={KA: Total(1.5, 120), KB: Total(2.0, 60)}, live=frozenset({A}),
-        settled={600: 60}, keep={window: {KA: 1.5}}, prune_upto=60, samples=samples,
+        settle_checkpoints={600: 60}, kept_values={window: {KA: 1.5}}, prune_upto=60,
+        samples=samples,
     ), encode_batches(samples, {}, {}, 2000), interval=60, tenant="t1")
     assert len(ids) == 1
     state.close()
@@ -51,7 +52,7 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
     assert stored == Stored(
         120, {KA: Total(1.5, 120), KB: Total(2.0, 60)}, frozenset({A}), {600: 60}, (window,)
     )
-    assert state.kept(RULE, [window, Window(120, 180)]) == {window: {KA: 1.5}}
+    assert state.kept_values(RULE, [window, Window(120, 180)]) == {window: {KA: 1.5}}
     assert queued(state) == samples
     assert state.outbox_samples() == 2
     (known,) = state.known_rules()
@@ -123,14 +124,14 @@ def test_the_live_set_is_replaced(tmp_path: Path) -> None:
 def test_settle_ages_and_kept_windows_are_replaced_and_pruned(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     windows = [Window(0, 60), Window(60, 120), Window(120, 180)]
-    state.commit(RULE, update(180, settled={600: 0, 3600: 0},
-                              keep={x: {KA: float(x.end)} for x in windows}))
-    state.commit(RULE, update(180, settled={600: 120}, prune_upto=120))
+    state.commit(RULE, update(180, settle_checkpoints={600: 0, 3600: 0},
+                              kept_values={x: {KA: float(x.end)} for x in windows}))
+    state.commit(RULE, update(180, settle_checkpoints={600: 120}, prune_upto=120))
     stored = state.load(RULE)
     assert stored is not None
-    assert stored.settled == {600: 120}
-    assert stored.recorded == (Window(120, 180),)
-    assert state.kept(RULE, windows) == {Window(120, 180): {KA: 180.0}}
+    assert stored.settle_checkpoints == {600: 120}
+    assert stored.kept_windows == (Window(120, 180),)
+    assert state.kept_values(RULE, windows) == {Window(120, 180): {KA: 180.0}}
 
 
 def test_the_outbox_holds_requests_in_order_until_they_are_removed(tmp_path: Path) -> None:
@@ -272,8 +273,8 @@ def test_a_version_0_state_is_upgraded(tmp_path: Path) -> None:
     assert counter.totals == {}
     assert counter.live == {A}
     # kept values per Prometheus series cannot be compared with Tempo's: settled from here
-    assert counter.settled == {600: 600}
-    assert counter.recorded == ()
+    assert counter.settle_checkpoints == {600: 600}
+    assert counter.kept_windows == ()
     top = (("__name__", "top"),)
     gauge = state.load(RuleKey("g", "top", "{} | max_over_time(span.cost)", "gauge"))
     assert gauge is not None
