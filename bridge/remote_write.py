@@ -248,7 +248,9 @@ def encode_batches(
 
     ``samples`` of one series are in time order; ``exemplars`` are keyed by the series and
     timestamp of the sample they illustrate. A series' samples stay in one request when
-    they fit, else they go in consecutive ones, in time order.
+    they fit, else they go in consecutive ones, in time order. A series' exemplars go in
+    the order of their own timestamps: Prometheus drops, silently, an exemplar older than
+    the newest one it holds for the series (those of one sample come largest first).
     """
     per_series: dict[Labels, list[tuple[int, float]]] = {}
     for labels, ts, value in samples:
@@ -276,11 +278,17 @@ def encode_batches(
             if count + len(part) > max_samples:
                 flush()
             found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
+            if len(found) > 1:
+                found.sort(key=_exemplar_time)
             pending.append((written, part, found) if found else (written, part))
             count += len(part)
             low, high = min(low, part[0][0]), max(high, part[-1][0])
     flush()
     return batches
+
+
+def _exemplar_time(exemplar: Exemplar) -> int:
+    return exemplar.ts_ms
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
