@@ -1,11 +1,12 @@
 """Backfill: the samples rules would have written over a past range, as OpenMetrics blocks input.
 
 ``tempo-bridge backfill`` evaluates every rule (or the ``--rule`` ones) over the windows
-of a past time range with :func:`bridge.engine.dry_run`, counters starting from zero at
-the start of the range, and writes OpenMetrics text that
+of a past time range with the engine's dry run, counters starting from zero at the start
+of the range, and writes OpenMetrics text that
 ``promtool tsdb create-blocks-from openmetrics FILE DIR`` turns into TSDB blocks. The
 series carry the config's external labels, as the daemon's remote writes do, so the
-backfilled history joins the series the daemon writes.
+backfilled history joins the series the daemon writes. Counter samples carry an exemplar
+where Tempo gave one (``bridge.openmetrics`` says which); blocks do not keep exemplars.
 
 A window is only evaluated once its group's ``query_offset`` has passed, as the daemon
 does: blocks cannot be amended, and a younger window could still be missing spans.
@@ -18,6 +19,7 @@ series, with no reset at the boundary. A rule that already has state is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,15 +28,15 @@ from pathlib import Path
 
 from bridge.components import limits, open_state, tempo_client
 from bridge.config import Config
-from bridge.engine import DryRun, dry_run, rule_key
+from bridge.engine import DryRun, MemoryStore, _DryEngine, rule_key
 from bridge.errors import BridgeError
-from bridge.evaluation import Update
-from bridge.openmetrics import Family, format_openmetrics
+from bridge.evaluation import Stored, Update
+from bridge.openmetrics import Exemplars, Family, format_openmetrics
 from bridge.remote_write import add_external_labels
 from bridge.rules import Group
 from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
-from bridge.windows import Limits
+from bridge.windows import Limits, align_down, due_windows
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,53 @@ class Summary:
     notes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RuleRun:
+    """What one rule wrote in a dry run: its samples and final state, and the exemplars of
+    its samples."""
+
+    run: DryRun
+    exemplars: Exemplars
+
+
+async def dry_run(
+    tempo: TempoClient,
+    groups: Sequence[Group],
+    start: float,
+    end: float,
+    limits: Limits,
+    *,
+    now: float,
+    only: Sequence[str] | None = None,
+) -> list[RuleRun]:
+    """:func:`bridge.engine.dry_run` with the exemplars of the samples.
+
+    The engine's dry run returns each rule's samples and final state, not the exemplars
+    its :class:`bridge.engine.MemoryStore` collected; this is the same loop keeping them
+    (once ``DryRun`` carries them, it can go). Raises TempoError or EvaluationError.
+    """
+    runs = []
+    for group in groups:
+        flat = dataclasses.replace(group, settle=(), start=0)
+        upto = min(end + group.query_offset, now)
+        checkpoint = align_down(start, group.interval)
+        for rule in group.rules:
+            if only and rule.record not in only:
+                continue
+            store = MemoryStore()
+            key = rule_key(group, rule)
+            if due_windows(checkpoint, upto, group.interval, group.query_offset):
+                store.rules[key] = Stored(checkpoint)
+                engine = _DryEngine(tempo, store, limits)
+                if not await engine.evaluate_rule(flat, rule, upto):
+                    raise engine.error
+            runs.append(RuleRun(
+                DryRun(group, rule, store.samples.get(key, []), store.rules.get(key)),
+                store.exemplars.get(key, {}),
+            ))
+    return runs
+
+
 async def evaluate_range(
     tempo: TempoClient,
     groups: Sequence[Group],
@@ -59,10 +108,12 @@ async def evaluate_range(
     *,
     now: float,
 ) -> list[Family]:
-    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero;
-    windows younger than their group's ``query_offset`` are left out."""
+    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero,
+    with their exemplars; windows younger than their group's ``query_offset`` are left
+    out."""
     runs = await dry_run(tempo, groups, start, end, limits, now=now, only=only)
-    return [(run.rule.record, run.rule.kind, run.samples) for run in runs]
+    return [Family(r.run.rule.record, r.run.rule.kind, r.run.samples, r.exemplars)
+            for r in runs]
 
 
 async def backfill(
@@ -112,19 +163,24 @@ async def backfill(
     finally:
         await tempo.aclose()
     external = dict(config.remote_write.external_labels)
-    labelled: list[Family] = [
-        (run.rule.record, run.rule.kind,
-         [(add_external_labels(labels, external), ts, value) for labels, ts, value in run.samples])
-        for run in runs
+    labelled = [
+        Family(
+            r.run.rule.record, r.run.rule.kind,
+            [(add_external_labels(labels, external), ts, value)
+             for labels, ts, value in r.run.samples],
+            {(add_external_labels(labels, external), ts): found
+             for (labels, ts), found in r.exemplars.items()},
+        )
+        for r in runs
     ]
     text = format_openmetrics(labelled)
     _write_atomically(out, text)
     if seed_state:
-        _seed(config, runs)
-    written = [s for _r, _k, samples in labelled for s in samples if not is_stale_nan(s[2])]
+        _seed(config, [r.run for r in runs])
+    written = [s for family in labelled for s in family.samples if not is_stale_nan(s[2])]
     times = [ts for _labels, ts, _value in written]
     return Summary(
-        families=len({record for record, _k, _s in labelled}),
+        families=len({family.record for family in labelled}),
         series=len({labels for labels, _ts, _value in written}),
         samples=len(written),
         first_ms=min(times, default=None),
