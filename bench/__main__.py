@@ -19,6 +19,7 @@ BENCHMARKS = {
     "catchup": "restart after 24 h down, default rules; and a one-query-per-window evaluator",
     "idle": "resident memory of tempo-bridge run after 10 windows",
     "parse": "parsing Tempo's answers, 1,000 to 1,000,000 series, per parser",
+    "exemplars": "one steady evaluation with exemplars (one-window range query) and without",
 }
 
 

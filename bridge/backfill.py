@@ -1,11 +1,12 @@
 """Backfill: the samples rules would have written over a past range, as OpenMetrics blocks input.
 
 ``tempo-bridge backfill`` evaluates every rule (or the ``--rule`` ones) over the windows
-of a past time range with :func:`bridge.engine.dry_run`, counters starting from zero at
-the start of the range, and writes OpenMetrics text that
+of a past time range with the engine's dry run, counters starting from zero at the start
+of the range, and writes OpenMetrics text that
 ``promtool tsdb create-blocks-from openmetrics FILE DIR`` turns into TSDB blocks. The
 series carry the config's external labels, as the daemon's remote writes do, so the
-backfilled history joins the series the daemon writes.
+backfilled history joins the series the daemon writes. Counter samples carry an exemplar
+where Tempo gave one (``bridge.openmetrics`` says which); blocks do not keep exemplars.
 
 A window is only evaluated once its group's ``query_offset`` has passed, as the daemon
 does: blocks cannot be amended, and a younger window could still be missing spans.
@@ -59,10 +60,11 @@ async def evaluate_range(
     *,
     now: float,
 ) -> list[Family]:
-    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero;
-    windows younger than their group's ``query_offset`` are left out."""
+    """The samples of every rule (or of the ``only`` ones) over ``(start, end]``, from zero,
+    with their exemplars; windows younger than their group's ``query_offset`` are left
+    out."""
     runs = await dry_run(tempo, groups, start, end, limits, now=now, only=only)
-    return [(run.rule.record, run.rule.kind, run.samples) for run in runs]
+    return [Family(r.rule.record, r.rule.kind, r.samples, r.exemplars) for r in runs]
 
 
 async def backfill(
@@ -112,19 +114,24 @@ async def backfill(
     finally:
         await tempo.aclose()
     external = dict(config.remote_write.external_labels)
-    labelled: list[Family] = [
-        (run.rule.record, run.rule.kind,
-         [(add_external_labels(labels, external), ts, value) for labels, ts, value in run.samples])
-        for run in runs
+    labelled = [
+        Family(
+            r.rule.record, r.rule.kind,
+            [(add_external_labels(labels, external), ts, value)
+             for labels, ts, value in r.samples],
+            {(add_external_labels(labels, external), ts): found
+             for (labels, ts), found in r.exemplars.items()},
+        )
+        for r in runs
     ]
     text = format_openmetrics(labelled)
     _write_atomically(out, text)
     if seed_state:
         _seed(config, runs)
-    written = [s for _r, _k, samples in labelled for s in samples if not is_stale_nan(s[2])]
+    written = [s for family in labelled for s in family.samples if not is_stale_nan(s[2])]
     times = [ts for _labels, ts, _value in written]
     return Summary(
-        families=len({record for record, _k, _s in labelled}),
+        families=len({family.record for family in labelled}),
         series=len({labels for labels, _ts, _value in written}),
         samples=len(written),
         first_ms=min(times, default=None),

@@ -21,9 +21,9 @@ from bridge.doctor import DEFAULT_LONGEST_REQUEST, diagnose, format_report, prob
 from bridge.durations import parse_duration
 from bridge.errors import BridgeError
 from bridge.logs import configure
-from bridge.openmetrics import format_openmetrics, format_value, series_name
+from bridge.openmetrics import Family, format_openmetrics, format_value, series_name
 from bridge.rules import Group
-from bridge.series import Sample
+from bridge.series import EXEMPLAR_LABEL
 
 DEFAULT_CONFIG = Path("/etc/tempo-bridge/bridge.yaml")
 
@@ -196,13 +196,21 @@ def _backfill(
 
 
 def _rfc3339(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    """A time in RFC 3339, UTC, to the millisecond when it is not a whole second."""
+    moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    text = moment.isoformat(timespec="milliseconds" if ts_ms % 1000 else "seconds")
+    return text.replace("+00:00", "Z")
 
 
-def format_table(families: Sequence[tuple[str, str, Sequence[Sample]]]) -> str:
-    """One line per sample: time (RFC 3339), value, series."""
+def format_table(families: Sequence[Family]) -> str:
+    """One line per sample: time (RFC 3339), value, series; under it, one line per
+    exemplar: its trace ID, its value and its span's start."""
     lines = []
-    for _record, _kind, samples in families:
-        for labels, ts_ms, value in samples:
+    indent = " " * 46
+    for family in families:
+        for labels, ts_ms, value in family.samples:
             lines.append(f"{_rfc3339(ts_ms)}  {format_value(value):>22}  {series_name(labels)}")
+            for exemplar in family.exemplars.get((labels, ts_ms), ()):
+                lines.append(f'{indent}# {{{EXEMPLAR_LABEL}="{exemplar.trace_id}"}} '
+                             f"{format_value(exemplar.value)} {_rfc3339(exemplar.ts_ms)}")
     return "\n".join(lines) + ("\n" if lines else "")

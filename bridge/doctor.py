@@ -9,7 +9,8 @@
   Tempo), ``query_end_cutoff`` against the bridge's mirror of it and each group's
   ``query_offset``, ``max_duration`` against the bridge's and each group's interval,
   ``max_intervals`` against the bridge's, ``max_response_series`` against each rule's
-  ``limit``;
+  ``limit``, ``max_exemplars`` against the series of each group with exemplars on (how many
+  series one window's exemplars can cover);
 * Tempo's per-tenant overrides (``/status/overrides/{tenant}``) of each tenant the rules
   use: its ``max_metrics_duration`` against the bridge's ``max_duration``;
 * Tempo's clock (the ``Date`` header of its answers) against the host's: a skew eats into
@@ -45,7 +46,7 @@ from bridge.durations import DurationError, format_duration, parse_duration
 from bridge.errors import ReceiverError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
-from bridge.rules import Group
+from bridge.rules import Group, Rule
 from bridge.tempo import ClockSkew, TempoClient
 from bridge.yamlfile import lookup
 
@@ -67,6 +68,10 @@ CUTOFF_KEY = ("query_frontend", "query_end_cutoff")
 MAX_DURATION_KEY = ("query_frontend", "metrics", "max_duration")
 MAX_INTERVALS_KEY = ("query_frontend", "metrics", "max_intervals")
 MAX_RESPONSE_SERIES_KEY = ("query_frontend", "metrics", "max_response_series")
+MAX_EXEMPLARS_KEY = ("query_frontend", "metrics", "max_exemplars")
+#: Tempo's default max_exemplars, and the most exemplars Tempo 3.0.3 keeps for one query
+#: whatever max_exemplars says (traceql's maxExemplars).
+TEMPO_MAX_EXEMPLARS = 100
 #: Where a tenant's overrides (Tempo's runtime config, as ``yaml.Marshal`` writes them) set
 #: its own limit on a metrics query's range; 0 or absent: max_duration applies.
 TENANT_MAX_DURATION_KEY = ("read", "max_metrics_duration")
@@ -152,6 +157,7 @@ class TempoSettings:
     max_duration: float | None
     max_intervals: int | None = None
     max_response_series: int | None = None  # Tempo leaves it out when it is 0 (no limit)
+    max_exemplars: int | None = None
 
 
 def read_tempo_settings(text: str) -> TempoSettings:
@@ -194,6 +200,7 @@ def read_tempo_settings(text: str) -> TempoSettings:
         max_duration=duration(MAX_DURATION_KEY),
         max_intervals=whole_number(MAX_INTERVALS_KEY),
         max_response_series=whole_number(MAX_RESPONSE_SERIES_KEY),
+        max_exemplars=whole_number(MAX_EXEMPLARS_KEY),
     )
 
 
@@ -270,6 +277,7 @@ def check_tempo_settings(
     findings += _check_max_duration(settings.max_duration, config, groups)
     findings += _check_max_intervals(settings.max_intervals, config)
     findings += _check_response_series(settings.max_response_series, groups)
+    findings += _check_exemplars(settings.max_exemplars, groups)
     return findings
 
 
@@ -387,6 +395,75 @@ def _check_response_series(max_series: int | None, groups: Sequence[Group]) -> l
     if not findings:
         findings.append(ok(f"Tempo's {key} is {max_series}, at least every rule's limit"))
     return findings
+
+
+def exemplars_per_window(max_exemplars: int) -> int:
+    """The most exemplars Tempo 3.0.3 gives for the window a steady-state query reads.
+
+    That query, ``start=e-i, end=e, step=i``, is evaluated over ``(e-2i, e]`` (the extra
+    leading bucket). Tempo keeps at most ``max_exemplars`` for the answer (and never more
+    than 100), at most two in each of ``max_exemplars // 2`` equal slices of that range:
+    half of the slices, so about half of the exemplars, fall in the window.
+    """
+    kept = min(max_exemplars, TEMPO_MAX_EXEMPLARS)
+    slices = max(kept // 2, 1)
+    return min(kept, 2 * math.ceil(slices / 2))
+
+
+def _check_exemplars(max_exemplars: int | None, groups: Sequence[Group]) -> list[Finding]:
+    """One line per group with exemplars on: how many of a rule's series one window's
+    exemplars can cover, WARN when a rule's ``limit`` allows more. A rule without ``by()``
+    has one series; one with ``by()`` and no ``limit`` has a number doctor cannot know."""
+    key = ".".join(MAX_EXEMPLARS_KEY)
+    if max_exemplars is None:
+        setting = f"{key} not shown, Tempo's default {TEMPO_MAX_EXEMPLARS}"
+        max_exemplars = TEMPO_MAX_EXEMPLARS
+    elif max_exemplars > TEMPO_MAX_EXEMPLARS:
+        setting = f"{key} {max_exemplars}, of which Tempo keeps {TEMPO_MAX_EXEMPLARS} per query"
+    else:
+        setting = f"{key} {max_exemplars}"
+    window = exemplars_per_window(max_exemplars)
+    findings = []
+    for group in groups:
+        if not group.exemplars:
+            continue
+        per_series = group.exemplars_per_series
+        covered = window // per_series
+        gives = (f"{_group(group)}: Tempo gives at most {window} exemplars for the window a "
+                 f"steady-state query reads ({setting})")
+        bounds = {r.record: _series_bound(r) for r in group.rules}
+        over = [r for r in group.rules if (bounds[r.record] or 0) > covered]
+        if over:
+            rules = ", ".join(f"{r.record} (limit {r.limit})" if r.by else r.record
+                              for r in over)
+            findings.append(warn(
+                f"{gives}, so with exemplars_per_series {per_series} at most {covered} series of "
+                f"a rule get all their exemplars in a window: {rules} can have more, and the "
+                f"rest get fewer or none; raise {key} in Tempo's config (up to "
+                f"{TEMPO_MAX_EXEMPLARS}: Tempo keeps no more per query), lower "
+                f"exemplars_per_series, or set exemplars: false"
+            ))
+            continue
+        unknown = [record for record, bound in bounds.items() if bound is None]
+        most = max((bound for bound in bounds.values() if bound is not None), default=0)
+        enough = (f"{gives}, enough for exemplars_per_series {per_series} on each of "
+                  f"{covered} series of a rule")
+        if unknown:
+            findings.append(ok(
+                f"{enough}; {', '.join(unknown)} set no limit, so doctor cannot tell whether "
+                f"they have more series in a window (those beyond get none)"
+            ))
+        else:
+            findings.append(ok(f"{enough}; its rules have at most {most} series"))
+    return findings
+
+
+def _series_bound(rule: Rule) -> int | None:
+    """The most series a rule has in a window, as far as the rule says: one without
+    ``by()``, its ``limit`` with one, None when it sets none."""
+    if not rule.by:
+        return 1
+    return rule.limit or None
 
 
 def read_tenant_max_duration(payload: Any) -> float:

@@ -460,6 +460,8 @@ class DryRun:
     samples: list[Sample]
     stored: Stored | None
     """The rule's final state; None when the range held no whole window."""
+    exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]] = field(default_factory=dict)
+    """The exemplars of the samples, by the sample's series and timestamp (ms)."""
 
 
 async def dry_run(
@@ -494,7 +496,8 @@ async def dry_run(
                 engine = _DryEngine(tempo, store, limits)
                 if not await engine.evaluate_rule(flat, rule, upto):
                     raise engine.error
-            runs.append(DryRun(group, rule, store.samples.get(key, []), store.rules.get(key)))
+            runs.append(DryRun(group, rule, store.samples.get(key, []), store.rules.get(key),
+                               store.exemplars.get(key, {})))
     return runs
 
 

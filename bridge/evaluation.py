@@ -137,6 +137,8 @@ class Stored:
     ended: Mapping[Labels, int] = field(default_factory=dict)
     """Series given a stale marker at or after the checkpoint, and its timestamp (ms): no
     sample of theirs may be written there again."""
+    late_exemplars: Mapping[Labels, Sequence[Exemplar]] = field(default_factory=dict)
+    """Exemplars of late spans a settle pass found, to go with the next window end."""
 
     def apply(self, update: Update) -> Stored:
         """This state with ``update`` committed."""
@@ -157,7 +159,8 @@ class Stored:
         legacy = {k: v for k, v in self.legacy.items() if k not in update.adopted}
         return Stored(
             checkpoint=update.checkpoint, totals=totals, live=update.live,
-            ended=dict(update.ended), settle_checkpoints=dict(update.settle_checkpoints),
+            ended=dict(update.ended), late_exemplars=update.late_exemplars,
+            settle_checkpoints=dict(update.settle_checkpoints),
             kept_windows=tuple(sorted(kept)), legacy=legacy,
         )
 
@@ -188,6 +191,8 @@ class Update:
     """Exemplars of samples, by the sample's series and timestamp (ms)."""
     ended: dict[Labels, int] = field(default_factory=dict)
     """What :attr:`Stored.ended` becomes."""
+    late_exemplars: dict[Labels, list[Exemplar]] = field(default_factory=dict)
+    """What :attr:`Stored.late_exemplars` becomes."""
     totals: dict[TempoKey, Total] = field(default_factory=dict)
     """Totals that changed (new ones included)."""
     dropped: set[TempoKey] = field(default_factory=set)
@@ -331,7 +336,8 @@ def match_settle_ages(group: Group, rule: Rule, stored: Stored) -> Update | None
         return None
     prune = min(settled.values()) if settled else stored.checkpoint
     return Update(stored.checkpoint, stored.live, settled, ended=dict(stored.ended),
-                  prune_upto=prune)
+                  prune_upto=prune, late_exemplars={k: list(v) for k, v in
+                                                     stored.late_exemplars.items()})
 
 
 def retire(stored: Stored, interval: int, last_ts: Mapping[Labels, int]) -> Update:
@@ -365,7 +371,9 @@ class _Counter:
         self.stats = Stats()
         self.exemplar_limit = group.exemplars_per_series if group.exemplars else 0
         # exemplars of late spans a settle pass found: written with the next window end
-        self.late: dict[Labels, list[Exemplar]] = {}
+        self.late: dict[Labels, list[Exemplar]] = {
+            labels: list(found) for labels, found in stored.late_exemplars.items()
+        }
         self.checkpoint = stored.checkpoint
         labels_of = mapper.labels_of
         for key in stored.totals:  # a mapper new to these totals maps them once
@@ -389,6 +397,7 @@ class _Counter:
             self.checkpoint, frozenset(), {}, totals=self.changed, dropped=dropped,
             all_totals=self.totals if self._copied else None,
             kept_values=dict(self.keep), adopted=self.adopted, stats=self.stats,
+            late_exemplars=self.late,
         )
 
     def _writable(self) -> dict[TempoKey, Total]:

@@ -257,7 +257,9 @@ def encode_batches(
 
     ``samples`` of one series are in time order; ``exemplars`` are keyed by the series and
     timestamp of the sample they illustrate. A series' samples stay in one request when
-    they fit, else they go in consecutive ones, in time order.
+    they fit, else they go in consecutive ones, in time order. A series' exemplars go in
+    the order of their own timestamps: Prometheus drops, silently, an exemplar older than
+    the newest one it holds for the series (those of one sample come largest first).
     """
     return BatchEncoder(external, max_samples)(samples, exemplars)
 
@@ -337,6 +339,7 @@ class BatchEncoder:
                 if exemplars:
                     found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
                     if found:
+                        found.sort(key=_exemplar_time)
                         body += b"".join(_exemplar(e) for e in found)
                 out += headers[len(encoded_labels) + len(body)]
                 out += encoded_labels
@@ -356,6 +359,10 @@ def _batch(
 ) -> Batch:
     return Batch(bytes(cramjam.snappy.compress_raw(serialized)), samples, low, high,
                  independent)
+
+
+def _exemplar_time(exemplar: Exemplar) -> int:
+    return exemplar.ts_ms
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

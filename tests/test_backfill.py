@@ -46,6 +46,14 @@ HOUR = 3600
 # A label value that needs every OpenMetrics escape: quote, backslash, newline.
 ODD_MODEL = 'acme/"quoted" \\ model\nv2'
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+) (\d+)$')
+EXEMPLAR = re.compile(
+    r'^(?P<sample>.*?)(?: # \{traceID="(?P<trace>[0-9a-f]+)"\} (?P<value>\S+) '
+    r'(?P<ts>\d+(?:\.\d{1,3})?))?$'
+)
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+Exemplars = dict[tuple[str, str, int], tuple[str, float, float]]
+"""(family, labels text, sample timestamp s) -> (trace ID, value, span start s)."""
 
 
 @pytest.fixture
@@ -69,11 +77,15 @@ async def run_cli(*args: str | Path) -> int:
     return await asyncio.to_thread(main, [str(a) for a in args])
 
 
-def parse_openmetrics(text: str) -> dict[str, tuple[str, list[tuple[str, str, float, int]]]]:
-    """Family -> (type, [(sample name, labels text, value, timestamp s)]), checking the layout.
+def parse_openmetrics(
+    text: str, exemplars: Exemplars | None = None
+) -> dict[str, tuple[str, list[tuple[str, str, float, int]]]]:
+    """Family -> (type, [(sample name, labels text, value, timestamp s)]), checking the layout;
+    the samples' exemplars go into ``exemplars``.
 
     Fails unless every line is a TYPE line or a sample of the family declared last, each
-    family is declared once, timestamps are whole seconds, and the text ends with # EOF.
+    family is declared once, timestamps are whole seconds, only counter samples carry an
+    exemplar (one, labelled traceID), and the text ends with # EOF.
     """
     lines = text.split("\n")
     assert lines[-2:] == ["# EOF", ""], "the text must end with '# EOF' and a newline"
@@ -86,14 +98,60 @@ def parse_openmetrics(text: str) -> dict[str, tuple[str, list[tuple[str, str, fl
             families[name] = (kind, [])
             current = name
             continue
-        match = SAMPLE.match(line)
+        split = EXEMPLAR.match(line)
+        assert split
+        match = SAMPLE.match(split["sample"])
         assert match, f"not an OpenMetrics sample line: {line!r}"
         assert current is not None, f"a sample before any # TYPE line: {line!r}"
         name, labels, value, ts = match.groups()
         kind, samples = families[current]
         assert name == (current + "_total" if kind == "counter" else current), line
         samples.append((name, labels or "", float(value), int(ts)))
+        if split["trace"] is not None:
+            assert kind == "counter", f"an exemplar on a {kind} sample: {line!r}"
+            if exemplars is not None:
+                exemplars[(current, labels or "", int(ts))] = (
+                    split["trace"], float(split["value"]), float(split["ts"]))
     return families
+
+
+def label_values(text: str) -> dict[str, str]:
+    """The labels of ``{a="x",b="y"}``, OpenMetrics escapes undone."""
+    escapes = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+    return {name: re.sub(r'\\[\\"n]', lambda m: escapes[m[0]], value)
+            for name, value in LABEL.findall(text)}
+
+
+def check_exemplars(exemplars: Exemplars, spans: list[Span], interval: int) -> None:
+    """Every exemplar names an ``LLM Generation`` span of its series that started in the
+    window ending at its sample, stamped with the span's start, valued as Tempo values it:
+    the summed attribute (0 when the span lacks it), or for a count the window's count."""
+    by_trace = {span.trace_id.lstrip("0"): span for span in generations(spans)}
+    for (family, labels, ts), (trace, value, start) in exemplars.items():
+        record = family + "_total"
+        span = by_trace[trace]
+        attributes = span.attributes
+        series = label_values(labels)
+        assert series["model"] == attributes["gen_ai.request.model"]
+        assert series["provider"] == attributes["gen_ai.provider.name"]
+        assert series.get("api_key_name") == attributes.get(
+            "trace.metadata.openrouter.api_key_name")
+        assert (ts - interval) * 10**9 < span.start_ns <= ts * 10**9, (record, trace)
+        assert round(start * 1000) == span.start_ns // 10**6
+        attribute = METRICS[record]
+        if attribute is None:
+            in_window = [s for s in generations(spans)
+                         if (ts - interval) * 10**9 < s.start_ns <= ts * 10**9
+                         and key_of(s) == key_of(span)]
+            assert value == len(in_window), (record, trace)
+        else:
+            assert value == float(attributes.get(attribute, 0)), (record, trace)
+
+
+def key_of(span: Span) -> tuple[object, ...]:
+    a = span.attributes
+    return (a["gen_ai.request.model"], a["gen_ai.provider.name"],
+            a.get("trace.metadata.openrouter.api_key_name"))
 
 
 async def test_backfilled_blocks_equal_the_truth(
@@ -114,13 +172,20 @@ async def test_backfilled_blocks_equal_the_truth(
     assert code == 0
     first, last = start // 60 * 60, end // 60 * 60  # the 1m windows are (first, last]
     text = out.read_text()
-    families = parse_openmetrics(text)
+    exemplars: Exemplars = {}
+    families = parse_openmetrics(text, exemplars)
     assert families.keys() == {r.removesuffix("_total") for r in METRICS}
     for kind, samples in families.values():
         assert kind == "counter"
         assert {ts for *_, ts in samples} == set(range(first, last + 1, 60))
         assert all('test="backfill"' in labels for _, labels, _, _ in samples)
     assert 'model="acme/\\"quoted\\" \\\\ model\\nv2"' in text
+    # exemplars from Tempo's range answer: at most 100 per query, for every rule
+    check_exemplars(exemplars, spans, 60)
+    per_family = {family: 0 for family in families}
+    for family, _labels, _ts in exemplars:
+        per_family[family] += 1
+    assert all(count >= 20 for count in per_family.values()), per_family
     # two range queries per rule: the first (an hour of windows) finds how many series
     # the rule has, which sizes the next; the rest of the range fits in one
     ranges = [r for r in double.requests if r.path == "/api/metrics/query_range"]

@@ -41,6 +41,10 @@ EXPECTED = {
     "idle": {"idle RSS (VmRSS, highest reading)": True, "windows recorded per rule": False},
     "parse": {"instant 10,000: msgspec": False, "range 10,000: msgspec peak RSS": False,
               "range 10,000: json": False},
+    "exemplars": {"2,000 exemplars on: steady wall time": False,
+                  "2,000 exemplars off: steady CPU time": False,
+                  "2,000 exemplars on: Tempo's answer": False,
+                  "2,000: CPU time on / off": False},
 }
 CHECKS = {
     "encode": ["same bytes as the protobuf API"],
@@ -51,6 +55,8 @@ CHECKS = {
                 "Prometheus holds the totals", "every rule caught up"],
     "idle": ["the daemon stopped cleanly on SIGTERM", "Prometheus received the samples"],
     "parse": ["every parser gives the same series"],
+    "exemplars": ["2,000 exemplars on: both evaluations succeeded",
+                  "2,000: exemplars only with them on"],
 }
 
 

@@ -82,7 +82,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
     spans = [
         Span(start_ns=(T0 + 10 + i * 30) * 10**9, attributes={"model": "a\"b", "cost": 0.25},
-             resource={"service.name": "svc"})
+             resource={"service.name": "svc"}, trace_id=f"{0xa0 + i:032x}")
         for i in range(6)
     ]
     tempo = TempoDouble(spans, clock=lambda: T0 + 3600, query_end_cutoff=0)
@@ -96,11 +96,17 @@ async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
         )
         assert code == 0, err
         lines = out.splitlines()
+        # each window's exemplar: of its two equal spans, the later (Tempo's trace IDs drop
+        # leading zeros)
+        under = " " * 46
         assert lines == [
             '2026-11-27T12:00:00Z                     0.0  cost_usd_total{model="a\\"b"}',
             '2026-11-27T12:01:00Z                     0.5  cost_usd_total{model="a\\"b"}',
+            under + '# {traceID="a1"} 0.25 2026-11-27T12:00:40Z',
             '2026-11-27T12:02:00Z                     1.0  cost_usd_total{model="a\\"b"}',
+            under + '# {traceID="a3"} 0.25 2026-11-27T12:01:40Z',
             '2026-11-27T12:03:00Z                     1.5  cost_usd_total{model="a\\"b"}',
+            under + '# {traceID="a5"} 0.25 2026-11-27T12:02:40Z',
         ]
         code, out, err = await run_cli(
             "eval", "--config", str(config), "--from", str(T0), "--to", str(T0 + 180),
@@ -110,9 +116,9 @@ async def test_eval_prints_table_and_openmetrics(tmp_path: Path) -> None:
         assert out.splitlines() == [
             "# TYPE cost_usd counter",
             'cost_usd_total{model="a\\"b"} 0.0 1795780800',
-            'cost_usd_total{model="a\\"b"} 0.5 1795780860',
-            'cost_usd_total{model="a\\"b"} 1.0 1795780920',
-            'cost_usd_total{model="a\\"b"} 1.5 1795780980',
+            'cost_usd_total{model="a\\"b"} 0.5 1795780860 # {traceID="a1"} 0.25 1795780840',
+            'cost_usd_total{model="a\\"b"} 1.0 1795780920 # {traceID="a3"} 0.25 1795780900',
+            'cost_usd_total{model="a\\"b"} 1.5 1795780980 # {traceID="a5"} 0.25 1795780960',
             "# EOF",
         ]
         assert len(tempo.requests) == 2  # one range query per eval

@@ -26,6 +26,7 @@ from bridge.config import Config
 from bridge.doctor import (
     Finding,
     check_clock_skew,
+    exemplars_per_window,
     parse_go_duration,
     read_prometheus_config,
     read_tempo_settings,
@@ -222,6 +223,16 @@ TENANT_OK = (
     "OK   Tempo sets no read.max_metrics_duration for tenant single-tenant: "
     "query_frontend.metrics.max_duration applies"
 )
+WINDOW_EXEMPLARS = (
+    "Tempo gives at most 50 exemplars for the window a steady-state query reads "
+    "(query_frontend.metrics.max_exemplars 100)"
+)
+
+
+def exemplars_ok(config: Path) -> str:
+    """The exemplar line of write_config's group: one rule without by(), one series."""
+    return (f"OK   {group_at(config)}: {WINDOW_EXEMPLARS}, enough for exemplars_per_series 1 "
+            "on each of 50 series of a rule; its rules have at most 1 series")
 
 
 def receiver_ok(prom: PrometheusServer, sample_age: str) -> list[str]:
@@ -241,7 +252,7 @@ def test_real_tempo_config_and_prometheus_pass(
     code, lines = doctor(capsys, config)
     assert lines == [
         *tempo_ok(tempo.url), SLACK_OK, CUTOFF_OK, OFFSETS_OK, MAX_DURATION_OK,
-        MAX_INTERVALS_OK, RESPONSE_SERIES_OK, TENANT_OK, CLOCK_OK,
+        MAX_INTERVALS_OK, RESPONSE_SERIES_OK, exemplars_ok(config), TENANT_OK, CLOCK_OK,
         *receiver_ok(prom, AGE_OK),
         "no problems found",
     ]
@@ -441,8 +452,17 @@ def test_max_response_series_below_rule_limits(
         "records, so the rule fails every evaluation; set limit: 1000 or less on them, or "
         "raise query_frontend.metrics.max_response_series in Tempo's config"
     )
-    assert lines[8] == TENANT_OK
-    assert lines[-1] == "1 problem found"
+    # the same limits against the exemplars of one window
+    assert lines[8] == (
+        f"WARN {group_at(config)}: {WINDOW_EXEMPLARS}, so with exemplars_per_series 1 at most "
+        "50 series of a rule get all their exemplars in a window: cost_total (limit 5000), "
+        "tokens_total (limit 1000) can have more, and the rest get fewer or none; raise "
+        "query_frontend.metrics.max_exemplars in Tempo's config (up to 100: Tempo keeps no "
+        "more per query), lower exemplars_per_series, or set exemplars: false"
+    )
+    assert lines[9].startswith(f"OK   group small ({config.parent / 'rules.yaml'}:")
+    assert lines[10] == TENANT_OK
+    assert lines[-1] == "2 problems found"
     # every rule within the limit
     (tmp_path / "rules.yaml").write_text(
         "groups:\n  - name: costs\n    rules:\n"
@@ -455,6 +475,63 @@ def test_max_response_series_below_rule_limits(
         "rule's limit")
 
 
+MAX_EXEMPLARS_100 = "        max_exemplars: 100\n"
+
+
+def test_exemplars_one_window_covers(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules.read_text().replace(
+        "    rules:\n", "    exemplars_per_series: 2\n    rules:\n", 1) + (
+        "      - {record: cost_total, expr: '{ } | sum_over_time(span.cost) by (span.m)',\n"
+        "         kind: counter}\n"
+        "  - name: quiet\n    exemplars: false\n    rules:\n"
+        "      - {record: tokens_total, expr: '{ } | sum_over_time(span.t) by (span.m)',\n"
+        "         kind: counter, limit: 100000}\n"))
+    # a rule with by() and no limit: what is known; a group without exemplars: no line
+    code, lines = doctor(capsys, config)
+    assert code == 0
+    assert lines[8:10] == [
+        f"OK   {group_at(config)}: {WINDOW_EXEMPLARS}, enough for exemplars_per_series 2 on "
+        "each of 25 series of a rule; cost_total set no limit, so doctor cannot tell whether "
+        "they have more series in a window (those beyond get none)",
+        TENANT_OK,
+    ]
+    # Tempo keeps 100 at most per query, whatever max_exemplars says; 10: 6 in the window
+    for setting, window, covered in [
+        ("500", "Tempo gives at most 50 exemplars for the window a steady-state query reads "
+                "(query_frontend.metrics.max_exemplars 500, of which Tempo keeps 100 per "
+                "query)", 25),
+        ("10", "Tempo gives at most 6 exemplars for the window a steady-state query reads "
+               "(query_frontend.metrics.max_exemplars 10)", 3),
+        (None, "Tempo gives at most 50 exemplars for the window a steady-state query reads "
+               "(query_frontend.metrics.max_exemplars not shown, Tempo's default 100)", 25),
+    ]:
+        new = "" if setting is None else f"        max_exemplars: {setting}\n"
+        tempo.status_config = (200, tempo_config(MAX_EXEMPLARS_100, new).encode())
+        code, lines = doctor(capsys, config)
+        assert lines[8].startswith(f"OK   {group_at(config)}: {window}, enough for "
+                                   f"exemplars_per_series 2 on each of {covered} series")
+    # 0: no exemplar at all, not even for one series
+    tempo.status_config = (200, tempo_config(MAX_EXEMPLARS_100, "        max_exemplars: 0\n")
+                           .encode())
+    code, lines = doctor(capsys, config)
+    assert code == 1
+    assert lines[8].startswith(
+        f"WARN {group_at(config)}: Tempo gives at most 0 exemplars for the window a "
+        "steady-state query reads (query_frontend.metrics.max_exemplars 0), so with "
+        "exemplars_per_series 2 at most 0 series of a rule get all their exemplars in a "
+        "window: requests_total can have more")
+
+
+def test_exemplars_per_window() -> None:
+    # Tempo's slices: two exemplars in each of max_exemplars // 2 slices of (e-2i, e]
+    assert [exemplars_per_window(n) for n in (0, 1, 2, 3, 4, 5, 10, 11, 100, 101, 1000)] == [
+        0, 1, 2, 2, 2, 2, 6, 6, 50, 50, 50]
+
+
 def test_a_tenants_own_max_duration(
     tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -465,7 +542,7 @@ def test_a_tenants_own_max_duration(
     )
     code, lines = doctor(capsys, config)
     assert code == 1
-    assert lines[8:10] == [
+    assert lines[9:11] == [
         "WARN Tempo's per-tenant override read.max_metrics_duration of tenant team-a is 12h, "
         "shorter than the bridge's tempo.max_duration 24h: Tempo refuses the longer catch-up "
         "queries of this tenant's groups; set tempo.max_duration: 12h in the bridge's config, "
@@ -479,7 +556,7 @@ def test_a_tenants_own_max_duration(
     config = write_config(
         tmp_path, tempo.url, prom.write_url, tempo={"tenant": "team-a", "max_duration": "12h"})
     code, lines = doctor(capsys, config)
-    assert lines[8] == (
+    assert lines[9] == (
         "OK   Tempo's per-tenant override read.max_metrics_duration of tenant team-a is 12h, "
         "at least tempo.max_duration (12h)"
     )
@@ -507,7 +584,7 @@ def test_overrides_not_served(
     config = write_config(tmp_path, tempo.url, prom.write_url)
     code, lines = doctor(capsys, config)
     assert code == 1
-    assert lines[8] == (
+    assert lines[9] == (
         "WARN cannot read Tempo's overrides of tenant single-tenant (GET "
         "/status/overrides/single-tenant: Tempo answered 404: 404 page not found): its "
         "read.max_metrics_duration is not checked"
@@ -735,6 +812,7 @@ def test_tempo_settings_of_the_capture() -> None:
     assert settings.max_duration == 86400
     assert settings.max_intervals == 10000
     assert settings.max_response_series is None  # 0 in Tempo 3.0.3, left out of the dump
+    assert settings.max_exemplars == 100
     with pytest.raises(ValueError, match="not a YAML mapping"):
         read_tempo_settings("- a list")
 

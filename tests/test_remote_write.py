@@ -127,6 +127,20 @@ def test_batches_hold_at_most_max_samples_in_order_with_their_exemplars() -> Non
     assert encode_batches([], {}, {}, 10) == []
 
 
+def test_a_series_exemplars_go_in_time_order() -> None:
+    # picked largest first, and a late span's exemplar (found by a settle pass) written
+    # with the next window end: Prometheus keeps only those newer than its newest one
+    a: Labels = (("__name__", "x"),)
+    big, small, late = (Exemplar("b", 9.0, 110_000), Exemplar("s", 1.0, 115_000),
+                        Exemplar("l", 5.0, 30_000))
+    newer = Exemplar("n", 2.0, 170_000)
+    samples: list[Sample] = [(a, 120_000, 1.0), (a, 180_000, 2.0)]
+    exemplars = {(a, 120_000): [big, late, small], (a, 180_000): [newer]}
+    [batch] = encode_batches(samples, exemplars, {}, max_samples=10)
+    [(_, _, found)] = decode_write_request(batch.body)
+    assert found == [late, big, small, newer]
+
+
 def test_empty_request() -> None:
     assert decode_write_request(encode_write_request([])) == []
 
@@ -594,3 +608,30 @@ async def test_prometheus_rejections(prom: PrometheusServer) -> None:
     assert value_at(prom, "rw_rejections", t) == {"__name__=rw_rejections": "5"}
     assert value_at(prom, "rw_late", t - 55 * 60_000) == {"__name__=rw_late": "3"}
     assert value_at(prom, "rw_old", t) == {}
+
+
+@pytest.mark.prometheus
+async def test_prometheus_keeps_exemplars_only_in_time_order(tmp_path: Path) -> None:
+    """Prometheus with exemplar storage stores a series' exemplars only while each is newer
+    than the last one it holds (an older one is dropped and the request still succeeds):
+    encode_batches puts them in time order, so every one of a sample's exemplars is kept."""
+    t = now_ms()
+    labels = (("__name__", "rw_exemplars_total"),)
+    picked = [Exemplar("b1", 9.0, t - 50_000), Exemplar("a1", 3.0, t - 55_000),
+              Exemplar("c1", 1.0, t - 52_000)]
+    with start_prometheus(tmp_path, exemplar_storage=True) as prometheus:
+        # as picked (largest first): the older ones after the largest are dropped
+        await write(prometheus, [(labels, [(t - 60_000 + 1, 1.0)], picked)])
+        [batch] = encode_batches([((("__name__", "rw_sorted_total"),), t - 60_000 + 1, 1.0)],
+                                 {((("__name__", "rw_sorted_total"),), t - 60_000 + 1): picked},
+                                 {}, max_samples=10)
+        async with RemoteWriteClient(prometheus.write_url) as client:
+            await client.send(batch.body)
+        # a late span's exemplar, older than the newest stored one, is dropped
+        await write(prometheus, [(labels, [(t, 2.0)], [Exemplar("late", 4.0, t - 58_000)])])
+        stored = {
+            item["seriesLabels"]["__name__"]: [e["labels"]["traceID"] for e in item["exemplars"]]
+            for item in prometheus.query_exemplars(
+                '{__name__=~"rw_(exemplars|sorted)_total"}', (t - 120_000) / 1000, t / 1000)
+        }
+    assert stored == {"rw_exemplars_total": ["b1"], "rw_sorted_total": ["a1", "c1", "b1"]}

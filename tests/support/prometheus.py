@@ -71,6 +71,9 @@ class PrometheusServer:
     blocks, such as those of ``promtool tsdb create-blocks-from``, to query them.
     ``remote_write_receiver=False`` starts it without ``--web.enable-remote-write-receiver``;
     ``out_of_order_time_window`` (``"2h"``) sets ``storage.tsdb.out_of_order_time_window``.
+    ``exemplar_storage=True`` starts it with ``--enable-feature=exemplar-storage`` (without
+    it Prometheus takes remote-written exemplars and drops them silently);
+    :meth:`query_exemplars` reads them back.
     ``scrape_targets_file`` makes it scrape, as the job ``tempo-bridge`` every second, the
     targets listed in that file (Prometheus's file service discovery, JSON:
     ``[{"targets": ["127.0.0.1:9478"]}]``); write the file when the targets are known, even
@@ -80,7 +83,7 @@ class PrometheusServer:
     def __init__(
         self, tmp_dir: Path, *, binary: str | None = None, storage_dir: Path | None = None,
         remote_write_receiver: bool = True, out_of_order_time_window: str | None = None,
-        scrape_targets_file: Path | None = None,
+        scrape_targets_file: Path | None = None, exemplar_storage: bool = False,
     ) -> None:
         self._binary = binary or prometheus_binary()
         self._dir = tmp_dir
@@ -93,6 +96,7 @@ class PrometheusServer:
         ) + (_SCRAPE.format(file=json.dumps(str(scrape_targets_file)))
              if scrape_targets_file else ""))
         self._remote_write_receiver = remote_write_receiver
+        self._exemplar_storage = exemplar_storage
         self._log = self._dir / "prometheus.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._http = httpx.Client(timeout=10.0)
@@ -121,6 +125,7 @@ class PrometheusServer:
                     f"--web.listen-address=127.0.0.1:{port}",
                     *(["--web.enable-remote-write-receiver"] if self._remote_write_receiver
                       else []),
+                    *(["--enable-feature=exemplar-storage"] if self._exemplar_storage else []),
                     "--log.level=info",
                 ],
                 stdin=subprocess.DEVNULL,
@@ -199,6 +204,16 @@ class PrometheusServer:
         result: list[dict[str, Any]] = self._api("/api/v1/series", params)
         return result
 
+    def query_exemplars(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+        """``/api/v1/query_exemplars``: per series of ``promql``, the exemplars stored between
+        ``start`` and ``end``, ``[{"seriesLabels": {...}, "exemplars": [{"labels": {...},
+        "value": "0.25", "timestamp": 1795780810.123}, ...]}]``."""
+        result: list[dict[str, Any]] = self._api(
+            "/api/v1/query_exemplars",
+            {"query": promql, "start": repr(start), "end": repr(end)},
+        )
+        return result
+
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s); idempotent."""
         process, self._process = self._process, None
@@ -216,6 +231,7 @@ class PrometheusServer:
 def start_prometheus(
     tmp_dir: Path, *, storage_dir: Path | None = None, remote_write_receiver: bool = True,
     out_of_order_time_window: str | None = None, scrape_targets_file: Path | None = None,
+    exemplar_storage: bool = False,
 ) -> Iterator[PrometheusServer]:
     """A running Prometheus for the duration of the ``with`` block.
 
@@ -225,7 +241,7 @@ def start_prometheus(
     server = PrometheusServer(
         tmp_dir, storage_dir=storage_dir, remote_write_receiver=remote_write_receiver,
         out_of_order_time_window=out_of_order_time_window,
-        scrape_targets_file=scrape_targets_file,
+        scrape_targets_file=scrape_targets_file, exemplar_storage=exemplar_storage,
     )
     try:
         server.start()
