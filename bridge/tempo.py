@@ -20,9 +20,9 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 import httpx
 import msgspec
@@ -253,7 +253,26 @@ class _Answer(msgspec.Struct, gc=False):
     status: Any = None
 
 
+class _InstantAnswer(msgspec.Struct, gc=False):
+    series: list[_InstantStruct] = []  # decoded at once: faster, for answers not too big
+    metrics: Any = None
+    status: Any = None
+
+
+class _RangeAnswer(msgspec.Struct, gc=False):
+    series: list[_RangeStruct] = []
+    metrics: Any = None
+    status: Any = None
+
+
+WHOLE_BELOW = 64 * 1024 * 1024
+"""Answers smaller than this are decoded at once; bigger ones a series at a time, so
+that the decoded series are never all in memory together."""
+
+
 _ANSWER = msgspec.json.Decoder(_Answer)
+_WHOLE_INSTANT = msgspec.json.Decoder(_InstantAnswer)
+_WHOLE_RANGE = msgspec.json.Decoder(_RangeAnswer)
 _LABELS = msgspec.json.Decoder(list[_Label])
 _INSTANT_SERIES = msgspec.json.Decoder(_InstantStruct)
 _RANGE_SERIES = msgspec.json.Decoder(_RangeStruct)
@@ -276,8 +295,14 @@ def parse_answer(
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
     with gc_paused():
+        answer: _Answer | _InstantAnswer | _RangeAnswer | None
         try:
-            answer: _Answer | None = _ANSWER.decode(content)
+            if len(content) >= WHOLE_BELOW:
+                answer = _ANSWER.decode(content)
+            elif kind == "instant":
+                answer = _WHOLE_INSTANT.decode(content)
+            else:
+                answer = _WHOLE_RANGE.decode(content)
         except (msgspec.ValidationError, msgspec.DecodeError):
             answer = None
         if answer is not None and answer.status in (None, "COMPLETE") and isinstance(
@@ -286,8 +311,8 @@ def parse_answer(
             try:
                 known = Keys() if keys is None else keys
                 if kind == "instant":
-                    return _instant_from_structs(answer.series, known)
-                return _range_from_structs(answer.series, query, known)
+                    return _instant_from_structs(_each(answer.series, _INSTANT_SERIES), known)
+                return _range_from_structs(_each(answer.series, _RANGE_SERIES), query, known)
             except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
                 pass
         del answer
@@ -374,12 +399,25 @@ def _float(value: float | str) -> float:
         raise _SlowPathError from None
 
 
-def _instant_from_structs(raw: list[msgspec.Raw], keys: Keys) -> list[InstantSeries]:
-    series = []
-    decode = _INSTANT_SERIES.decode
-    for i, text in enumerate(raw):
+_T = TypeVar("_T", _InstantStruct, _RangeStruct)
+
+
+def _each(series: list[Any], decoder: msgspec.json.Decoder[_T]) -> Iterator[_T]:
+    """The structs of an answer's series: as they are, or each decoded from its text in
+    turn (and its text let go)."""
+    if not series or not isinstance(series[0], msgspec.Raw):
+        yield from series
+        return
+    decode = decoder.decode
+    for i, text in enumerate(series):
         item = decode(text)
-        raw[i] = _DONE
+        series[i] = _DONE
+        yield item
+
+
+def _instant_from_structs(items: Iterable[_InstantStruct], keys: Keys) -> list[InstantSeries]:
+    series = []
+    for item in items:
         value = item.value
         series.append(InstantSeries(
             keys(item.labels), value if isinstance(value, float) else _float(value),
@@ -387,12 +425,11 @@ def _instant_from_structs(raw: list[msgspec.Raw], keys: Keys) -> list[InstantSer
     return series
 
 
-def _range_from_structs(raw: list[msgspec.Raw], query: str, keys: Keys) -> list[RangeSeries]:
+def _range_from_structs(
+    items: Iterable[_RangeStruct], query: str, keys: Keys
+) -> list[RangeSeries]:
     series = []
-    decode = _RANGE_SERIES.decode
-    for i, text in enumerate(raw):
-        item = decode(text)
-        raw[i] = _DONE
+    for item in items:
         try:  # Tempo writes timestamps as strings: int() them here, not one call each
             samples = [
                 (int(s.timestampMs), v if isinstance(v := s.value, float) else float(v))

@@ -23,6 +23,15 @@ QUERY = "{ } | count_over_time()"
 KINDS: tuple[Kind, Kind] = ("range", "instant")
 
 
+@pytest.fixture(autouse=True, params=["whole", "series by series"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs both ways msgspec decodes an answer: at once (answers under
+    ``WHOLE_BELOW``), and a series at a time (bigger ones)."""
+    if request.param == "series by series":
+        monkeypatch.setattr("bridge.tempo.WHOLE_BELOW", 0)
+    return str(request.param)
+
+
 def reference(content: bytes, query: str, kind: Kind) -> Any:
     """``json.loads`` of the bytes, then the checks."""
     try:
