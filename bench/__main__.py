@@ -15,8 +15,9 @@ from bench.common import ROOT
 
 BENCHMARKS = {
     "encode": "remote-write encoding, 100,000 series",
-    "evaluate": "one evaluation of a counter rule with 100,000 series, end to end",
+    "evaluate": "one evaluation of a counter rule, 1,000 to 1,000,000 series, end to end",
     "catchup": "restart after 24 h down, default rules; and a one-query-per-window evaluator",
+    "catchup_large": "a day of catch-up for a rule of 100,000 series (144 million points)",
     "idle": "resident memory of tempo-bridge run after 10 windows",
     "parse": "parsing Tempo's answers, 1,000 to 1,000,000 series, per parser",
     "exemplars": "one steady evaluation with exemplars (one-window range query) and without",

@@ -1,0 +1,231 @@
+"""Benchmark: a day of catch-up for a counter rule with 100,000 series.
+
+Not a test. Run with ``uv run --frozen python -m bench.catchup_large`` (``--quick``: 2,000
+series and 2 hours, as CI runs it; ``--series N --hours H`` to choose).
+
+A day of one-minute windows is 1,440 windows: for 100,000 series, 144 million points in
+Tempo's answers. The bridge reads them with range queries sized by points (``max_points``,
+2 million by default: 20 windows per query of 100,000 series), so that no answer is
+unbounded, and counts every window while writing samples only for the windows the
+receiver still takes (``max_sample_age``).
+
+This process serves Tempo's answers (Tempo 3.0.3's JSON shape: int64 as strings, the
+extra bucket before ``start``), each series growing by a value of its own in every
+window, and a real Prometheus takes the samples. A child process, whose time and memory
+are measured, runs the bridge's engine, encoder and sender as the daemon wires them, on
+a state that recorded the window before the day: one ``Engine.evaluate_rule`` catches up
+the day, then ``Sender.drain``. Targets (issue "100,000 series in a second"): <= 10
+minutes, <= 1.5 GB peak RSS. The check: every series' total is its value times the
+windows of the day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bench.common import Report, machine, peak_rss_mb
+
+RECORD = "bench_day_cost_usd_total"
+INTERVAL = 60
+BY = ("span.gen_ai.request.model", "span.trace.metadata.openrouter.api_key_name")
+RULES = f"""\
+groups:
+  - name: bench
+    interval: 1m
+    query_offset: 2m
+    settle: []
+    exemplars: false
+    rules:
+      - record: {RECORD}
+        expr: >-
+          {{ resource.service.name = "openrouter" }}
+          | sum_over_time(span.gen_ai.usage.total_cost)
+          by (span.gen_ai.request.model, span.trace.metadata.openrouter.api_key_name)
+        kind: counter
+"""
+
+
+def value(i: int) -> float:
+    """What series ``i`` gains in every window (binary fractions: exact sums)."""
+    return (i % 255 + 1) / 256
+
+
+class Answers:
+    """Range answers for any ``(start, end]`` of whole windows: built once per number of
+    windows as a template, its timestamps filled in per request."""
+
+    def __init__(self, series: int) -> None:
+        self.series = series
+        self._templates: dict[int, tuple[bytes, list[bytes]]] = {}
+
+    def body(self, start: int, end: int, step: int) -> bytes:
+        stamps = list(range(start, end + 1, step))  # the extra bucket, then the windows
+        template, tokens = self._template(len(stamps))
+        for token, stamp in zip(tokens, stamps, strict=True):
+            template = template.replace(token, b'"%d"' % (stamp * 1000))
+        return template
+
+    def _template(self, buckets: int) -> tuple[bytes, list[bytes]]:
+        known = self._templates.get(buckets)
+        if known is None:
+            tokens = [b'"__T%05d__"' % n for n in range(buckets)]
+            series = []
+            for i in range(self.series):
+                labels = [{"key": BY[0], "value": {"stringValue": f"model-{i // 1000}"}},
+                          {"key": BY[1], "value": {"stringValue": f"key-{i % 1000:04d}"}}]
+                samples: list[dict[str, Any]] = [{"timestampMs": f"__T{0:05d}__"}]
+                samples += [{"timestampMs": f"__T{n:05d}__", "value": value(i)}
+                            for n in range(1, buckets)]
+                series.append({"labels": labels, "samples": samples})
+            body = json.dumps({"series": series, "metrics": {"completedJobs": 1}},
+                              separators=(",", ":")).encode()
+            known = self._templates[buckets] = (body, tokens)
+        return known
+
+
+async def serve(answers: Answers) -> tuple[web.AppRunner, str]:
+    async def answer(request: web.Request) -> web.Response:
+        start, end = int(request.query["start"]), int(request.query["end"])
+        step = int(request.query.get("step", f"{INTERVAL}s").rstrip("s"))
+        body = await asyncio.to_thread(answers.body, start, end, step)
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/metrics/query_range", answer)
+    app.router.add_get("/api/metrics/query", answer)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
+    """Catch up ``hours`` of windows of a rule that recorded the window before them."""
+    from bridge.config import RemoteWriteConfig
+    from bridge.engine import Engine, rule_key
+    from bridge.evaluation import Stored, Update
+    from bridge.logs import configure
+    from bridge.metrics import Metrics
+    from bridge.remote_write import RemoteWriteClient
+    from bridge.rulefmt import load_rule_files
+    from bridge.sender import Sender, encoder
+    from bridge.state import State
+    from bridge.tempo import TempoClient
+    from bridge.windows import Limits, align_down
+
+    configure("warning", stream=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-catchup-large-"))
+    (tmp / "rules.yaml").write_text(RULES)
+    (group,) = load_rule_files([str(tmp / "rules.yaml")], min_query_offset=45)
+    (rule,) = group.rules
+    remote = RemoteWriteConfig(url=write_url)
+    state = State(tmp / "state.sqlite")
+    metrics = Metrics()
+    tempo = TempoClient(tempo_url, timeout=600)
+    receiver = RemoteWriteClient(write_url)
+    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
+    engine = Engine(tempo, state, metrics, limits=Limits(), encode=encoder({}, 2000),
+                    max_sample_age=remote.max_sample_age, on_commit=sender.enqueue)
+    now = time.time()
+    target = align_down(now - group.query_offset, INTERVAL)
+    start = target - int(hours * 3600)
+    key = rule_key(group, rule)
+    state.commit(key, Update(start, frozenset(), {}), after=Stored(start))  # ran before
+    wall, cpu = time.perf_counter(), time.process_time()
+    ok = await engine.evaluate_rule(group, rule, now)
+    evaluated = time.perf_counter() - wall
+    await sender.drain()
+    result: dict[str, Any] = {
+        "ok": ok, "wall": time.perf_counter() - wall, "evaluate": evaluated,
+        "cpu": time.process_time() - cpu, "peak_rss": peak_rss_mb(),
+        "windows": (target - start) // INTERVAL,
+        "queries": metrics.registry.get_sample_value(
+            "tempo_bridge_tempo_queries_total", {"kind": "range"}) or 0,
+        "sent": metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0,
+    }
+    stored = state.load(key)
+    assert stored is not None
+    result["checkpoint_ok"] = stored.checkpoint == target
+    totals = {dict(k)[BY[1]] + "/" + dict(k)[BY[0]]: t.value for k, t in stored.totals.items()}
+    result["series"] = len(totals)
+    result["totals"] = sorted(totals.values())
+    await tempo.aclose()
+    await receiver.aclose()
+    state.close()
+    return result
+
+
+async def run(series: int, hours: float) -> int:
+    from tests.support.prometheus import start_prometheus
+
+    report = Report("catchup_large")
+    report.note(machine())
+    windows = int(hours * 3600) // INTERVAL
+    report.note(f"{series:,} series, {hours:g} h of one-minute windows: {windows:,} windows, "
+                f"{series * windows:,} points in Tempo's answers")
+    answers = Answers(series)
+    with tempfile.TemporaryDirectory(prefix="bench-catchup-large-") as tmp, \
+            start_prometheus(Path(tmp)) as prom:
+        runner, url = await serve(answers)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.catchup_large", "--child", url, prom.write_url,
+                str(hours), stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await process.communicate()
+        finally:
+            await runner.cleanup()
+        if process.returncode:
+            report.check("the catch-up ran", False, f"child exited {process.returncode}")
+            return report.exit_status()
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    big = series >= 100_000 and hours >= 24
+    report.figure("Tempo range queries", int(result["queries"]))
+    report.figure("catch-up, Tempo queries to committed", result["evaluate"], "s", digits=1)
+    report.figure("catch-up, wall time", result["wall"], "s", digits=1,
+                  at_most=600 if big else None)
+    report.figure("catch-up, CPU time", result["cpu"], "s", digits=1)
+    report.figure("per window", result["wall"] / max(result["windows"], 1), "s")
+    report.figure("peak RSS", result["peak_rss"], "MB", digits=1,
+                  at_most=1500 if big else None)
+    report.figure("samples sent (windows the receiver takes)", int(result["sent"]))
+    report.check("the catch-up succeeded", result["ok"] and result["checkpoint_ok"])
+    report.check("every series has a total", result["series"] == series,
+                 f"{result['series']} != {series}")
+    want = sorted(value(i) * result["windows"] for i in range(series))
+    report.check("every total is its value times the windows",
+                 all(math.isclose(a, b, rel_tol=1e-12) for a, b in
+                     zip(result["totals"], want, strict=True)))
+    return report.exit_status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2,000 series, 2 hours")
+    parser.add_argument("--series", type=int, default=100_000)
+    parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        tempo_url, write_url, hours = args.child
+        print(json.dumps(asyncio.run(child(tempo_url, write_url, float(hours)))))
+        return 0
+    if args.quick:
+        return asyncio.run(run(2_000, 2.0))
+    return asyncio.run(run(args.series, args.hours))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
