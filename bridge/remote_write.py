@@ -142,15 +142,7 @@ def _serialize(series: Iterable[Series]) -> bytearray:
     out = bytearray()
     for item in series:
         labels, samples = item[0], item[1]
-        chunks: list[bytes] = []
-        previous = ""
-        for pair in labels:
-            name = pair[0]
-            if name <= previous:  # also rejects an empty first name
-                raise ValueError(f"labels not sorted, unique and named: {labels!r}")
-            previous = name
-            chunks.append(pairs[pair])
-        encoded_labels = b"".join(chunks)
+        encoded_labels = _labels(labels, pairs)
 
         encoded_samples = _samples(labels, samples, stamps)
         if len(item) > 2 and item[2]:
@@ -161,6 +153,20 @@ def _serialize(series: Iterable[Series]) -> bytearray:
         out += encoded_labels
         out += encoded_samples
     return out
+
+
+def _labels(labels: Labels, pairs: _LabelPairs) -> bytes:
+    """The ``TimeSeries.labels`` fields of a series; its labels must be sorted by name,
+    names unique and not empty."""
+    chunks = []
+    previous = ""
+    for pair in labels:
+        name = pair[0]
+        if name <= previous:  # also rejects an empty first name
+            raise ValueError(f"labels not sorted, unique and named: {labels!r}")
+        previous = name
+        chunks.append(pairs[pair])
+    return b"".join(chunks)
 
 
 def _samples(
@@ -296,18 +302,9 @@ class BatchEncoder:
         return encoded
 
     def _encode(self, labels: Labels) -> bytes:
-        pairs = self._pairs
-        if len(pairs) > 100_000:
-            pairs.clear()
-        chunks = []
-        previous = ""
-        for pair in labels:
-            name = pair[0]
-            if name <= previous:  # also rejects an empty first name
-                raise ValueError(f"labels not sorted, unique and named: {labels!r}")
-            previous = name
-            chunks.append(pairs[pair])
-        return b"".join(chunks)
+        if len(self._pairs) > 100_000:
+            self._pairs.clear()
+        return _labels(labels, self._pairs)
 
     def __call__(
         self, samples: Iterable[Sample],
