@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import Report, machine, peak_rss_mb
+from bench.common import Report, machine, peak_rss_mb, serve_tempo, wire
 
 RECORD = "bench_day_cost_usd_total"
 INTERVAL = 60
@@ -100,43 +100,23 @@ async def serve(answers: Answers) -> tuple[web.AppRunner, str]:
         body = await asyncio.to_thread(answers.body, start, end, step)
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/api/metrics/query_range", answer)
-    app.router.add_get("/api/metrics/query", answer)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    return await serve_tempo(answer, answer)
 
 
 async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
     """Catch up ``hours`` of windows of a rule that recorded the window before them."""
-    from bridge.config import RemoteWriteConfig
-    from bridge.engine import Engine, rule_key
+    from bridge.engine import rule_key
     from bridge.evaluation import Stored, Update
     from bridge.logs import configure
-    from bridge.metrics import Metrics
-    from bridge.remote_write import RemoteWriteClient
-    from bridge.rulefmt import load_rule_files
-    from bridge.sender import Sender, encoder
-    from bridge.state import State
-    from bridge.tempo import TempoClient
+    from bridge.sender import encoder
     from bridge.windows import Limits, align_down
 
     configure("warning", stream=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-catchup-large-"))
-    (tmp / "rules.yaml").write_text(RULES)
-    (group,) = load_rule_files([str(tmp / "rules.yaml")], min_query_offset=45)
-    (rule,) = group.rules
-    remote = RemoteWriteConfig(url=write_url)
-    state = State(tmp / "state.sqlite")
-    metrics = Metrics()
-    tempo = TempoClient(tempo_url, timeout=600)
-    receiver = RemoteWriteClient(write_url)
-    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
-    engine = Engine(tempo, state, metrics, limits=Limits(), encode=encoder({}, 2000),
-                    max_sample_age=remote.max_sample_age, on_commit=sender.enqueue)
+    wired = wire(Path(tempfile.mkdtemp(prefix="bench-catchup-large-")), RULES, tempo_url,
+                 write_url, encode=encoder({}, 2000), limits=Limits())
+    group, rule, state, metrics, sender = (wired.group, wired.rule, wired.state, wired.metrics,
+                                           wired.sender)
+    engine = wired.engine
     now = time.time()
     target = align_down(now - group.query_offset, INTERVAL)
     start = target - int(hours * 3600)
@@ -160,9 +140,7 @@ async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
     totals = {dict(k)[BY[1]] + "/" + dict(k)[BY[0]]: t.value for k, t in stored.totals.items()}
     result["series"] = len(totals)
     result["totals"] = sorted(totals.values())
-    await tempo.aclose()
-    await receiver.aclose()
-    state.close()
+    await wired.close()
     return result
 
 

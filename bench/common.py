@@ -22,12 +22,13 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from aiohttp import web
 
 from tests.support import traffic
 from tests.support.traffic import Key
@@ -283,3 +284,73 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+# -- the bridge as the daemon wires it, against a stand-in Tempo ------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+async def serve_tempo(instant: Handler, ranged: Handler) -> tuple[web.AppRunner, str]:
+    """Serve ``instant`` and ``ranged`` as Tempo's two metrics endpoints on a free port;
+    returns the runner (to clean up) and the base URL."""
+    app = web.Application()
+    app.router.add_get("/api/metrics/query", instant)
+    app.router.add_get("/api/metrics/query_range", ranged)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
+@dataclass
+class Wired:
+    """One rule's engine, state, encoder and sender, wired as the daemon wires them."""
+
+    group: Any
+    rule: Any
+    state: Any
+    metrics: Any
+    tempo: Any
+    receiver: Any
+    sender: Any
+    engine: Any
+
+    async def close(self) -> None:
+        await self.tempo.aclose()
+        await self.receiver.aclose()
+        self.state.close()
+
+
+def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
+         encode: Callable[..., Any] | None = None, **engine: Any) -> Wired:
+    """The bridge's pieces for the one rule of ``rules`` (a rule file's text), its state in
+    ``directory``: the defaults of the config, ``encode`` in place of the encoder if given,
+    ``engine`` passed on to the Engine."""
+    from bridge.config import RemoteWriteConfig, TempoConfig
+    from bridge.engine import Engine
+    from bridge.metrics import Metrics
+    from bridge.remote_write import RemoteWriteClient
+    from bridge.rulefmt import load_rule_files
+    from bridge.sender import Sender, encoder
+    from bridge.state import State
+    from bridge.tempo import TempoClient
+    from bridge.windows import Limits
+
+    (directory / "rules.yaml").write_text(rules)
+    (group,) = load_rule_files([str(directory / "rules.yaml")], min_query_offset=45)
+    (rule,) = group.rules
+    remote = RemoteWriteConfig(url=write_url)
+    state = State(directory / "state.sqlite")
+    metrics = Metrics()
+    tempo = TempoClient(tempo_url, timeout=600)
+    receiver = RemoteWriteClient(write_url)
+    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
+    engine.setdefault("limits", Limits(int(TempoConfig().max_duration)))
+    engine.setdefault("max_sample_age", remote.max_sample_age)
+    bridge_engine = Engine(
+        tempo, state, metrics, encode=encode or encoder({}, remote.max_samples_per_send),
+        on_commit=sender.enqueue, **engine,
+    )
+    return Wired(group, rule, state, metrics, tempo, receiver, sender, bridge_engine)

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import ROOT, Report, Stopwatch, machine, peak_rss_mb, timed
+from bench.common import ROOT, Report, Stopwatch, machine, peak_rss_mb, serve_tempo, timed, wire
 
 RECORD = "bench_cost_usd_total"
 RULES = f"""\
@@ -132,30 +132,14 @@ def range_body(template: bytes, start: int, end: int) -> bytes:
 async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]:
     """Two evaluations and drains, one window apart: their time, stages and memory."""
     import bridge.engine
-    from bridge.config import RemoteWriteConfig, TempoConfig
-    from bridge.engine import Engine, rule_key
+    from bridge.engine import rule_key
     from bridge.logs import configure
-    from bridge.metrics import Metrics
-    from bridge.remote_write import RemoteWriteClient
-    from bridge.rulefmt import load_rule_files
-    from bridge.sender import Sender, encoder
-    from bridge.state import State
-    from bridge.tempo import TempoClient
-    from bridge.windows import Limits
 
     configure("warning", stream=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
-    (tmp / "rules.yaml").write_text(RULES)
-    (group,) = load_rule_files([str(tmp / "rules.yaml")], min_query_offset=45)
-    (rule,) = group.rules
-    remote = RemoteWriteConfig(url=write_url)
-    state = State(tmp / "state.sqlite")
-    metrics = Metrics()
-    tempo = TempoClient(tempo_url)
-    receiver = RemoteWriteClient(write_url)
-    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
-    engine = Engine(tempo, state, metrics, limits=Limits(int(TempoConfig().max_duration)),
-                    encode=encoder({}, remote.max_samples_per_send), on_commit=sender.enqueue)
+    wired = wire(Path(tempfile.mkdtemp(prefix="bench-evaluate-")), RULES, tempo_url, write_url)
+    group, rule, engine, state, metrics = (wired.group, wired.rule, wired.engine, wired.state,
+                                           wired.metrics)
+    tempo, receiver, sender = wired.tempo, wired.receiver, wired.sender
 
     watch = Stopwatch()
     for name in ("instant", "range"):
@@ -191,9 +175,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
     stored = state.load(rule_key(group, rule))
     result["series"] = len(stored.totals) if stored else 0
     result["peak_rss"] = peak_rss_mb()
-    await tempo.aclose()
-    await receiver.aclose()
-    state.close()
+    await wired.close()
     if profiler:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
     return result
@@ -214,15 +196,7 @@ async def serve_answers(instant: bytes, ranged: bytes) -> tuple[web.AppRunner, s
         return web.Response(body=range_body(ranged, start, end),
                             content_type="application/json")
 
-    app = web.Application(client_max_size=1024**3)
-    app.router.add_get("/api/metrics/query", answer_instant)
-    app.router.add_get("/api/metrics/query_range", answer_range)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    return await serve_tempo(answer_instant, answer_range)
 
 
 async def measure(series: int, profile: bool, report: Report, prom: Any) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import Report, machine
+from bench.common import Report, machine, serve_tempo, wire
 from bench.evaluate import RECORD, RULES, range_body, tempo_answers
 
 SIZES = (2_000, 100_000)
@@ -48,44 +48,21 @@ async def serve(instant: bytes, ranged: bytes, sent: list[int]) -> tuple[web.App
         sent.append(len(body))
         return web.Response(body=body, content_type="application/json")
 
-    app = web.Application()
-    app.router.add_get("/api/metrics/query", answer_instant)
-    app.router.add_get("/api/metrics/query_range", answer_range)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    return await serve_tempo(answer_instant, answer_range)
 
 
 async def steady(mode: str, tempo_url: str, write_url: str, sent: list[int], tmp: Path,
                  name: str) -> dict[str, Any]:
     """Two evaluations one window apart; the figures of the second."""
-    from bridge.config import RemoteWriteConfig, TempoConfig
-    from bridge.engine import Engine
-    from bridge.metrics import Metrics
-    from bridge.remote_write import Batch, RemoteWriteClient
-    from bridge.rulefmt import load_rule_files
-    from bridge.sender import Sender, encoder
-    from bridge.state import State
-    from bridge.tempo import TempoClient
-    from bridge.windows import Limits
+    from bridge.config import RemoteWriteConfig
+    from bridge.remote_write import Batch
+    from bridge.sender import encoder
 
     rules = RULES.replace("labels: {source: openrouter}",
                           f"labels: {{source: openrouter, run: {name}}}")
     if mode == "exemplars off":
         rules = rules.replace("    rules:\n", "    exemplars: false\n    rules:\n", 1)
-    (tmp / "rules.yaml").write_text(rules)
-    (group,) = load_rule_files([str(tmp / "rules.yaml")], min_query_offset=45)
-    (rule,) = group.rules
-    remote = RemoteWriteConfig(url=write_url)
-    state = State(tmp / "state.sqlite")
-    metrics = Metrics()
-    tempo = TempoClient(tempo_url)
-    receiver = RemoteWriteClient(write_url)
-    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
-    encode = encoder({}, remote.max_samples_per_send)
+    encode = encoder({}, RemoteWriteConfig(url=write_url).max_samples_per_send)
     written: list[int] = []
 
     def encode_counted(*args: Any) -> list[Batch]:
@@ -93,8 +70,8 @@ async def steady(mode: str, tempo_url: str, write_url: str, sent: list[int], tmp
         written.extend(len(b.body) for b in batches)
         return batches
 
-    engine = Engine(tempo, state, metrics, limits=Limits(int(TempoConfig().max_duration)),
-                    encode=encode_counted, on_commit=sender.enqueue)
+    wired = wire(tmp, rules, tempo_url, write_url, encode=encode_counted)
+    group, rule, engine, state = wired.group, wired.rule, wired.engine, wired.state
     now = time.time() // 60 * 60 + 150  # the window ending on the minute before, 2.5 m back
     result: dict[str, Any] = {}
     for clock in (now - group.interval, now):
@@ -102,14 +79,12 @@ async def steady(mode: str, tempo_url: str, write_url: str, sent: list[int], tmp
         written.clear()
         cpu, wall = time.process_time(), time.perf_counter()
         ok = await engine.evaluate_rule(group, rule, clock)
-        await sender.drain()
+        await wired.sender.drain()
         result = {"ok": ok, "wall": time.perf_counter() - wall,
                   "cpu": time.process_time() - cpu, "tempo_bytes": sum(sent),
                   "write_bytes": sum(written), "outbox": state.outbox_samples(),
                   "window_end": int(clock - group.query_offset) // 60 * 60}
-    await tempo.aclose()
-    await receiver.aclose()
-    state.close()
+    await wired.close()
     return result
 
 
