@@ -282,6 +282,7 @@ class ReceiverProxy:
 
 
 _EVENT = re.compile(r'"event": "([^"]*)"')
+_SETTLED = re.compile(r'"settled": (\d+)')
 _GROWN = re.compile(r'"grown": (\d+)')
 
 
@@ -332,13 +333,15 @@ class DaemonProcess:
 
     def events(self) -> Counter[str]:
         """How many times each log event was written, a killed daemon's included;
-        ``settle growth`` sums the series that settle passes found grown.
+        ``settle reads`` sums the recorded windows evaluations read again, ``settle
+        growth`` the series they found grown.
 
         Matched in the raw text, not line by line: a SIGKILL can cut a line before its
         newline, and the next start's first line then follows it on the same line.
         """
         text = self._read_log()
         counts = Counter(_EVENT.findall(text))
+        counts["settle reads"] = sum(int(n) for n in _SETTLED.findall(text))
         counts["settle growth"] = sum(int(n) for n in _GROWN.findall(text))
         return counts
 
@@ -800,8 +803,9 @@ def daemon_saw(events: Mapping[str, int]) -> str:
     failed = events.get("evaluation failed", 0) + events.get("settle failed", 0)
     if failed:
         parts.append(f"{failed} failed queries")
-    if settles := events.get("settle", 0):
-        parts.append(f"{settles} settle reads ({events.get('settle growth', 0)} grown series)")
+    if settles := events.get("settle reads", 0):
+        parts.append(f"{settles} windows read again ({events.get('settle growth', 0)} "
+                     "grown series)")
     if retries := events.get("remote write failed, retrying", 0):
         parts.append(f"{retries} send retries")
     if rejected := events.get("remote write rejected", 0):
