@@ -792,16 +792,21 @@ async def receiver_down(h: Harness) -> Injected:
 
 
 async def receiver_faults(h: Harness) -> Injected:
-    """A third of the writes fail for ``fault_seconds``; one series is refused throughout."""
+    """A third of the writes fail for ``fault_seconds``; one series is refused throughout
+    (its refusals are counted at the read time: the series may first appear later)."""
     h.proxy.poison = POISON
     await h.warm_up()
     h.proxy.fault_rate = 1 / 3
     await asyncio.sleep(h.sizes.fault_seconds)
     h.proxy.fault_rate = 0.0
     served = Counter(h.proxy.served)
-    poison = served.pop("400 poison", 0)
-    return Injected(f"{sum(served.values())} receiver faults ({_counts(served)}); "
-                    f"{poison} requests refused for the poison series")
+    served.pop("400 poison", 0)
+
+    def finish() -> tuple[str, list[str]]:
+        return f"; {h.proxy.served['400 poison']} requests refused for the poison series", []
+
+    return Injected(f"{sum(served.values())} receiver faults ({_counts(served)})",
+                    finish=finish)
 
 
 async def sigkill(h: Harness) -> Injected:
