@@ -10,7 +10,8 @@ Each scenario starts a fresh daemon (``python -m bridge run``, a subprocess that
 SIGKILLed) on the shipped default rules (``rules/openrouter.yaml``) with one-second windows,
 ``query_offset: 1s`` and settle passes a few seconds later. The daemon reads a Tempo double
 (``tests/doubles/tempo.py``) served over HTTP from this process, and writes through a
-remote-write proxy in this process to Prometheus. The scenarios break one thing each:
+remote-write proxy in this process to Prometheus. The scenarios break or change one thing
+each:
 
 ``tempo-down``       the double stops listening for some windows (connection refused)
 ``tempo-faults``     random 5xx/429, timeouts, dropped connections, PARTIAL and garbage answers
@@ -19,13 +20,17 @@ remote-write proxy in this process to Prometheus. The scenarios break one thing 
                      400 "out of order sample" for every request holding one poison series
 ``sigkill``          the daemon is SIGKILLed at random moments and restarted at once
 ``late-spans``       spans are added to windows already recorded, before their settle ages
+``edits``            the rule file is edited and reloaded (SIGHUP, ``POST /-/reload``, one
+                     restart): interval, settle ages, group labels, ``rename``,
+                     ``missing_value`` and ``idle_after``, none changing a rule's identity
 
 How a lost or double-counted window is seen: every window ``(W-1, W]`` holds one *probe*
 span, an ``LLM Generation`` span like the others but with the model ``probe/window-W``, so
 every default rule keeps one counter series per window whose final value is known exactly
 (1 request, 1 input token, 2 output tokens, 0.25 + 0.5 USD per probe span; binary fractions,
 so sums are exact). Read back from Prometheus, a probe series below its truth means the
-window was lost (for that rule), above it means it was counted twice. The ordinary traffic
+window was lost (for that rule), above it means it was counted twice (under the labels the
+rule file gives it at the end, in ``edits``). The ordinary traffic
 (random models, keys, tokens and costs, some spans exactly on a window end, child spans and
 another service's spans that the rules must not count) is compared series by series with
 the truth computed from the spans: the largest relative error over every counter is
@@ -37,6 +42,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import io
 import math
 import os
 import random
@@ -55,10 +62,13 @@ from pathlib import Path
 
 import httpx
 from aiohttp import web
+from ruamel.yaml import YAML
 
 from bridge.components import STATE_FILE
+from bridge.errors import ConfigError
 from bridge.remote_write import decode_write_request
 from bridge.rulefmt import load_rule_files
+from bridge.series import is_stale_nan
 from tests.doubles.tempo import CloseConnection, Fault, Hang, Response, Span, TempoDouble
 from tests.support.files import default_rules, write_config
 from tests.support.prometheus import PrometheusServer, start_prometheus
@@ -107,25 +117,87 @@ class Sizes:
     fault_seconds: float  # tempo-faults, receiver-faults: how long faults are injected
     kills: int  # sigkill: how many SIGKILLs
     late_seconds: float  # late-spans: how long late spans are added
+    edit_seconds: float  # edits: how long spans flow between two edits (and after the last)
     settle: tuple[int, int]  # settle ages of the rules, seconds
     tail_windows: int  # windows recorded after the faults end, before measuring
 
 
-FULL = Sizes(down_windows=10, fault_seconds=20, kills=30, late_seconds=15, settle=(5, 10),
-             tail_windows=3)
-QUICK = Sizes(down_windows=3, fault_seconds=4, kills=3, late_seconds=4, settle=(2, 4),
-              tail_windows=2)
+FULL = Sizes(down_windows=10, fault_seconds=20, kills=30, late_seconds=15, edit_seconds=10,
+             settle=(5, 10), tail_windows=3)
+QUICK = Sizes(down_windows=3, fault_seconds=4, kills=3, late_seconds=4, edit_seconds=3,
+              settle=(2, 4), tail_windows=2)
 
 
 # -- rules, spans and the truth ----------------------------------------------------------------
 
-def write_rules(path: Path, settle: Sequence[int]) -> Metrics:
-    """The shipped default rules with one-second windows and ``settle`` ages, at ``path``;
-    returns what each of its rules counts or sums."""
-    path.write_text(default_rules(interval=INTERVAL, query_offset=QUERY_OFFSET,
-                                  start=f"{START_BACK}s", settle=settle))
-    rules = [rule for group in load_rule_files([str(path)], min_query_offset=0)
-             for rule in group.rules]
+@dataclass(frozen=True)
+class RuleFile:
+    """The rule file as the harness last wrote it: the shipped default rules with
+    ``interval``-second windows, ``query_offset: 1s``, ``start: 20s`` and ``settle`` ages,
+    and the edits an operator makes that keep every rule's identity (group, record,
+    expression and kind): group ``labels``, ``relabel`` (the rules' ``rename`` gives an
+    output label another name: ``{"provider": "upstream"}``), ``missing_value``, and
+    ``idle_after`` (None: the default, an hour)."""
+
+    interval: int = INTERVAL
+    settle: tuple[int, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    relabel: Mapping[str, str] = field(default_factory=dict)
+    missing_value: str | None = None
+    idle_after: int | None = None
+
+    def text(self) -> str:
+        """The file's YAML; the shipped file's own text (comments kept) with the edits."""
+        text = default_rules(interval=self.interval, query_offset=QUERY_OFFSET,
+                             start=f"{START_BACK}s", settle=self.settle)
+        if not (self.labels or self.relabel or self.missing_value is not None
+                or self.idle_after is not None):
+            return text
+        yaml = YAML()
+        data = yaml.load(text)
+        (group,) = data["groups"]
+        at = list(group).index("rules")
+        if self.idle_after is not None:
+            group.insert(at, "idle_after", f"{self.idle_after}s")
+        if self.labels:
+            group.insert(at, "labels", dict(self.labels))
+        for rule in group["rules"]:
+            rename = rule["rename"]
+            for name, label in list(rename.items()):
+                rename[name] = self.relabel.get(label, label)
+            if self.missing_value is not None:
+                rule["missing_value"] = self.missing_value
+        out = io.StringIO()
+        yaml.dump(data, out)
+        return out.getvalue()
+
+    def labels_of(self, labels: Labels) -> Labels:
+        """The Prometheus labels (without ``__name__``) this file gives the series that the
+        shipped file labels ``labels`` (``model``, ``provider`` and, when the span has one,
+        ``api_key_name``)."""
+        mapped = dict(labels)
+        if self.missing_value is not None:
+            mapped = {**dict.fromkeys(BY_LABELS, self.missing_value), **mapped}
+        mapped = {self.relabel.get(name, name): value for name, value in mapped.items()}
+        mapped.update(self.labels)
+        return tuple(sorted(mapped.items()))
+
+
+BY_LABELS = ("model", "provider", "api_key_name")
+"""The output labels of the shipped rules' ``by()`` attributes."""
+
+
+def write_rules(path: Path, rule_file: RuleFile) -> Metrics:
+    """Write ``rule_file`` at ``path`` (replacing the file at once: a reload never reads
+    half of it); returns what each of its rules counts or sums."""
+    partial = path.with_name(path.name + ".new")
+    partial.write_text(rule_file.text())
+    try:
+        groups = load_rule_files([str(partial)], min_query_offset=0)
+    except ConfigError as exc:
+        raise ScenarioError(f"the harness wrote a bad rule file: {exc}") from None
+    os.replace(partial, path)
+    rules = [rule for group in groups for rule in group.rules]
     try:
         if any(rule.kind != "counter" for rule in rules):
             raise ValueError("not a counter")
@@ -133,7 +205,6 @@ def write_rules(path: Path, settle: Sequence[int]) -> Metrics:
     except ValueError:
         raise ScenarioError("the harness knows counters of count_over_time() and "
                             "sum_over_time(span.x) only") from None
-
 
 
 def window_spans(end: int, rng: random.Random, metrics: Metrics) -> list[Span]:
@@ -166,16 +237,20 @@ def probe_span(end: int, metrics: Metrics, copy: int = 0) -> Span:
 
 
 def truth(
-    spans: Iterable[Span], metrics: Metrics, after: int, upto: int
+    spans: Iterable[Span], metrics: Metrics, after: int, upto: int,
+    rule_file: RuleFile | None = None,
 ) -> dict[SeriesKey, float]:
     """The counter totals the default rules must reach over the windows in ``(after, upto]``
     (``tests/support/traffic.py``: their ``LLM Generation`` spans of the ``openrouter`` service by
-    model, provider and API key name), keyed by record and labels."""
-    return {
-        (record, labels): total
-        for record, series in span_truth(spans, metrics, after, upto).items()
-        for labels, total in series.items()
-    }
+    model, provider and API key name), keyed by record and the labels ``rule_file`` gives
+    them (series it gives the same labels are summed, as the daemon sums them)."""
+    rule_file = rule_file or RuleFile()
+    result: dict[SeriesKey, float] = {}
+    for record, series in span_truth(spans, metrics, after, upto).items():
+        for labels, total in series.items():
+            key = (record, rule_file.labels_of(labels))
+            result[key] = result.get(key, 0.0) + total
+    return result
 
 
 def probe_window(labels: Labels) -> int | None:
@@ -203,7 +278,9 @@ class ReceiverProxy:
     the receiver has the samples, the sender thinks it does not) or ``slow`` (forwarded
     after the sender's timeout, another lost acknowledgement). With ``poison`` set, every
     request holding a series with those labels is refused with 400 ``out of order sample``,
-    as Prometheus refuses a whole request for one bad sample.
+    as Prometheus refuses a whole request for one bad sample. ``upstream`` counts the
+    statuses Prometheus answered; with ``watch_stale`` set, ``seen`` collects the series
+    of the requests it accepted and ``stale`` their stale markers (series and timestamp).
     """
 
     KINDS = ("429", "500", "503", "reset", "ack-lost", "slow")
@@ -218,6 +295,10 @@ class ReceiverProxy:
         self.fault_kinds: Sequence[str] = self.KINDS
         self.poison: Mapping[str, str] | None = None
         self.served: Counter[str] = Counter()
+        self.upstream: Counter[int] = Counter()
+        self.watch_stale = False
+        self.stale: set[tuple[Labels, int]] = set()
+        self.seen: set[Labels] = set()
 
     @property
     def url(self) -> str:
@@ -270,6 +351,11 @@ class ReceiverProxy:
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "content-length", "connection")}
         response = await self._client.post(self._upstream, content=body, headers=headers)
+        self.upstream[response.status_code] += 1
+        if self.watch_stale and response.is_success:
+            for labels, samples, _ in decode_write_request(body):
+                self.seen.add(labels)
+                self.stale.update((labels, ts) for ts, value in samples if is_stale_nan(value))
         return response.status_code, response.content
 
     def _poisoned(self, body: bytes) -> bool:
@@ -282,7 +368,9 @@ class ReceiverProxy:
 
 
 _EVENT = re.compile(r'"event": "([^"]*)"')
+_SETTLED = re.compile(r'"settled": (\d+)')
 _GROWN = re.compile(r'"grown": (\d+)')
+_PORT = re.compile(r'"port": (\d+)')
 
 
 class DaemonProcess:
@@ -318,27 +406,63 @@ class DaemonProcess:
         """The exit status if the daemon ended by itself (not killed by us), else None."""
         return None if self._process is None else self._process.poll()
 
-    async def stop(self) -> None:
-        """SIGTERM, as systemd stops it; SIGKILL after 10 s."""
+    async def stop(self) -> bool:
+        """SIGTERM, as systemd stops it; SIGKILL after 10 s. False if it had to be killed."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
-            return
+            return True
         process.terminate()
         try:
             await asyncio.to_thread(process.wait, 10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            return False
+        return True
+
+    async def reload(self, how: str, within: float = 10.0) -> None:
+        """Make the running daemon re-read its rule files, by ``SIGHUP`` or by ``POST
+        /-/reload`` on the port its last start logged; return once it reloaded them."""
+        reloaded = self._read_log().count('"event": "rules reloaded"')
+        if how == "SIGHUP":
+            if self._process is None or self._process.poll() is not None:
+                raise ScenarioError(f"no daemon to reload:\n{self.tail()}")
+            self._process.send_signal(signal.SIGHUP)
+        else:
+            url = f"http://127.0.0.1:{self.port()}/-/reload"
+            async with httpx.AsyncClient(timeout=within) as client:
+                response = await client.post(url)
+            if response.status_code != 200:
+                raise ScenarioError(f"POST {url}: {response.status_code} {response.text}")
+        deadline = time.monotonic() + within
+        while self._read_log().count('"event": "rules reloaded"') <= reloaded:
+            if "reload failed" in self._read_log() or time.monotonic() > deadline:
+                raise ScenarioError(f"the daemon did not reload its rules ({how}):\n"
+                                    f"{self.tail()}")
+            await asyncio.sleep(0.05)
+
+    def port(self) -> int:
+        """The port of the web server of the daemon's latest start."""
+        text = self._read_log()
+        started = text.rfind('"event": "started"')
+        end = text.find("\n", started)
+        line = text[text.rfind("\n", 0, started) + 1:end if end >= 0 else len(text)]
+        match = _PORT.search(line) if started >= 0 else None
+        if match is None:
+            raise ScenarioError(f"the daemon logged no port:\n{self.tail()}")
+        return int(match.group(1))
 
     def events(self) -> Counter[str]:
         """How many times each log event was written, a killed daemon's included;
-        ``settle growth`` sums the series that settle passes found grown.
+        ``settle reads`` sums the recorded windows evaluations read again, ``settle
+        growth`` the series they found grown.
 
         Matched in the raw text, not line by line: a SIGKILL can cut a line before its
         newline, and the next start's first line then follows it on the same line.
         """
         text = self._read_log()
         counts = Counter(_EVENT.findall(text))
+        counts["settle reads"] = sum(int(n) for n in _SETTLED.findall(text))
         counts["settle growth"] = sum(int(n) for n in _GROWN.findall(text))
         return counts
 
@@ -381,6 +505,8 @@ class Snapshot:
 
     checkpoints: Mapping[str, int]
     outbox: int
+    settled: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    """Per record, its settle checkpoint at each age (seconds) it is read again at."""
 
     def recorded_upto(self, records: Iterable[str]) -> int | None:
         """The last window every rule has recorded, if all of them have started."""
@@ -388,12 +514,19 @@ class Snapshot:
             return None
         return min(self.checkpoints.values())
 
+    def settled_upto(self, records: Iterable[str], age: int) -> int | None:
+        """The last window every rule has read again at ``age``, if all of them read
+        windows again at that age."""
+        ends = [self.settled.get(record, {}).get(age) for record in records]
+        return None if None in ends else min(e for e in ends if e is not None)
+
 
 class Harness:
     """A scenario's Tempo double, receiver proxy, daemon and spans, in ``directory``."""
 
     def __init__(
-        self, name: str, directory: Path, prom: PrometheusServer, sizes: Sizes, seed: int
+        self, name: str, directory: Path, prom: PrometheusServer, sizes: Sizes, seed: int,
+        rules: RuleFile,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -409,7 +542,10 @@ class Harness:
         self.daemon = DaemonProcess(self.config, directory / "daemon.log")
         self.state_path = directory / "state" / STATE_FILE
         self.t0 = 0  # the first window with spans is (t0, t0 + 1]
-        self.metrics = write_rules(directory / "rules.yaml", sizes.settle)
+        self.rules = rules
+        self.earlier: list[RuleFile] = []  # the rule files before the last edit
+        self.rules_path = directory / "rules.yaml"
+        self.metrics = write_rules(self.rules_path, rules)
         self.spans: list[Span] = []
         self._fed_upto = 0
         self._feeder: asyncio.Task[None] | None = None
@@ -468,6 +604,22 @@ class Harness:
         self.spans.extend(spans)
         self.tempo.add_spans(spans)
 
+    def edit_rules(self, rules: RuleFile) -> None:
+        """Write the rule file anew (the daemon reads it at its next reload or start)."""
+        if write_rules(self.rules_path, rules) != self.metrics:
+            raise ScenarioError("an edit changed what the rules count")
+        self.earlier.append(self.rules)
+        self.rules = rules
+
+    def relabelled(self) -> set[SeriesKey]:
+        """The series that only earlier rule files gave their labels (each span's series
+        under each file): those the last edits relabelled."""
+        def given(rules: RuleFile) -> set[SeriesKey]:
+            return set(truth(self.spans, self.metrics, self.t0, 2**62, rules))
+
+        old = set().union(*(given(rules) for rules in self.earlier))
+        return old - given(self.rules)
+
     # the daemon's progress ------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot | None:
@@ -483,12 +635,17 @@ class Harness:
             db.execute("BEGIN")
             rows = db.execute("SELECT record, checkpoint FROM rules").fetchall()
             (depth,) = db.execute("SELECT count(*) FROM outbox").fetchone()
+            ages = db.execute("SELECT record, age, settle.checkpoint FROM settle "
+                              "JOIN rules USING (rule_id)").fetchall()
             db.execute("COMMIT")
         except sqlite3.Error:
             return None
         finally:
             db.close()
-        return Snapshot({str(r): int(c) for r, c in rows}, int(depth))
+        settled: dict[str, dict[int, int]] = {}
+        for record, age, checkpoint in ages:
+            settled.setdefault(str(record), {})[int(age)] = int(checkpoint)
+        return Snapshot({str(r): int(c) for r, c in rows}, int(depth), settled)
 
     def check_alive(self) -> None:
         status = self.daemon.exited()
@@ -512,6 +669,33 @@ class Harness:
                             f"{'and drain its outbox ' if drained else ''}in {within:.0f} s "
                             f"(last snapshot {self.snapshot()}):\n{self.daemon.tail()}")
 
+    async def wait_settled(self, age: int, end: int, within: float) -> None:
+        """Wait until every rule has read the window ending at ``end`` again at ``age``."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            self.check_alive()
+            snap = self.snapshot()
+            settled = snap.settled_upto(self.metrics, age) if snap else None
+            if settled is not None and settled >= end:
+                return
+            await asyncio.sleep(0.1)
+        raise ScenarioError(f"the daemon did not settle the window ending {end} at age "
+                            f"{age}s in {within:.0f} s (last snapshot {self.snapshot()}):\n"
+                            f"{self.daemon.tail()}")
+
+    async def wait_off_grid(self, interval: int, within: float = 10.0) -> bool:
+        """Wait until every rule's checkpoint is the same time, off the grid of
+        ``interval``; False if that did not happen ``within`` seconds."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            self.check_alive()
+            snap = self.snapshot()
+            ends = set(snap.checkpoints.values()) if snap else set()
+            if len(ends) == 1 and ends.pop() % interval:
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
     async def warm_up(self) -> None:
         """Wait until the daemon runs normally: the window due now is recorded."""
         await self.wait_recorded(due_window())
@@ -527,11 +711,15 @@ def due_window() -> int:
 
 @dataclass
 class Injected:
-    """What a scenario did: a one-line description, and how long the settle passes need
-    after it before the windows it touched are final."""
+    """What a scenario did: a one-line description, how long the settle passes need
+    after it before the windows it touched are final, and what it checks at the end."""
 
     description: str
     settle_after: int = 0
+    since: int = 0
+    """Samples missing are counted from this window end on (0: from each series' first)."""
+    finish: Callable[[], tuple[str, list[str]]] | None = None
+    """Called once the daemon recorded the read time: more description, and problems."""
 
 
 async def tempo_down(h: Harness) -> Injected:
@@ -604,16 +792,21 @@ async def receiver_down(h: Harness) -> Injected:
 
 
 async def receiver_faults(h: Harness) -> Injected:
-    """A third of the writes fail for ``fault_seconds``; one series is refused throughout."""
+    """A third of the writes fail for ``fault_seconds``; one series is refused throughout
+    (its refusals are counted at the read time: the series may first appear later)."""
     h.proxy.poison = POISON
     await h.warm_up()
     h.proxy.fault_rate = 1 / 3
     await asyncio.sleep(h.sizes.fault_seconds)
     h.proxy.fault_rate = 0.0
     served = Counter(h.proxy.served)
-    poison = served.pop("400 poison", 0)
-    return Injected(f"{sum(served.values())} receiver faults ({_counts(served)}); "
-                    f"{poison} requests refused for the poison series")
+    served.pop("400 poison", 0)
+
+    def finish() -> tuple[str, list[str]]:
+        return f"; {h.proxy.served['400 poison']} requests refused for the poison series", []
+
+    return Injected(f"{sum(served.values())} receiver faults ({_counts(served)})",
+                    finish=finish)
 
 
 async def sigkill(h: Harness) -> Injected:
@@ -669,15 +862,196 @@ async def late_spans(h: Harness) -> Injected:
             continue
         end = h.rng.choice(ends)
         copies[end] += 1
-        spans = [probe_span(end, h.metrics, copies[end])]
-        for _ in range(h.rng.randint(0, 3)):
-            start_ns = end * 10**9 - (0 if h.rng.random() < 0.2 else h.rng.randrange(1, 10**9))
-            model = f"late/model-{h.rng.randint(1, 1000)}" if h.rng.random() < 0.2 else None
-            spans.extend(openrouter_spans(start_ns, h.rng, model))
-        h.add_spans(spans)
+        h.add_spans(late_batch(h, end, copies[end]))
         added[kind] += 1
     return Injected(f"{sum(added.values())} late batches ({_counts(added)})",
                     settle_after=second)
+
+
+def late_batch(h: Harness, end: int, copy: int) -> list[Span]:
+    """Late spans of window ``end``: another probe span (its ``copy``-th, so the window's
+    truth grows by one probe), up to 3 traffic spans (some exactly on the window end), and
+    sometimes a span of a model never seen before (a new series born in a settle pass)."""
+    spans = [probe_span(end, h.metrics, copy)]
+    for _ in range(h.rng.randint(0, 3)):
+        start_ns = end * 10**9 - (0 if h.rng.random() < 0.2 else h.rng.randrange(1, 10**9))
+        model = f"late/model-{h.rng.randint(1, 1000)}" if h.rng.random() < 0.2 else None
+        spans.extend(openrouter_spans(start_ns, h.rng, model))
+    return spans
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit of the rule file, and how the daemon is made to read it."""
+
+    how: str  # "SIGHUP", "POST /-/reload", or "restart" (SIGTERM, edit, start)
+    what: str
+    change: Callable[[RuleFile], RuleFile]
+    off_grid: int = 0
+    """Made when every rule's checkpoint is off the grid of this interval, if not 0: the
+    first window the new interval reads is then a transition window."""
+
+
+def edit_ages(sizes: Sizes) -> tuple[int, int]:
+    """The settle ages of ``edits``: the sizes' ages rounded up to whole 2 s windows (an
+    age must be a multiple of the interval, and the interval goes to 2 s and back)."""
+    first, second = (age + age % 2 for age in sizes.settle)
+    return first, second
+
+
+def edit_steps(first: int, second: int) -> list[Edit]:
+    """What ``edits`` does, in order. Every label edit comes before ``idle_after`` is
+    shortened, so a stale marker on a series the final rules no longer produce can only
+    come from a label edit, and one on a series they produce only from going idle."""
+    replace = dataclasses.replace
+    return [
+        Edit("SIGHUP", "group label team added",
+             lambda r: replace(r, labels={"team": "llm"})),
+        Edit("POST /-/reload", "interval 1s -> 2s", lambda r: replace(r, interval=2),
+             off_grid=2),
+        Edit("SIGHUP", "rename provider -> upstream",
+             lambda r: replace(r, relabel={"provider": "upstream"})),
+        Edit("SIGHUP", f"settle [{first}s] -> []", lambda r: replace(r, settle=())),
+        Edit("SIGHUP", "missing_value: none", lambda r: replace(r, missing_value="none")),
+        Edit("restart", f"interval 2s -> 1s, settle [] -> [{first}s]",
+             lambda r: replace(r, interval=1, settle=(first,))),
+        Edit("POST /-/reload", "group label team removed", lambda r: replace(r, labels={})),
+        Edit("SIGHUP", "missing_value unset", lambda r: replace(r, missing_value=None)),
+        Edit("SIGHUP", "idle_after: 2s", lambda r: replace(r, idle_after=2)),
+        Edit("POST /-/reload", f"settle [{first}s] -> [{first}s, {second}s]",
+             lambda r: replace(r, settle=(first, second))),
+        Edit("SIGHUP", "idle_after: default (1h)", lambda r: replace(r, idle_after=None)),
+    ]
+
+
+def edits_rules(sizes: Sizes) -> RuleFile:
+    """The rule file ``edits`` starts from: one-second windows read again at one age."""
+    return RuleFile(settle=edit_ages(sizes)[:1])
+
+
+async def edits(h: Harness) -> Injected:
+    """The rule file is edited and reloaded while spans flow: ``edit_steps``, one every
+    ``edit_seconds``. The interval goes 1 s -> 2 s -> 1 s (the first change is made when
+    every checkpoint is odd, so that the 2 s grid begins with a one-second transition
+    window), the settle ages [a] -> [] -> [a] -> [a, b], a group
+    label is added and removed, a ``rename`` gives ``provider`` another name for good,
+    ``missing_value`` is set and unset, ``idle_after`` is shortened to 2 s and put back,
+    by ``SIGHUP``, ``POST /-/reload``, and once by a restart with the file changed while
+    the daemon was stopped (SIGTERM, edit, start).
+
+    None of these edits changes a rule's identity (group, record, expression, kind): an
+    identity edit starts new totals by design, and the unit tests cover it. So every
+    counter must end equal to its truth over every window since ``t0``, across every edit:
+    the daemon keeps totals per Tempo series and computes the Prometheus labels when it
+    writes, so a label edit re-labels the same totals. The truth is computed per Tempo
+    series from the spans, then labelled with the final rule file (``RuleFile.labels_of``);
+    the group label added then removed and ``missing_value`` set then unset end where
+    they started, the rename does not. A probe series is still one window: lost or
+    counted twice shows as in the other scenarios, whatever it was labelled meanwhile.
+
+    While age a is in the settle list, late batches (as in ``late-spans``) go to windows
+    younger than a, after every rule's settle checkpoint at a, so that a settle pass must
+    add them; before a is removed, the harness waits until every rule has settled those
+    windows (a window recorded while no age reads it again would lose its late spans, by
+    design). The last edit puts ``idle_after`` back to an hour, so that every series is
+    written at the read time.
+
+    Also checked: Prometheus refused no request (the proxy saw no error status from it,
+    so no sample was out of order or a duplicate); each series that only earlier rule
+    files gave its labels got exactly one stale marker (from the edit that relabelled it:
+    no label set comes back once an edit ended it, and ``idle_after`` is shortened only
+    after every label edit), and none of them is there at the read time. Samples missing
+    are counted from two windows after the last edit: before, by design, 2 s windows
+    have no sample at odd seconds and idle series none at all.
+    """
+    h.proxy.watch_stale = True
+    await h.warm_up()
+    first, second = edit_ages(h.sizes)
+    margin = 0.4
+    copies: Counter[int] = Counter()
+    hows: Counter[str] = Counter()
+    late = 0
+    late_upto = 0  # the last window end given late spans
+    transitions = 0
+
+    async def phase() -> None:
+        """Let spans flow for ``edit_seconds``, adding late spans where they are safe."""
+        nonlocal late, late_upto
+        deadline = time.monotonic() + h.sizes.edit_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(h.rng.uniform(0.3, 0.7))
+            h.check_alive()
+            snap = h.snapshot() if first in h.rules.settle else None
+            recorded = snap.recorded_upto(h.metrics) if snap else None
+            settled = snap.settled_upto(h.metrics, first) if snap else None
+            if recorded is None or settled is None:
+                continue
+            now = time.time()
+            ends = [end for end in range(recorded, max(settled, h.t0), -INTERVAL)
+                    if now - end < first - margin]
+            if not ends:
+                continue
+            end = h.rng.choice(ends)
+            copies[end] += 1
+            h.add_spans(late_batch(h, end, copies[end]))
+            late += 1
+            late_upto = max(late_upto, end)
+
+    for step in edit_steps(first, second):
+        await phase()
+        new = step.change(h.rules)
+        if first in h.rules.settle and first not in new.settle and late_upto:
+            await h.wait_settled(first, late_upto, within=first + 30)
+        if step.off_grid:
+            transitions += await h.wait_off_grid(step.off_grid)
+        if step.how == "restart":
+            if not await h.daemon.stop():
+                raise ScenarioError(f"the daemon did not stop on SIGTERM:\n{h.daemon.tail()}")
+            h.edit_rules(new)
+            h.daemon.start()
+            await h.daemon.wait_started()
+        else:
+            h.edit_rules(new)
+            await h.daemon.reload(step.how)
+        hows[step.how] += 1
+    # every series is written at every window end from the first one after the last edit
+    snap = h.snapshot()
+    since = (snap.recorded_upto(h.metrics) or 0) if snap else 0
+    await phase()
+
+    def finish() -> tuple[str, list[str]]:
+        problems = []
+        refused = {status: n for status, n in h.proxy.upstream.items() if status >= 400}
+        if refused:
+            problems.append(f"Prometheus answered requests with errors: {refused} "
+                            "(status: requests)")
+        markers = Counter(labels for labels, _ts in h.proxy.stale)
+        old = h.relabelled()
+        relabelled = {labels for labels in h.proxy.seen if _key(labels) in old}
+        wrong = {labels: markers[labels] for labels in relabelled if markers[labels] != 1}
+        if wrong:
+            labels, n = min(wrong.items())
+            problems.append(f"{len(wrong)} series the final rules no longer produce have not "
+                            f"one stale marker each, such as {labels}: {n}")
+        ended = sum(markers[labels] for labels in relabelled)
+        idle = sum(markers.values()) - ended
+        return (f"; {len(h.proxy.stale)} stale markers ({ended} ending relabelled series, "
+                f"{idle} idle)", problems)
+
+    return Injected(
+        f"{sum(hows.values())} edits ({_counts(hows)}), {transitions} of them with every "
+        f"checkpoint off the new interval's grid, {late} late batches",
+        settle_after=second, since=since + 2 * INTERVAL if since else 0, finish=finish,
+    )
+
+
+def _key(labels: Labels) -> SeriesKey:
+    """A series as the truth keys it: its record, and its labels without ``__name__`` and
+    the scenario's external label."""
+    named = dict(labels)
+    record = named.pop("__name__", "")
+    named.pop("scenario", None)
+    return record, tuple(sorted(named.items()))
 
 
 Scenario = Callable[[Harness], Awaitable[Injected]]
@@ -689,6 +1063,7 @@ SCENARIOS: Mapping[str, Scenario] = {
     "receiver-faults": receiver_faults,
     "sigkill": sigkill,
     "late-spans": late_spans,
+    "edits": edits,
 }
 
 
@@ -732,17 +1107,19 @@ def prometheus_totals(prom: PrometheusServer, scenario: str, at: int) -> dict[Se
     return result
 
 
-def prometheus_gaps(prom: PrometheusServer, scenario: str, t0: int, at: int) -> int:
-    """Window ends without a sample in Prometheus, from each series' first sample to ``at``.
+def prometheus_gaps(prom: PrometheusServer, scenario: str, since: int, at: int) -> int:
+    """Window ends without a sample in Prometheus, from each series' first sample (or
+    ``since``, when later) to ``at``.
 
     The daemon writes every known series at every window end (a new series from the end
     before its first window), so any missing one is a sample that never arrived.
     """
-    selector = f'{{__name__=~"openrouter_.+", scenario="{scenario}"}}[{at - t0 + 5}s]'
+    selector = f'{{__name__=~"openrouter_.+", scenario="{scenario}"}}[{at - since + 5}s]'
     missing = 0
     for item in prom.query(selector, time=at):
-        first = min(int(float(ts)) for ts, _ in item["values"])
-        missing += (at - first) // INTERVAL + 1 - len(item["values"])
+        stamps = [int(float(ts)) for ts, _ in item["values"]]
+        first = max(min(stamps), since)
+        missing += (at - first) // INTERVAL + 1 - sum(1 for ts in stamps if ts >= first)
     return missing
 
 
@@ -800,12 +1177,15 @@ def daemon_saw(events: Mapping[str, int]) -> str:
     failed = events.get("evaluation failed", 0) + events.get("settle failed", 0)
     if failed:
         parts.append(f"{failed} failed queries")
-    if settles := events.get("settle", 0):
-        parts.append(f"{settles} settle reads ({events.get('settle growth', 0)} grown series)")
+    if settles := events.get("settle reads", 0):
+        parts.append(f"{settles} windows read again ({events.get('settle growth', 0)} "
+                     "grown series)")
     if retries := events.get("remote write failed, retrying", 0):
         parts.append(f"{retries} send retries")
     if rejected := events.get("remote write rejected", 0):
         parts.append(f"{rejected} rejected sends")
+    if reloads := events.get("rules reloaded", 0):
+        parts.append(f"{reloads} reloads")
     return ", ".join(parts) or "nothing"
 
 
@@ -816,7 +1196,8 @@ async def run_scenario(
     row = Row(name)
     started = time.monotonic()
     shutil.rmtree(directory, ignore_errors=True)  # a kept directory of an earlier run
-    h = Harness(name, directory, prom, sizes, seed)
+    rules = edits_rules(sizes) if name == "edits" else RuleFile(settle=sizes.settle)
+    h = Harness(name, directory, prom, sizes, seed, rules)
     try:
         await h.start()
         injected = await SCENARIOS[name](h)
@@ -824,12 +1205,22 @@ async def run_scenario(
         target = due_window() + (injected.settle_after + sizes.tail_windows) * INTERVAL
         await h.wait_recorded(target, drained=True, within=60 + target - time.time())
         got = await asyncio.to_thread(prometheus_totals, prom, name, target)
-        want = truth(h.spans, h.metrics, h.t0, target)
+        want = truth(h.spans, h.metrics, h.t0, target, h.rules)
         poison = [k for k in want if name == "receiver-faults" and _is_poison(k)]
         if poison and any(k in got for k in poison):
             row.problems.append("the poison series reached Prometheus")
-        compare(row, got, want, h.t0, target, excluded=poison)
-        row.gaps = await asyncio.to_thread(prometheus_gaps, prom, name, h.t0, target)
+        relabelled = h.relabelled()
+        old = sorted(k for k in got if k in relabelled)
+        if old:  # not ended by a stale marker
+            row.problems.append(f"{len(old)} series under labels the rules no longer give are "
+                                f"still there at the read time, such as {old[0]}")
+        compare(row, got, want, h.t0, target, excluded=[*poison, *old])
+        row.gaps = await asyncio.to_thread(prometheus_gaps, prom, name,
+                                           injected.since or h.t0, target)
+        if injected.finish is not None:
+            more, problems = injected.finish()
+            row.injected += more
+            row.problems.extend(problems)
     except ScenarioError as exc:
         row.problems.append(str(exc))
     finally:
@@ -880,7 +1271,8 @@ async def run_all(names: Sequence[str], sizes: Sizes, prom: PrometheusServer, di
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true",
-                        help="CI sizes: 3 windows down, 4 s of faults, 3 kills")
+                        help="CI sizes: 3 windows down, 4 s of faults, 3 kills, "
+                             "3 s between edits")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS),
                         help="run only this scenario (repeatable; default: all)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the spans and faults")

@@ -4,14 +4,16 @@ as unit tests.
 ``python -m reliability.faults --quick`` runs in a child process, as anyone would run it:
 each scenario runs the real daemon as a subprocess against the Tempo double and a real
 Prometheus while one thing fails (Tempo or the receiver away or misbehaving, SIGKILLs,
-late spans), then reads every counter back with PromQL. Its table is checked row by row:
-no window lost or counted twice, and every counter equal to the truth computed from the
-spans (1e-9 relative). The quick sizes (3 windows down, 4 s of faults, 3 kills) take about
-45 s for all six scenarios on two cores; without ``--quick`` the harness runs the full ones.
+late spans) or the rule file is edited and reloaded, then reads every counter back with
+PromQL. Its table is checked row by row: no window lost or counted twice, and every
+counter equal to the truth computed from the spans (1e-9 relative). The quick sizes (3
+windows down, 4 s of faults, 3 kills, 3 s between edits) take about 95 s for all seven
+scenarios on two cores; without ``--quick`` the harness runs the full ones.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from tests.support.files import Rule, load_group
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("tempo-down", "tempo-faults", "receiver-down", "receiver-faults", "sigkill",
-             "late-spans")
+             "late-spans", "edits")
 TOLERANCE = 1e-9  # relative: Tempo's float sums may differ from the exact sum in the last bits
 
 
@@ -76,6 +78,21 @@ def test_no_window_is_lost_or_counted_twice(run: Run, scenario: str) -> None:
     assert int(row["recorded"]) == expected
     assert (int(row["lost"]), int(row["double-counted"])) == (0, 0)
     assert float(row["max relative error"]) <= TOLERANCE
+
+
+@pytest.mark.prometheus
+def test_the_edits_scenario_edits_the_running_daemon(run: Run) -> None:
+    """The edits row is exact because the edits happened: every reload and the restart
+    reached the daemon, and the label edits ended the series they relabelled."""
+    row = run.rows().get("edits")
+    assert row is not None, run.stdout[-3000:] + run.stderr[-3000:]
+    injected, logged = row["faults injected"], row["the daemon logged"]
+    assert injected.startswith("11 edits (7 SIGHUP, 3 POST /-/reload, 1 restart)"), injected
+    assert "10 reloads" in logged, logged
+    assert "1 restarts" in logged, logged
+    relabelled = re.search(r"stale markers \((\d+) ending relabelled series", injected)
+    assert relabelled is not None, injected
+    assert int(relabelled.group(1)) > 0, injected
 
 
 # -- findings -------------------------------------------------------------------------------
