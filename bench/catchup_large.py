@@ -1,7 +1,8 @@
 """Benchmark: a day of catch-up for a counter rule with 100,000 series.
 
 Not a test. Run with ``uv run --frozen python -m bench.catchup_large`` (``--quick``: 2,000
-series and 2 hours, as CI runs it; ``--series N --hours H`` to choose).
+series and 2 hours, as CI runs it; ``--series N --hours H`` to choose; ``--profile``:
+cProfile of the catch-up to stderr).
 
 A day of one-minute windows is 1,440 windows: for 100,000 series, 144 million points in
 Tempo's answers. The bridge reads them with range queries sized by points (``max_points``,
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import math
+import pstats
 import sys
 import tempfile
 import time
@@ -61,36 +64,30 @@ def value(i: int) -> float:
 
 
 class Answers:
-    """Range answers for any ``(start, end]`` of whole windows: built once per number of
-    windows as a template, its timestamps filled in per request."""
+    """Range answers for any ``(start, end]`` of whole windows, built per request from
+    each series' labels (encoded once) and the samples of each of the 255 values."""
 
     def __init__(self, series: int) -> None:
         self.series = series
-        self._templates: dict[int, tuple[bytes, list[bytes]]] = {}
+        self._labels = [
+            json.dumps([{"key": BY[0], "value": {"stringValue": f"model-{i // 1000}"}},
+                        {"key": BY[1], "value": {"stringValue": f"key-{i % 1000:04d}"}}],
+                       separators=(",", ":")).encode()
+            for i in range(series)
+        ]
 
     def body(self, start: int, end: int, step: int) -> bytes:
-        stamps = list(range(start, end + 1, step))  # the extra bucket, then the windows
-        template, tokens = self._template(len(stamps))
-        for token, stamp in zip(tokens, stamps, strict=True):
-            template = template.replace(token, b'"%d"' % (stamp * 1000))
-        return template
-
-    def _template(self, buckets: int) -> tuple[bytes, list[bytes]]:
-        known = self._templates.get(buckets)
-        if known is None:
-            tokens = [b'"__T%05d__"' % n for n in range(buckets)]
-            series = []
-            for i in range(self.series):
-                labels = [{"key": BY[0], "value": {"stringValue": f"model-{i // 1000}"}},
-                          {"key": BY[1], "value": {"stringValue": f"key-{i % 1000:04d}"}}]
-                samples: list[dict[str, Any]] = [{"timestampMs": f"__T{0:05d}__"}]
-                samples += [{"timestampMs": f"__T{n:05d}__", "value": value(i)}
-                            for n in range(1, buckets)]
-                series.append({"labels": labels, "samples": samples})
-            body = json.dumps({"series": series, "metrics": {"completedJobs": 1}},
-                              separators=(",", ":")).encode()
-            known = self._templates[buckets] = (body, tokens)
-        return known
+        stamps = range(start, end + 1, step)  # the extra bucket, then the windows
+        first = b'{"timestampMs":"%d"}' % (stamps[0] * 1000)
+        samples = [
+            b"[" + b",".join([first, *(b'{"timestampMs":"%d","value":%s}'
+                                       % (stamp * 1000, repr(value(v)).encode())
+                                       for stamp in stamps[1:])]) + b"]"
+            for v in range(255)
+        ]
+        series = b",".join([b'{"labels":%s,"samples":%s}' % (labels, samples[i % 255])
+                            for i, labels in enumerate(self._labels)])
+        return b'{"series":[%s],"metrics":{"completedJobs":1}}' % series
 
 
 async def serve(answers: Answers) -> tuple[web.AppRunner, str]:
@@ -103,7 +100,7 @@ async def serve(answers: Answers) -> tuple[web.AppRunner, str]:
     return await serve_tempo(answer, answer)
 
 
-async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
+async def child(tempo_url: str, write_url: str, hours: float, profile: bool) -> dict[str, Any]:
     """Catch up ``hours`` of windows of a rule that recorded the window before them."""
     from bridge.engine import rule_key
     from bridge.evaluation import Stored, Update
@@ -122,10 +119,16 @@ async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
     start = target - int(hours * 3600)
     key = rule_key(group, rule)
     state.commit(key, Update(start, frozenset(), {}), after=Stored(start))  # ran before
+    profiler = cProfile.Profile() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
     ok = await engine.evaluate_rule(group, rule, now)
     evaluated = time.perf_counter() - wall
     await sender.drain()
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
     result: dict[str, Any] = {
         "ok": ok, "wall": time.perf_counter() - wall, "evaluate": evaluated,
         "cpu": time.process_time() - cpu, "peak_rss": peak_rss_mb(),
@@ -144,7 +147,7 @@ async def child(tempo_url: str, write_url: str, hours: float) -> dict[str, Any]:
     return result
 
 
-async def run(series: int, hours: float) -> int:
+async def run(series: int, hours: float, profile: bool = False) -> int:
     from tests.support.prometheus import start_prometheus
 
     report = Report("catchup_large")
@@ -159,7 +162,7 @@ async def run(series: int, hours: float) -> int:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.catchup_large", "--child", url, prom.write_url,
-                str(hours), stdout=asyncio.subprocess.PIPE,
+                str(hours), *(["--profile"] if profile else []), stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await process.communicate()
         finally:
@@ -194,15 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2,000 series, 2 hours")
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--profile", action="store_true", help="cProfile the catch-up")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         tempo_url, write_url, hours = args.child
-        print(json.dumps(asyncio.run(child(tempo_url, write_url, float(hours)))))
+        result = asyncio.run(child(tempo_url, write_url, float(hours), args.profile))
+        print(json.dumps(result))
         return 0
     if args.quick:
         return asyncio.run(run(2_000, 2.0))
-    return asyncio.run(run(args.series, args.hours))
+    return asyncio.run(run(args.series, args.hours, args.profile))
 
 
 if __name__ == "__main__":

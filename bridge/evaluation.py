@@ -479,6 +479,9 @@ class _Counter:
         """
         window = read.window
         end = window.end
+        if end * 1000 < self.context.since_ms:
+            self._count(read)  # too old for the receiver: counted, not written
+            return
         previous: dict[Labels, float] = {}
         live = self.writer.live
         labels_of = self.map.labels_of
@@ -501,15 +504,7 @@ class _Counter:
             if labels not in live and labels not in previous:
                 previous[labels] = self.value(labels)
             self._add(key, labels, value, end)
-        self.keep[window] = (read.values if not skipped else
-                             {k: v for k, v in read.values.items() if _counts(v)})
-        self.checkpoint = end
-        self.stats.recorded += 1
-        self.stats.merged += read.merged
-        if shared:
-            self.stats.merged += len(read.values) - len({labels_of[k] for k in read.values})
-        if end * 1000 < self.context.since_ms:
-            return  # too old for the receiver: counted, not written
+        self._recorded(read, skipped)
         values = self._values(end)
         for labels, value in previous.items():
             if labels in values:
@@ -517,6 +512,41 @@ class _Counter:
         exemplars = _exemplars(read, self.map, self.exemplar_limit, self.late)
         self.late = {}
         self.writer.end_window(end * 1000, values, exemplars)
+
+    def _count(self, read: WindowRead) -> None:
+        """Add one new window's values without writing them: no series is resumed or
+        ended, so neither the Prometheus series nor their previous values matter here."""
+        end = read.window.end
+        labels_of = self.map.labels_of
+        totals = self._writable()
+        changed = self.changed
+        skipped = False
+        for key, value in read.values.items():
+            total = totals.get(key)
+            if value > 0 and value != math.inf:
+                if total is not None:
+                    totals[key] = changed[key] = Total(total.value + value, end)
+                    continue
+            else:
+                skipped = True
+                if total is not None:
+                    continue
+                value = 0.0
+            self._add(key, labels_of.get(key) or self.map(key), value, end)
+        self._recorded(read, skipped)
+
+    def _recorded(self, read: WindowRead, skipped: bool) -> None:
+        """Book a window as recorded: its values kept for settling (only those a counter
+        adds, when ``skipped`` says some are not), the checkpoint, the statistics."""
+        values = read.values
+        self.keep[read.window] = (values if not skipped else
+                                  {k: v for k, v in values.items() if _counts(v)})
+        self.checkpoint = read.window.end
+        self.stats.recorded += 1
+        self.stats.merged += read.merged
+        if self.map.shared:
+            labels_of = self.map.labels_of
+            self.stats.merged += len(values) - len({labels_of[k] for k in values})
 
     def _values(self, end: int) -> dict[Labels, float]:
         """Every Prometheus series written at ``end``: those that grew within

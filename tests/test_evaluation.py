@@ -152,6 +152,20 @@ def test_windows_too_old_for_the_receiver_count_but_write_nothing(counter: Group
     assert samples(update) == [(A, 120, 3.0), (B, 120, 1.0), (A, 180, 3.0), (B, 180, 1.0)]
 
 
+def test_windows_too_old_for_the_receiver_still_take_over_and_merge(tmp_path: Path) -> None:
+    # Windows counted but not written take over legacy totals and sum collisions alike;
+    # from the first window written on, every series is written with its whole value.
+    group = load_group(tmp_path, rule="missing_value: a")
+    nil: TempoKey = (("span.model", "nil"),)
+    stored = Stored(120, live=frozenset({A}), legacy={A: 10.0, B: 4.0})
+    reads = [w(180, {KA: 1.0, nil: 2.0}), w(240, {KB: 1.0}), w(300, {KB: 2.0, nil: 1.0})]
+    update = run(group, stored, reads, since_ms=240_000)
+    assert update.totals == {KA: Total(11.0, 180), nil: Total(2.0 + 1.0, 300),
+                             KB: Total(4.0 + 3.0, 300)}
+    assert update.stats.merged == 1
+    assert samples(update) == [(A, 240, 13.0), (B, 240, 5.0), (A, 300, 14.0), (B, 300, 7.0)]
+
+
 def test_no_sample_is_written_at_or_before_the_last_one_of_its_series(counter: Group) -> None:
     # B had a stale marker at 120 (by this rule or another): no zero there, then 180
     update = run(counter, Stored(120), [w(180, {KB: 2.0})], last_ts={B: 120_000})
