@@ -14,7 +14,8 @@ This process serves Tempo's answers (Tempo 3.0.3's JSON shape: int64 as strings,
 extra bucket before ``start``), each series growing by a value of its own in every
 window, and a real Prometheus takes the samples. A child process, whose time and memory
 are measured, runs the bridge's engine, encoder and sender as the daemon wires them, on
-a state that recorded the window before the day: one ``Engine.evaluate_rule`` catches up
+a state that recorded the window before the day, its series known (as they are to a
+daemon that ran before the downtime): one ``Engine.evaluate_rule`` catches up
 the day, then ``Sender.drain``. Targets (issue "100,000 series in a second"): <= 10
 minutes, <= 1.5 GB peak RSS. The check: every series' total is its value times the
 windows of the day.
@@ -100,12 +101,15 @@ async def serve(answers: Answers) -> tuple[web.AppRunner, str]:
     return await serve_tempo(answer, answer)
 
 
-async def child(tempo_url: str, write_url: str, hours: float, profile: bool) -> dict[str, Any]:
-    """Catch up ``hours`` of windows of a rule that recorded the window before them."""
+async def child(tempo_url: str, write_url: str, series: int, hours: float,
+                profile: bool) -> dict[str, Any]:
+    """Catch up ``hours`` of windows of a rule of ``series`` series that recorded the
+    window before them."""
     from bridge.engine import rule_key
-    from bridge.evaluation import Stored, Update
+    from bridge.evaluation import Stored, Total, Update
     from bridge.logs import configure
     from bridge.sender import encoder
+    from bridge.series import TempoKey
     from bridge.windows import Limits, align_down
 
     configure("warning", stream=sys.stderr)
@@ -118,7 +122,14 @@ async def child(tempo_url: str, write_url: str, hours: float, profile: bool) -> 
     target = align_down(now - group.query_offset, INTERVAL)
     start = target - int(hours * 3600)
     key = rule_key(group, rule)
-    state.commit(key, Update(start, frozenset(), {}), after=Stored(start))  # ran before
+    # it ran before: its series known (a total of 0 each), so queries are sized by them
+    totals: dict[TempoKey, Total] = {
+        ((BY[0], f"model-{i // 1000}"), (BY[1], f"key-{i % 1000:04d}")): Total(0.0, start)
+        for i in range(series)
+    }
+    state.commit(key, Update(start, frozenset(), {}, totals=totals),
+                 after=Stored(start, totals))
+    del totals
     profiler = cProfile.Profile() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
     if profiler:
@@ -162,7 +173,8 @@ async def run(series: int, hours: float, profile: bool = False) -> int:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bench.catchup_large", "--child", url, prom.write_url,
-                str(hours), *(["--profile"] if profile else []), stdout=asyncio.subprocess.PIPE,
+                str(series), str(hours), *(["--profile"] if profile else []),
+                stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await process.communicate()
         finally:
@@ -198,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=100_000)
     parser.add_argument("--hours", type=float, default=24.0)
     parser.add_argument("--profile", action="store_true", help="cProfile the catch-up")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        tempo_url, write_url, hours = args.child
-        result = asyncio.run(child(tempo_url, write_url, float(hours), args.profile))
+        tempo_url, write_url, series, hours = args.child
+        result = asyncio.run(child(tempo_url, write_url, int(series), float(hours),
+                                   args.profile))
         print(json.dumps(result))
         return 0
     if args.quick:

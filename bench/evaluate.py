@@ -1,8 +1,8 @@
 """Benchmark: one evaluation of a counter rule with 1,000 to 1,000,000 series, end to end.
 
 Not a test. Run with ``uv run --frozen python -m bench.evaluate`` (``--quick``: 1,000 and
-2,000 series, as CI runs it; ``--sizes 100000``: the sizes to run; ``--profile``: cProfile
-of the steady evaluation, printed by the child process).
+2,000 series, as CI runs it; ``--sizes 100000`` and ``--idle-sizes 100000``: the sizes to
+run; ``--profile``: cProfile of the steady evaluation, printed by the child process).
 
 This process starts a real Prometheus and serves prebuilt Tempo answers over HTTP, shaped
 as Tempo 3.0.3 answers (labels as OTLP AnyValues named as written in ``by()``, int64 as
@@ -20,6 +20,11 @@ targets (issue "100,000 series in a second"): the steady evaluation of 100,000 s
 <= 1.0 s of wall time and <= 1.0 s of the child's CPU; the first in <= 2.0 s; 1,000,000
 series in <= 10 s and <= 1.5 GB peak RSS; time and memory per series flat from 10,000 up.
 The full run draws the curve to ``docs/evaluate-scaling.png``.
+
+The mostly idle run is the realistic steady state: 100,000 series in the state, one in 20
+still growing and the others idle (``idle_after: 2m``): five evaluations, the whole answer
+twice, then only the growing series; the last is measured, when the idle ones are no
+longer written.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ BY = ("span.gen_ai.request.model", "span.gen_ai.provider.name",
       "span.trace.metadata.openrouter.api_key_name")
 FULL_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_000, 2_000)
+IDLE_SIZES = (100_000,)
+QUICK_IDLE_SIZES = (2_000,)
 PLOT = ROOT / "docs" / "evaluate-scaling.png"
 
 # stage -> what it covers, in the order of the data flow
@@ -89,14 +96,15 @@ def _value(i: int) -> float:
     return round(0.000125 * (i % 997 + 1), 9)
 
 
-def tempo_answers(series: int) -> tuple[bytes, bytes]:
+def tempo_answers(series: int, every: int = 1) -> tuple[bytes, bytes]:
     """An instant answer and a one-window range answer (a template: see ``range_body``)
-    with ``series`` series of the OpenRouter cost rule's shape, as Tempo 3.0.3 writes
-    them: a value of 0 without its ``value`` key; in the range answer, the extra bucket
-    before the window, and exemplars (trace IDs) for the first 50 series (Tempo's
-    ``max_exemplars`` of 100 per query, half of them in the window)."""
+    with ``series`` series of the OpenRouter cost rule's shape (``every``: only every
+    that many of them), as Tempo 3.0.3 writes them: a value of 0 without its ``value``
+    key; in the range answer, the extra bucket before the window, and exemplars (trace
+    IDs) for the first 50 series (Tempo's ``max_exemplars`` of 100 per query, half of
+    them in the window)."""
     instant, ranged = [], []
-    for i in range(series):
+    for i in range(0, series, every):
         labels = _series_labels(i)
         item: dict[str, Any] = {"labels": labels}
         if i % 50:  # Tempo leaves the value of 0 out
@@ -129,14 +137,36 @@ def range_body(template: bytes, start: int, end: int) -> bytes:
 # -- the child: the measured process ----------------------------------------------------------
 
 
-async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]:
-    """Two evaluations and drains, one window apart: their time, stages and memory."""
+IDLE_EVERY = 20
+"""In the mostly idle run, one series in this many keeps growing after two windows."""
+IDLE_RULES = RULES.replace("    labels:", "    idle_after: 2m\n    labels:", 1)
+"""The rules of the mostly idle run: series idle for two windows are no longer written."""
+
+
+def clocks(now: float, idle: bool) -> list[float]:
+    """The evaluation times, one window apart: two, or five for the mostly idle run (the
+    whole answer twice, then only the series that keep growing: the others are written
+    once more, then end with a stale marker, then are idle)."""
+    return [now - 60 * n for n in reversed(range(5 if idle else 2))]
+
+
+def cutover(now: float) -> int:
+    """The first window end whose answer, in the mostly idle run, holds only the series
+    that keep growing: that of the third evaluation."""
+    return int(clocks(now, True)[2] - 120) // 60 * 60
+
+
+async def child(tempo_url: str, write_url: str, profile: bool, now: float,
+                idle: bool) -> dict[str, Any]:
+    """Evaluations and drains one window apart (see ``clocks``): their time, stages and
+    memory."""
     import bridge.engine
     from bridge.engine import rule_key
     from bridge.logs import configure
 
     configure("warning", stream=sys.stderr)
-    wired = wire(Path(tempfile.mkdtemp(prefix="bench-evaluate-")), RULES, tempo_url, write_url)
+    wired = wire(Path(tempfile.mkdtemp(prefix="bench-evaluate-")),
+                 IDLE_RULES if idle else RULES, tempo_url, write_url)
     group, rule, engine, state, metrics = (wired.group, wired.rule, wired.engine, wired.state,
                                            wired.metrics)
     tempo, receiver, sender = wired.tempo, wired.receiver, wired.sender
@@ -154,8 +184,7 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
 
     result: dict[str, Any] = {"evaluations": [], "rss_before": peak_rss_mb()}
     profiler = cProfile.Profile() if profile else None
-    now = time.time()
-    for clock in (now - group.interval, now):
+    for clock in clocks(now, idle):
         steady = clock == now
         watch.seconds.clear()
         sent_before = metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0
@@ -184,43 +213,65 @@ async def child(tempo_url: str, write_url: str, profile: bool) -> dict[str, Any]
 # -- the parent: Tempo's answer, Prometheus, the figures ----------------------------------------
 
 
-async def serve_answers(instant: bytes, ranged: bytes) -> tuple[web.AppRunner, str]:
-    """Serve ``instant`` as the answer of every instant query, and ``ranged`` (stamped
-    with the window asked for) as that of every range query."""
+Answers = tuple[bytes, bytes]
+"""An instant answer and a range answer template (see ``tempo_answers``)."""
 
-    async def answer_instant(_: web.Request) -> web.Response:
-        return web.Response(body=instant, content_type="application/json")
+
+async def serve_answers(answers: Answers, later: Answers | None = None,
+                        from_end: int = 0) -> tuple[web.AppRunner, str]:
+    """Serve ``answers`` (the range answer stamped with the window asked for), and
+    ``later`` instead for windows ending at ``from_end`` or after."""
+
+    def pick(request: web.Request) -> Answers:
+        return later if later and int(request.query["end"]) >= from_end else answers
+
+    async def answer_instant(request: web.Request) -> web.Response:
+        return web.Response(body=pick(request)[0], content_type="application/json")
 
     async def answer_range(request: web.Request) -> web.Response:
         start, end = int(request.query["start"]), int(request.query["end"])
-        return web.Response(body=range_body(ranged, start, end),
+        return web.Response(body=range_body(pick(request)[1], start, end),
                             content_type="application/json")
 
     return await serve_tempo(answer_instant, answer_range)
 
 
-async def measure(series: int, profile: bool, report: Report, prom: Any) -> dict[str, Any] | None:
-    """Run the child on ``series`` series; report its figures; its result."""
-    instant, ranged = tempo_answers(series)
-    runner, url = await serve_answers(instant, ranged)
+async def run_child(series: int, profile: bool, prom: Any, idle: bool) -> dict[str, Any] | None:
+    """The child's result for ``series`` series (None if it failed), served the whole
+    answer or, in the mostly idle run, from the third window on only the series that keep
+    growing."""
+    now = time.time()
+    answers = tempo_answers(series)
+    later = tempo_answers(series, IDLE_EVERY) if idle else None
+    runner, url = await serve_answers(answers, later, cutover(now))
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url,
-            *(["--profile"] if profile else []), stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url, repr(now),
+            *(["--idle"] if idle else []), *(["--profile"] if profile else []),
+            stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await process.communicate()
     finally:
         await runner.cleanup()
-    name = f"{series:,} series"
     if process.returncode:
-        report.check(f"{name}: the evaluation ran", False, f"child exited {process.returncode}")
         return None
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result["answer_bytes"] = [len(answers[1]), len(answers[0])]
+    return result
+
+
+async def measure(series: int, profile: bool, report: Report, prom: Any) -> dict[str, Any] | None:
+    """Run the child on ``series`` series; report its figures; its result."""
+    name = f"{series:,} series"
+    result = await run_child(series, profile, prom, idle=False)
+    if result is None:
+        report.check(f"{name}: the evaluation ran", False, "the child failed")
+        return None
     stored = prom.query(f"count({RECORD})")
     in_prometheus = int(stored[0]["value"][1]) if stored else 0
-
-    report.note(f"{name}: Tempo's answer is {len(ranged) / 1e6:.1f} MB of JSON for a "
-                f"one-window range query ({len(instant) / 1e6:.1f} MB for an instant one)")
+    ranged, instant = result["answer_bytes"]
+    report.note(f"{name}: Tempo's answer is {ranged / 1e6:.1f} MB of JSON for a "
+                f"one-window range query ({instant / 1e6:.1f} MB for an instant one)")
     first, steady = result["evaluations"]
     big = series == 100_000
     for when, evaluation in (("first", first), ("steady", steady)):
@@ -249,6 +300,32 @@ async def measure(series: int, profile: bool, report: Report, prom: Any) -> dict
     report.check(f"{name}: Prometheus holds every series", in_prometheus >= series,
                  f"{in_prometheus} < {series}")
     return result
+
+
+async def measure_idle(series: int, profile: bool, report: Report, prom: Any) -> None:
+    """The realistic steady state: ``series`` series in the state, one in ``IDLE_EVERY``
+    still growing, the others idle (no longer written, see ``idle_after``)."""
+    name = f"{series:,} series, 1 in {IDLE_EVERY} growing"
+    result = await run_child(series, profile, prom, idle=True)
+    if result is None:
+        report.check(f"{name}: the evaluations ran", False, "the child failed")
+        return
+    *_, ending, steady = result["evaluations"]
+    for stage, label in STAGES.items():
+        seconds = steady["stages"].get(stage, 0.0)
+        report.figure(f"{name}: steady: {label}", seconds, "s", share=seconds / steady["wall"])
+    report.figure(f"{name}: steady: wall time", steady["wall"], "s")
+    report.figure(f"{name}: steady: CPU time", steady["cpu"], "s")
+    report.figure(f"{name}: steady: samples written", steady["samples"])
+    report.figure(f"{name}: the window the others end: wall time", ending["wall"], "s")
+    growing = len(range(0, series, IDLE_EVERY))  # all grow in range answers: tempo_answers
+    report.check(f"{name}: every evaluation succeeded",
+                 all(e["ok"] for e in result["evaluations"]))
+    report.check(f"{name}: only the growing series are written",
+                 steady["samples"] == growing and steady["outbox"] == 0,
+                 f"{steady['samples']} != {growing}")
+    report.check(f"{name}: every series keeps its total", result["series"] == series,
+                 f"{result['series']} != {series}")
 
 
 def plot(results: dict[int, dict[str, Any]], path: Path) -> None:
@@ -283,7 +360,8 @@ def plot(results: dict[int, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-async def run(sizes: tuple[int, ...], profile: bool, plot_to: Path | None) -> int:
+async def run(sizes: tuple[int, ...], idle_sizes: tuple[int, ...], profile: bool,
+              plot_to: Path | None) -> int:
     from tests.support.prometheus import start_prometheus
 
     report = Report("evaluate")
@@ -296,6 +374,9 @@ async def run(sizes: tuple[int, ...], profile: bool, plot_to: Path | None) -> in
                 result = await measure(series, profile, report, prom)
             if result is not None:
                 results[series] = result
+        for series in idle_sizes:
+            with start_prometheus(Path(tmp) / f"idle-{series}") as prom:
+                await measure_idle(series, profile, report, prom)
         if len(results) > 1:
             # the quick run draws it too, where it is thrown away: the drawing is tested
             path = plot_to or Path(tmp) / PLOT.name
@@ -314,20 +395,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="comma-separated numbers of series")
     parser.add_argument("--profile", action="store_true", help="cProfile the steady evaluation")
     parser.add_argument("--plot", type=Path, help=f"where to draw the curve (full run: {PLOT})")
-    parser.add_argument("--child", nargs=2, metavar=("TEMPO_URL", "WRITE_URL"),
+    parser.add_argument("--idle-sizes",
+                        help="comma-separated numbers of series for the mostly idle run")
+    parser.add_argument("--child", nargs=3, metavar=("TEMPO_URL", "WRITE_URL", "NOW"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        tempo_url, write_url = args.child
-        result = asyncio.run(child(tempo_url, write_url, args.profile))
+        tempo_url, write_url, now = args.child
+        result = asyncio.run(child(tempo_url, write_url, args.profile, float(now), args.idle))
         print(json.dumps(result))
         return 0
-    if args.sizes:
-        sizes = tuple(int(n) for n in args.sizes.split(","))
-    else:
-        sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    plot_to = args.plot or (None if args.quick or args.sizes else PLOT)
-    return asyncio.run(run(sizes, args.profile, plot_to))
+
+    def numbers(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(n) for n in text.split(",") if n) if text is not None else default
+
+    chosen = args.sizes is not None or args.idle_sizes is not None
+    sizes = numbers(args.sizes, () if chosen else QUICK_SIZES if args.quick else FULL_SIZES)
+    idle_sizes = numbers(args.idle_sizes,
+                         () if chosen else QUICK_IDLE_SIZES if args.quick else IDLE_SIZES)
+    plot_to = args.plot or (None if args.quick or chosen else PLOT)
+    return asyncio.run(run(sizes, idle_sizes, args.profile, plot_to))
 
 
 if __name__ == "__main__":

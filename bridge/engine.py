@@ -412,7 +412,7 @@ class Engine:
         ))
 
 
-UNKNOWN_SERIES_WINDOWS = 60
+UNKNOWN_SERIES_WINDOWS = 20
 """Windows a rule whose series are not known yet reads in its first range query."""
 
 

@@ -3,11 +3,13 @@ and every edit of a rule file keeping the counters exact."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 
 import pytest
 
-from bridge.engine import Engine, dry_run, rule_key
+from bridge.engine import UNKNOWN_SERIES_WINDOWS, Engine, dry_run, rule_key
 from bridge.errors import StateError
 from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
@@ -414,6 +416,26 @@ async def test_idle_series_stop_and_the_state_stays_bounded(tmp_path: Path) -> N
     totals = [s["totals"] for s in sizes]
     assert max(totals[10:]) <= 9  # the keys of the last 7 days and today's
     assert max(s["series"] for s in sizes[10:]) <= 2 * 9 + 2
+
+
+async def test_catch_up_queries_are_sized_by_points(tmp_path: Path) -> None:
+    # 50 series, a day to catch up, at most 2,000 points an answer: the first query, the
+    # series not known yet, reads UNKNOWN_SERIES_WINDOWS (20) windows; the others 40
+    # (2,000 / 50), and each answer stays within max_points.
+    spans = [span(T0 + 30 + 60 * i, f"m{m}") for i in range(1440) for m in range(50)]
+    limits = dataclasses.replace(LIMITS, max_points=2_000)
+    h = Harness(tmp_path, spans, now=T0 + 86400 + 60, limits=limits)
+    group = h.load(rules_yaml(start="24h", rules=[rule_yaml()]))
+    assert await h.tick(group)
+    ranges = [params for kind, params in h.queries() if kind == "query_range"]
+    windows = [(int(p["end"]) - int(p["start"])) // 60 for p in ranges]
+    assert windows[0] == UNKNOWN_SERIES_WINDOWS
+    assert set(windows[1:-1]) == {2_000 // 50}
+    # start: 24h is 24 h before the latest window: 1,441 windows
+    assert sum(windows) == 1441
+    assert len(ranges) == 1 + math.ceil(1421 / 40)
+    assert h.totals(group, group.rules[0]) == {
+        (("__name__", "x"), ("model", f"m{m}")): 1440.0 for m in range(50)}
 
 
 async def test_a_catch_up_far_behind_writes_only_what_the_receiver_takes(tmp_path: Path) -> None:
