@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import Report, machine, peak_rss_mb, serve_tempo, wire
+from bench.common import STAGES, Report, machine, peak_rss_mb, serve_tempo, wire
 
 RECORD = "bench_day_cost_usd_total"
 INTERVAL = 60
@@ -130,6 +130,7 @@ async def child(tempo_url: str, write_url: str, series: int, hours: float,
     state.commit(key, Update(start, frozenset(), {}, totals=totals),
                  after=Stored(start, totals))
     del totals
+    watch = wired.stopwatch()
     profiler = cProfile.Profile() if profile else None
     wall, cpu = time.perf_counter(), time.process_time()
     if profiler:
@@ -147,6 +148,7 @@ async def child(tempo_url: str, write_url: str, series: int, hours: float,
         "queries": metrics.registry.get_sample_value(
             "tempo_bridge_tempo_queries_total", {"kind": "range"}) or 0,
         "sent": metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0,
+        "stages": dict(watch.seconds),
     }
     stored = state.load(key)
     assert stored is not None
@@ -190,6 +192,9 @@ async def run(series: int, hours: float, profile: bool = False) -> int:
                   at_most=600 if big else None)
     report.figure("catch-up, CPU time", result["cpu"], "s", digits=1)
     report.figure("per window", result["wall"] / max(result["windows"], 1), "s")
+    for stage, label in STAGES.items():
+        seconds = result["stages"].get(stage, 0.0)
+        report.figure(f"catch-up: {label}", seconds, "s", digits=1, share=seconds / result["wall"])
     report.figure("peak RSS", result["peak_rss"], "MB", digits=1,
                   at_most=1500 if big else None)
     report.figure("samples sent (windows the receiver takes)", int(result["sent"]))

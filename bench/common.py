@@ -322,6 +322,34 @@ class Wired:
         await self.receiver.aclose()
         self.state.close()
 
+    def stopwatch(self) -> Stopwatch:
+        """A stopwatch timing the stages of :data:`STAGES` from now on."""
+        import bridge.engine
+
+        watch = Stopwatch()
+        for name in ("instant", "range"):
+            timed(watch, self.tempo, name, "tempo")
+        timed(watch, bridge.engine, "reads_from_answer", "split")
+        timed(watch, bridge.engine, "evaluate", "evaluate")
+        timed(watch, self.engine, "_encode", "encode")
+        timed(watch, self.state, "commit", "commit")
+        timed(watch, self.receiver, "send", "send")
+        for name in ("outbox", "next_outbox_id", "remove_from_outbox", "outbox_oldest_ts_ms"):
+            timed(watch, self.state, name, "outbox")
+        return watch
+
+
+STAGES = {
+    "tempo": "Tempo query: HTTP + JSON parse",
+    "split": "split the answer into windows",
+    "evaluate": "evaluate (counters, labels, samples)",
+    "encode": "encode the requests (protobuf + snappy)",
+    "commit": "commit state + outbox",
+    "send": "send to Prometheus (HTTP)",
+    "outbox": "outbox bookkeeping",
+}
+"""The stages a :meth:`Wired.stopwatch` times, in the order of the data flow."""
+
 
 def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
          encode: Callable[..., Any] | None = None, **engine: Any) -> Wired:

@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bench.common import ROOT, Report, Stopwatch, machine, peak_rss_mb, serve_tempo, timed, wire
+from bench.common import ROOT, STAGES, Report, machine, peak_rss_mb, serve_tempo, wire
 
 RECORD = "bench_cost_usd_total"
 RULES = f"""\
@@ -73,16 +73,6 @@ IDLE_SIZES = (100_000,)
 QUICK_IDLE_SIZES = (2_000,)
 PLOT = ROOT / "docs" / "evaluate-scaling.png"
 
-# stage -> what it covers, in the order of the data flow
-STAGES = {
-    "tempo": "Tempo query: HTTP + JSON parse",
-    "split": "split the answer into windows",
-    "evaluate": "evaluate (counters, labels, samples)",
-    "encode": "encode the requests (protobuf + snappy)",
-    "commit": "commit state + outbox",
-    "send": "send to Prometheus (HTTP)",
-    "outbox": "outbox bookkeeping",
-}
 
 
 def _series_labels(i: int) -> list[dict[str, Any]]:
@@ -160,7 +150,6 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
                 idle: bool) -> dict[str, Any]:
     """Evaluations and drains one window apart (see ``clocks``): their time, stages and
     memory."""
-    import bridge.engine
     from bridge.engine import rule_key
     from bridge.logs import configure
 
@@ -169,18 +158,9 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
                  IDLE_RULES if idle else RULES, tempo_url, write_url)
     group, rule, engine, state, metrics = (wired.group, wired.rule, wired.engine, wired.state,
                                            wired.metrics)
-    tempo, receiver, sender = wired.tempo, wired.receiver, wired.sender
+    sender = wired.sender
 
-    watch = Stopwatch()
-    for name in ("instant", "range"):
-        timed(watch, tempo, name, "tempo")
-    timed(watch, bridge.engine, "reads_from_answer", "split")
-    timed(watch, bridge.engine, "evaluate", "evaluate")
-    timed(watch, engine, "_encode", "encode")
-    timed(watch, state, "commit", "commit")
-    timed(watch, receiver, "send", "send")
-    for name in ("outbox", "next_outbox_id", "remove_from_outbox", "outbox_oldest_ts_ms"):
-        timed(watch, state, name, "outbox")
+    watch = wired.stopwatch()
 
     result: dict[str, Any] = {"evaluations": [], "rss_before": peak_rss_mb()}
     profiler = cProfile.Profile() if profile else None

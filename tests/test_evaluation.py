@@ -119,6 +119,20 @@ def test_series_with_the_same_labels_are_summed() -> None:
     assert reads_from_answer(query, answer)[0].values == {(("span.n", "3"),): 3.5}
 
 
+def test_range_series_with_the_same_labels_or_a_repeated_bucket_are_summed() -> None:
+    windows = (Window(600, 660), Window(660, 720))
+    query = Query("range", 600, 720, 60, windows)
+    answer = [
+        RangeSeries(KA, [(660_000, 1.0), (720_000, 2.0)]),
+        RangeSeries(KB, [(660_000, 1.0), (660_000, 0.5), (720_000, 4.0)]),  # 660 twice
+        RangeSeries(KA, [(720_000, 8.0), (660_000, 16.0)]),  # same labels, out of order
+    ]
+    assert reads_from_answer(query, answer) == [
+        WindowRead(windows[0], {KA: 17.0, KB: 1.5}, merged=2),
+        WindowRead(windows[1], {KA: 10.0, KB: 4.0}, merged=1),
+    ]
+
+
 # -- counters ------------------------------------------------------------------------------
 
 
