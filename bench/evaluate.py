@@ -140,10 +140,15 @@ def clocks(now: float, idle: bool) -> list[float]:
     return [now - 60 * n for n in reversed(range(5 if idle else 2))]
 
 
+def window_end(clock: float) -> int:
+    """The end of the window an evaluation at ``clock`` records (1m windows, 2m offset)."""
+    return int(clock - 120) // 60 * 60
+
+
 def cutover(now: float) -> int:
     """The first window end whose answer, in the mostly idle run, holds only the series
     that keep growing: that of the third evaluation."""
-    return int(clocks(now, True)[2] - 120) // 60 * 60
+    return window_end(clocks(now, True)[2])
 
 
 async def child(tempo_url: str, write_url: str, profile: bool, now: float,
@@ -237,6 +242,7 @@ async def run_child(series: int, profile: bool, prom: Any, idle: bool) -> dict[s
         return None
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     result["answer_bytes"] = [len(answers[1]), len(answers[0])]
+    result["steady_end"] = window_end(now)
     return result
 
 
@@ -247,7 +253,8 @@ async def measure(series: int, profile: bool, report: Report, prom: Any) -> dict
     if result is None:
         report.check(f"{name}: the evaluation ran", False, "the child failed")
         return None
-    stored = prom.query(f"count({RECORD})")
+    # at the steady window's end: a big run can end more than 5 minutes (the lookback) later
+    stored = prom.query(f"count({RECORD})", time=result["steady_end"])
     in_prometheus = int(stored[0]["value"][1]) if stored else 0
     ranged, instant = result["answer_bytes"]
     report.note(f"{name}: Tempo's answer is {ranged / 1e6:.1f} MB of JSON for a "
