@@ -325,6 +325,7 @@ class BatchEncoder:
         count = 0
         low, high = _INT64_MAX, _INT64_MIN
         limit = self._max
+        illustrated = {labels for labels, _ in exemplars}
         for labels, points in per_series.items():
             encoded_labels = self.encoded_labels(labels)
             for i in range(0, len(points), limit):
@@ -333,7 +334,7 @@ class BatchEncoder:
                     batches.append(_batch(out, count, low, high, independent))
                     out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
                 body = _samples(labels, part, stamps)
-                if exemplars:
+                if labels in illustrated:
                     found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
                     if found:
                         found.sort(key=_exemplar_time)
