@@ -368,7 +368,7 @@ class ReceiverProxy:
 
 
 _EVENT = re.compile(r'"event": "([^"]*)"')
-_SETTLED = re.compile(r'"settled": (\d+)')
+_REREAD = re.compile(r'"reread": (\d+)')  # the engine's "evaluation" log line
 _GROWN = re.compile(r'"grown": (\d+)')
 _PORT = re.compile(r'"port": (\d+)')
 
@@ -462,7 +462,7 @@ class DaemonProcess:
         """
         text = self._read_log()
         counts = Counter(_EVENT.findall(text))
-        counts["settle reads"] = sum(int(n) for n in _SETTLED.findall(text))
+        counts["settle reads"] = sum(int(n) for n in _REREAD.findall(text))
         counts["settle growth"] = sum(int(n) for n in _GROWN.findall(text))
         return counts
 

@@ -95,6 +95,21 @@ def test_the_edits_scenario_edits_the_running_daemon(run: Run) -> None:
     assert int(relabelled.group(1)) > 0, injected
 
 
+
+@pytest.mark.prometheus
+def test_the_late_spans_scenario_reads_windows_again_and_finds_them_grown(run: Run) -> None:
+    """Late spans are exact because settle passes read their windows again and found the
+    series grown, as the daemon's evaluation log lines say (the harness reads their
+    ``reread`` and ``grown`` fields: a renamed field once made this column read 0)."""
+    row = run.rows().get("late-spans")
+    assert row is not None, run.stdout[-3000:] + run.stderr[-3000:]
+    logged = re.search(r"(\d+) windows read again \((\d+) grown series\)",
+                       row["the daemon logged"])
+    assert logged is not None, row["the daemon logged"]
+    assert int(logged.group(1)) > 0, row["the daemon logged"]
+    assert int(logged.group(2)) > 0, row["the daemon logged"]
+
+
 # -- findings -------------------------------------------------------------------------------
 
 T0 = 1795780800  # a multiple of 3600
