@@ -538,10 +538,14 @@ class State:
         return series_id
 
     def _store_new_series(self) -> None:
-        # in the order of the labels index: inserting at random places is 3 times slower
+        # in the order of their ids, so each row is appended to the table; each text is
+        # made as it is inserted (a million of them at once would be the biggest thing
+        # in memory)
         ids = self._ids
-        rows = sorted((_encode_labels(labels), ids[labels]) for labels in self._pending)
-        self._db.executemany("INSERT INTO series (labels, series_id) VALUES (?, ?)", rows)
+        self._db.executemany(
+            "INSERT INTO series (labels, series_id) VALUES (?, ?)",
+            ((_encode_labels(labels), ids[labels]) for labels in self._pending),
+        )
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
