@@ -31,6 +31,7 @@ import httpx
 from aiohttp import web
 
 from tests.support import traffic
+from tests.support.servers import listen
 from tests.support.traffic import Key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,11 +298,7 @@ async def serve_tempo(instant: Handler, ranged: Handler) -> tuple[web.AppRunner,
     app = web.Application()
     app.router.add_get("/api/metrics/query", instant)
     app.router.add_get("/api/metrics/query_range", ranged)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+    return await listen(app)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import httpx
 from aiohttp import web
 
 from bridge.remote_write import decode_write_request
+from tests.support.servers import listen
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,8 @@ class FaultyReceiver:
         """Listen on a free port of 127.0.0.1; returns the write URL."""
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/api/v1/write", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/write"
+        self._runner, base = await listen(app)
+        self.url = f"{base}/api/v1/write"
         return self.url
 
     async def stop(self) -> None:

@@ -16,6 +16,16 @@ from aiohttp import web
 from tests.doubles.tempo import TempoDouble
 
 
+async def listen(app: web.Application) -> tuple[web.AppRunner, str]:
+    """``app`` served on a free port of 127.0.0.1: its runner (clean it up to stop) and its
+    base URL, ``http://127.0.0.1:PORT``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    return runner, f"http://{host}:{port}"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (as long as nobody takes it)."""
     with socket.socket() as sock:
@@ -79,11 +89,8 @@ class Receiver:
         """Listen on a free port; returns the write URL."""
         app = web.Application()
         app.router.add_post("/api/v1/write", self._write)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/api/v1/write"
+        self._runner, base = await listen(app)
+        self.url = f"{base}/api/v1/write"
         return self.url
 
     async def stop(self) -> None:

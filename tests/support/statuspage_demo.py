@@ -31,6 +31,7 @@ from bridge.daemon import Daemon
 from bridge.status import Status
 from tests.doubles.tempo import InjectedFaultError, TempoDouble
 from tests.support import chromium
+from tests.support.servers import Receiver, eventually, listen
 from tests.support.traffic import make_spans
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,33 +95,6 @@ groups:
 """A group named with markup, whose one rule Tempo fails with markup in the error."""
 
 
-class Receiver:
-    """A remote-write receiver that answers every request with ``status`` (204: accepted)."""
-
-    def __init__(self, status: int = 204, body: str = "") -> None:
-        self.status = status
-        self.body = body
-        self.requests = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/api/v1/write", self._write)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}/api/v1/write"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _write(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.requests += 1
-        return web.Response(status=self.status, text=self.body if self.status >= 300 else None)
-
-
 class FailingTempo:
     """The Tempo double behind a front that answers the queries naming ``marker`` with
     ``status`` and ``body``, as Tempo answers a query it refuses; others reach the double."""
@@ -133,10 +107,8 @@ class FailingTempo:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, url = await listen(app)
+        return url
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -187,8 +159,8 @@ async def running(
     double = TempoDouble(make_spans(now - 2400, 3600, seed=7, gap=(0.5, 3.0)),
                          query_end_cutoff=0)
     tempo = FailingTempo(double, "span.note", 400, TEMPO_ERROR)
-    receiver = Receiver(receiver_status,
-                        f"service unavailable {RECEIVER_SCRIPT}\n" if hostile else "overloaded\n")
+    error = f"service unavailable {RECEIVER_SCRIPT}\n" if hostile else "overloaded\n"
+    receiver = Receiver(receiver_status, error if receiver_status >= 300 else "")
     tempo_url = await tempo.start()
     write_url = await receiver.start()
     (directory / "openrouter.yaml").write_text(shipped_rules())
@@ -209,12 +181,14 @@ async def running(
     daemon = Daemon(config_path, config, load_rules(config), clock=clock)
     task = asyncio.create_task(daemon.run())
     try:
-        await _until(lambda: bool(daemon.web.port) or task.done(), "the web server to listen")
+        await eventually(lambda: bool(daemon.web.port) or task.done(), "the web server to listen",
+                         within=WAIT, every=0.05)
         if task.done():
             task.result()
         demo = Demo(daemon, receiver, tempo, directory, f"http://127.0.0.1:{daemon.web.port}/")
-        await _until(lambda: all(r.last is not None for g in demo.status().groups
-                                 for r in g.rules), "every rule to be evaluated")
+        await eventually(lambda: all(r.last is not None for g in demo.status().groups
+                                     for r in g.rules), "every rule to be evaluated",
+                         within=WAIT, every=0.05)
         yield demo
     finally:
         daemon.stop()
@@ -230,14 +204,6 @@ def break_hostile_rules(demo: Demo) -> None:
     """Make the hostile group's file invalid, with markup in what the reload reports."""
     (demo.dir / "hostile.yaml").write_text(
         HOSTILE_RULES.replace("interval: 1m", f"interval: '{RELOAD_MARKUP}'"))
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {WAIT} s for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def screenshot(demo: Demo, png: Path, *, width: int = 1280) -> None:
