@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, overload
 
 import httpx
 import msgspec
@@ -40,8 +40,7 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 Kind: TypeAlias = Literal["instant", "range"]
 
 
-@dataclass(frozen=True, slots=True)
-class InstantSeries:
+class InstantSeries(NamedTuple):
     """One series of an instant answer; its labels named as Tempo sends them (``"nil"``
     kept), sorted by name."""
 
@@ -49,8 +48,7 @@ class InstantSeries:
     value: float
 
 
-@dataclass(frozen=True, slots=True)
-class RangeSeries:
+class RangeSeries(NamedTuple):
     """One series of a range answer: ``(timestamp ms, value)`` samples, a missing value is 0,
     and the series' exemplars as Tempo gave them."""
 
@@ -416,36 +414,47 @@ def _each(series: list[Any], decoder: msgspec.json.Decoder[_T]) -> Iterator[_T]:
 
 
 def _instant_from_structs(items: Iterable[_InstantStruct], keys: Keys) -> list[InstantSeries]:
-    series = []
+    series: list[InstantSeries] = []
+    append = series.append
     for item in items:
         value = item.value
-        series.append(InstantSeries(
-            keys(item.labels), value if isinstance(value, float) else _float(value),
-        ))
+        append(_new(InstantSeries, (
+            keys(item.labels), value if value.__class__ is float else _float(value),
+        )))
     return series
 
 
 def _range_from_structs(
     items: Iterable[_RangeStruct], query: str, keys: Keys
 ) -> list[RangeSeries]:
-    series = []
-    for item in items:
-        try:  # Tempo writes timestamps as strings: int() them here, not one call each
+    series: list[RangeSeries] = []
+    append = series.append
+    try:  # Tempo writes timestamps as strings: int() them here, not one call each
+        for item in items:
             samples = [
-                (int(s.timestampMs), v if isinstance(v := s.value, float) else float(v))
+                (int(s.timestampMs), v if (v := s.value).__class__ is float else float(v))
                 for s in item.samples
             ]
-        except ValueError:
-            raise _SlowPathError from None
-        exemplars: tuple[Exemplar, ...] = ()
-        if item.exemplars:
-            try:
-                exemplars = tuple(_exemplar(e.labels, e.value, e.timestampMs, query)
-                                  for e in item.exemplars)
-            except TempoError:
-                raise _SlowPathError from None
-        series.append(RangeSeries(keys(item.labels), samples, exemplars))
+            if item.exemplars:
+                append(_new(RangeSeries, (keys(item.labels), samples,
+                                          _exemplars(item.exemplars, query))))
+            else:
+                append(_new(RangeSeries, (keys(item.labels), samples, ())))
+    except ValueError:
+        raise _SlowPathError from None
     return series
+
+
+def _exemplars(items: list[_ExemplarStruct], query: str) -> tuple[Exemplar, ...]:
+    try:
+        return tuple(_exemplar(e.labels, e.value, e.timestampMs, query) for e in items)
+    except TempoError:
+        raise _SlowPathError from None
+
+
+_new: Any = tuple.__new__
+"""``_new(RangeSeries, (labels, samples, exemplars))``: a series without the Python-level
+``__new__`` of a NamedTuple, for the loops that run for every series of an answer."""
 
 
 _DONE = msgspec.Raw()  # what a series' raw text is replaced with once converted
