@@ -15,6 +15,7 @@ from bridge.evaluation import Total, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import Labels, Sample
 from bridge.state import RuleKey, State, _decode_labels, _encode_labels, _runs
+from bridge.windows import Window
 
 RULE = RuleKey("g", "x", "e", "counter")
 
@@ -69,3 +70,34 @@ def test_labels_are_stored_as_json_dumps_writes_them() -> None:
         expected = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
         assert _encode_labels(labels) == expected
         assert _decode_labels(expected) == labels
+
+
+def test_remembered_ids_follow_a_failed_commit_and_garbage_collection(tmp_path: Path) -> None:
+    """The ids of an unchanged list of series are remembered between commits; a label set
+    that is given another id (its first one rolled back, or collected and given again)
+    is never written with the old one."""
+    state = State(tmp_path / "state.sqlite")
+    a, b, c = ((("__name__", n),) for n in "abc")
+    window = Window(0, 60)
+
+    def commit(totals: Sequence[Labels], kept: Sequence[Labels], prune: int = 0,
+               batches: Sequence[Batch] = ()) -> None:
+        state.commit(RULE, Update(
+            60, frozenset(), {}, totals={k: Total(1.0, 60) for k in totals},
+            kept_values={window: dict.fromkeys(kept, 2.0)} if kept else {}, prune_upto=prune,
+        ), batches)
+
+    with pytest.raises(StateError):  # a and b were given ids 1 and 2, rolled back
+        commit([], [a, b], batches=[Batch(cast(bytes, object()), 1, 0, 0)])
+    commit([c], [a, b])  # c is 1 now, a and b 2 and 3
+    assert state.kept_values(RULE, [window]) == {window: {a: 2.0, b: 2.0}}
+    commit([c], [], prune=60)  # the window is gone: nothing refers to a and b
+    assert state.collect_garbage() == 2
+    commit([c], [a, b])  # their ids again, from the state rather than remembered
+    state.close()
+    reopened = State(tmp_path / "state.sqlite")
+    assert reopened.kept_values(RULE, [window]) == {window: {a: 2.0, b: 2.0}}
+    stored = reopened.load(RULE)
+    assert stored is not None
+    assert stored.totals == {c: Total(1.0, 60)}
+    reopened.close()
