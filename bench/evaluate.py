@@ -191,7 +191,8 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
     result["peak_rss"] = peak_rss_mb()
     await wired.close()
     if profiler:
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(45); pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(60)
+        for order, lines in (("tottime", 45), ("cumulative", 60)):
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(order).print_stats(lines)
     return result
 
 
