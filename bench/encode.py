@@ -15,16 +15,20 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import cramjam
 
 from bench.common import Report, machine
 from bridge.prompb import remote_pb2
 from bridge.remote_write import (
+    BatchEncoder,
     Series,
     encode_write_request,
     serialize_write_request,
 )
+from bridge.series import Sample
 
 
 def make_series(count: int, timestamp_ms: int) -> list[Series]:
@@ -58,8 +62,21 @@ def encode_with_protobuf_api(series: Sequence[Series]) -> bytes:
     return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
-def measure(report: Report, name: str, encode: Callable[[Sequence[Series]], bytes],
-            series: Sequence[Series], repeat: int, target: float | None = None) -> None:
+def steady_samples(series: Sequence[Series]) -> tuple[BatchEncoder, list[Sample]]:
+    """The daemon's encoder (requests of 2,000 samples, as by default) having written
+    ``series`` once, and their samples: what a steady evaluation gives it. Checked to
+    write the bytes ``encode_write_request`` writes."""
+    encoder = BatchEncoder({}, 2_000)
+    samples: list[Sample] = [(labels, *points[0]) for labels, points, *_ in series]
+    written = b"".join(bytes(cramjam.snappy.decompress_raw(batch.body))
+                       for batch in encoder(samples, {}))
+    if written != serialize_write_request(series):
+        raise AssertionError("BatchEncoder wrote other bytes than encode_write_request")
+    return encoder, samples
+
+
+def measure(report: Report, name: str, encode: Callable[[Sequence[Any]], object],
+            series: Sequence[Any], repeat: int, target: float | None = None) -> None:
     rates = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -95,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     measure(report, "encode_write_request", encode_write_request, series, repeat, 500_000)
     measure(report, "protobuf API + snappy", encode_with_protobuf_api, series,
             max(1, repeat // 2))
+    encoder, samples = steady_samples(series)
+    measure(report, "the daemon's BatchEncoder, labels remembered (a steady evaluation)",
+            partial(encoder, exemplars={}), samples, repeat)
 
     if args.profile:
         profiler = cProfile.Profile()

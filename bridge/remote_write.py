@@ -310,6 +310,9 @@ class BatchEncoder:
         self, samples: Iterable[Sample],
         exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
     ) -> list[Batch]:
+        samples = samples if isinstance(samples, Sequence) else list(samples)
+        if len({sample[0] for sample in samples}) == len(samples):
+            return self._singles(samples, exemplars)
         per_series: dict[Labels, list[tuple[int, float]]] = {}
         for labels, ts, value in samples:
             points = per_series.get(labels)
@@ -338,7 +341,7 @@ class BatchEncoder:
                     found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
                     if found:
                         found.sort(key=_exemplar_time)
-                        body += b"".join(_exemplar(e) for e in found)
+                        body += b"".join(_exemplar(e) for e in sorted(found, key=_exemplar_time))
                 out += headers[len(encoded_labels) + len(body)]
                 out += encoded_labels
                 out += body
@@ -349,6 +352,58 @@ class BatchEncoder:
                     high = part[-1][0]
         if count:
             batches.append(_batch(out, count, low, high, independent))
+        return batches
+
+    def _singles(
+        self, samples: Sequence[Sample],
+        exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
+    ) -> list[Batch]:
+        """:meth:`__call__` when every series has one sample (a steady evaluation): the
+        same bytes, each sample's fields written straight into the request."""
+        batches: list[Batch] = []
+        stamps = _Timestamps()
+        headers = _SeriesHeaders()
+        out = bytearray()
+        count = 0
+        low, high = _INT64_MAX, _INT64_MIN
+        limit = self._max
+        cached = self._labels.get
+        pack = _DOUBLE.pack
+        stamp = None
+        before = after = zero = b""
+        for labels, ts, value in samples:
+            encoded_labels = cached(labels) or self.encoded_labels(labels)
+            if count == limit:
+                batches.append(_batch(out, count, low, high, True))
+                out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
+            if ts != stamp:
+                before, after, zero = stamps[ts]
+                stamp = ts
+            value_bytes = pack(value)
+            found = exemplars.get((labels, ts)) if exemplars else None
+            if found:
+                body = (zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after)
+                body += b"".join(_exemplar(e) for e in sorted(found, key=_exemplar_time))
+                out += headers[len(encoded_labels) + len(body)]
+                out += encoded_labels
+                out += body
+            elif value_bytes == _ZERO_DOUBLE:
+                out += headers[len(encoded_labels) + len(zero)]
+                out += encoded_labels
+                out += zero
+            else:
+                out += headers[len(encoded_labels) + len(before) + 8 + len(after)]
+                out += encoded_labels
+                out += before
+                out += value_bytes
+                out += after
+            count += 1
+            if ts < low:
+                low = ts
+            if ts > high:
+                high = ts
+        if count:
+            batches.append(_batch(out, count, low, high, True))
         return batches
 
 

@@ -127,6 +127,36 @@ def test_batches_hold_at_most_max_samples_in_order_with_their_exemplars() -> Non
     assert encode_batches([], {}, {}, 10) == []
 
 
+def test_one_sample_per_series_is_encoded_as_the_generated_code_encodes_it() -> None:
+    # the steady state's path: every series once, written straight into the request
+    values = [0.0, -0.0, 1.5, math.inf, -math.inf, STALE_NAN, 5e-324, 1e308]
+    stamps = [0, -1, 1, 60_000, 1_795_768_680_000, 1_795_768_680_000, 1 << 40, 60_000]
+    series: list[Labels] = [
+        (("__name__", "x"), ("n", str(i)), ("team", "équipe ☃" * (i % 3 * 40 + 1)))
+        for i in range(len(values) * 3)
+    ]
+    samples: list[Sample] = [(labels, stamps[i % 8], values[i % 8])
+                             for i, labels in enumerate(series)]
+    picked = [Exemplar("b", 9.0, 110_000), Exemplar("l", 5.0, 30_000), Exemplar("z", 0.0, 0)]
+    exemplars = {(series[2], stamps[2]): picked, (series[13], stamps[5]): picked[:1]}
+    eu = ("zone", "eu")
+    for max_samples in (1, 5, 100):
+        batches = encode_batches(samples, exemplars, {"zone": "eu"}, max_samples)
+        expected: list[Series] = [
+            ((*labels, eu), [(ts, value)],
+             sorted(exemplars.get((labels, ts), []), key=lambda e: e.ts_ms))
+            for labels, ts, value in samples
+        ]
+        chunks = [expected[i:i + max_samples] for i in range(0, len(expected), max_samples)]
+        assert [bytes(cramjam.snappy.decompress_raw(b.body)) for b in batches] == [
+            protobuf_reference(chunk) for chunk in chunks
+        ]
+        assert [(b.samples, b.min_ts, b.max_ts, b.independent) for b in batches] == [
+            (len(chunk), min(s[1][0][0] for s in chunk), max(s[1][0][0] for s in chunk), True)
+            for chunk in chunks
+        ]
+
+
 def test_a_series_exemplars_go_in_time_order() -> None:
     # picked largest first, and a late span's exemplar (found by a settle pass) written
     # with the next window end: Prometheus keeps only those newer than its newest one
