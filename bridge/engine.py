@@ -283,7 +283,18 @@ class Engine:
         return [w for w in stored.kept_windows if after < w.end <= upto]
 
     async def _step(self, run: _Run, stored: Stored, query: Query, what: str) -> Stored | None:
-        """Read one query, evaluate it and commit the update; None when it failed."""
+        """Read one query, evaluate it and commit the update; None when it failed.
+
+        The garbage collector is paused from the answer's parse to the commit (millions
+        of objects, no cycles: see bridge.memory), and runs after the step's answer,
+        samples and requests are freed.
+        """
+        with gc_paused():
+            return await self._read_and_commit(run, stored, query, what)
+
+    async def _read_and_commit(
+        self, run: _Run, stored: Stored, query: Query, what: str
+    ) -> Stored | None:
         group, rule = run.group, run.rule
         reads = await self._read(run, query, what)
         if reads is None:
@@ -294,20 +305,19 @@ class Engine:
         mapper = self._mappers.get(run.key)
         if mapper is None or not mapper.fits(rule, group):
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
-        with gc_paused():  # millions of objects, no cycles: see bridge.memory
-            try:
-                kept = self._store.kept_values(run.key, again)
-                update = evaluate(group, rule, stored, reads, kept, context, mapper)
-            except EvaluationError as exc:
-                self._failed(run, query, what, exc.reason, exc)
-                return None
-            after = stored.apply(update)
-            batches = self._batches(update)
-            try:
-                ids = self._commit(run, update, batches, after)
-            except StateError as exc:
-                self._failed(run, query, what, "state", exc)
-                return None
+        try:
+            kept = self._store.kept_values(run.key, again)
+            update = evaluate(group, rule, stored, reads, kept, context, mapper)
+        except EvaluationError as exc:
+            self._failed(run, query, what, exc.reason, exc)
+            return None
+        after = stored.apply(update)
+        batches = self._batches(update)
+        try:
+            ids = self._commit(run, update, batches, after)
+        except StateError as exc:
+            self._failed(run, query, what, "state", exc)
+            return None
         if update.dropped:
             mapper.forget(after.totals)
         run.stored = after

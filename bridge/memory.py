@@ -3,7 +3,11 @@
 Parsing an answer of 100,000 series, evaluating it and encoding its samples allocate
 millions of small objects, none of them in a reference cycle: they are freed by their
 reference counts. Each run of the cyclic collector would walk them all, and every
-long-lived total with them, for nothing; paused, it runs once afterwards.
+long-lived total with them, for nothing; paused, it runs once afterwards, when the
+temporaries are gone and only what is kept is left to walk.
+
+Pauses nest and may overlap across asyncio tasks (an evaluation waits for Tempo with the
+collector paused): it runs again when the last pause ends, if it ran before the first.
 """
 
 from __future__ import annotations
@@ -12,14 +16,21 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+_pauses = 0
+_was_enabled = False
+
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the ``with`` block (nested blocks are fine)."""
-    enabled = gc.isenabled()
-    gc.disable()
+    """Pause the cyclic garbage collector for the ``with`` block."""
+    global _pauses, _was_enabled
+    if _pauses == 0:
+        _was_enabled = gc.isenabled()
+        gc.disable()
+    _pauses += 1
     try:
         yield
     finally:
-        if enabled:
+        _pauses -= 1
+        if _pauses == 0 and _was_enabled:
             gc.enable()

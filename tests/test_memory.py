@@ -1,0 +1,69 @@
+"""The garbage collector's pause: nested, overlapping across tasks, restored as found."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from bridge.memory import gc_paused
+
+
+@pytest.fixture(autouse=True)
+def _collector_restored() -> Iterator[None]:
+    enabled = gc.isenabled()
+    yield
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_nested_pauses_end_with_the_outer_one() -> None:
+    gc.enable()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_collector_disabled_before_stays_disabled() -> None:
+    gc.disable()
+    with gc_paused():
+        pass
+    assert not gc.isenabled()
+
+
+def test_a_failing_block_ends_its_pause() -> None:
+    gc.enable()
+    with pytest.raises(ValueError, match="boom"), gc_paused():
+        raise ValueError("boom")
+    assert gc.isenabled()
+
+
+async def test_overlapping_pauses_of_tasks_end_with_the_last_one() -> None:
+    # task a pauses, b pauses, a ends first: b's block still runs paused
+    gc.enable()
+    a_paused, b_paused, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[bool] = []
+
+    async def a() -> None:
+        with gc_paused():
+            a_paused.set()
+            await b_paused.wait()
+        a_done.set()
+
+    async def b() -> None:
+        await a_paused.wait()
+        with gc_paused():
+            b_paused.set()
+            await a_done.wait()
+            seen.append(gc.isenabled())
+
+    await asyncio.gather(a(), b())
+    assert seen == [False]
+    assert gc.isenabled()
