@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib.abc
 import math
 import socket
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -33,6 +35,7 @@ from bridge.remote_write import (
 )
 from bridge.series import STALE_NAN, Exemplar, Labels, Sample, is_stale_nan
 from tests.support.prometheus import PrometheusError, PrometheusServer, start_prometheus
+from tests.support.servers import receiving
 
 URL = "http://receiver.test/api/v1/write"
 
@@ -268,6 +271,32 @@ async def send(respx_mock: respx.MockRouter,
         except ReceiverError as exc:
             return exc
     return None
+
+
+class _ImportsSeen(importlib.abc.MetaPathFinder):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        self.names.append(fullname)
+
+
+async def test_a_request_searches_for_no_module() -> None:
+    # httpcore imports sniffio for each lock it makes: when it is not installed, every
+    # request searches sys.path for it again (a dependency for that reason alone)
+    seen = _ImportsSeen()
+    async with receiving() as receiver:
+        client = RemoteWriteClient(receiver.url)
+        await client.send(b"warm-up")
+        sys.meta_path.insert(0, seen)
+        try:
+            for _ in range(3):
+                await client.send(b"body")
+        finally:
+            sys.meta_path.remove(seen)
+            await client.aclose()
+    assert len(receiver.requests) == 4
+    assert seen.names == []
 
 
 async def test_headers_and_body(respx_mock: respx.MockRouter) -> None:
