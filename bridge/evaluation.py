@@ -511,7 +511,8 @@ class _Counter:
             labels = labels_of.get(key) or self.map(key)
             total = totals.get(key)
             if value > 0 and value != math.inf:
-                if total is not None and labels in live and labels not in shared:
+                if (total is not None and labels in live
+                        and (not shared or labels not in shared)):
                     totals[key] = _new(Total, (total.value + value, end))
                     continue
             else:
@@ -575,7 +576,7 @@ class _Counter:
         values: dict[Labels, float] = {}
         for key, total in self.totals.items():
             labels = labels_of[key]
-            if labels in shared:
+            if shared and labels in shared:
                 if labels not in values and self.grown_at(labels) > active:
                     values[labels] = self.value(labels)
             elif total.last_grown > active:
@@ -697,15 +698,27 @@ class _Writer:
         self.ended = ended
         written, append = self._written, self.samples.append
         last_ts = self._last_ts.get
+        earlier = bool(written)  # some series were written before in this evaluation
+        skipped: dict[Labels, int | None] = {}  # not written now: what ``written`` held
         for labels, value in values.items():  # _write, inlined: it runs for every series
-            last = written.get(labels)
+            last = written.get(labels) if earlier else None
+            held = last
             if last is None:
                 last = last_ts(labels, -1)
             if ts_ms > last:
                 append((labels, ts_ms, value))
-                written[labels] = ts_ms
-                if exemplars and labels in exemplars:
-                    self.exemplars[(labels, ts_ms)] = exemplars[labels]
+            else:
+                skipped[labels] = held
+        written.update(dict.fromkeys(values, ts_ms))  # in one call: the hashes are known
+        for labels, held in skipped.items():
+            if held is None:
+                del written[labels]
+            else:
+                written[labels] = held
+        if exemplars:
+            for labels, picked in exemplars.items():
+                if labels in values and labels not in skipped:
+                    self.exemplars[(labels, ts_ms)] = picked
         self.live = set(values)
 
 

@@ -24,7 +24,7 @@ from bridge.evaluation import (
 )
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
-from bridge.series import Labels, Sample, TempoKey, is_stale_nan
+from bridge.series import Exemplar, Labels, Sample, TempoKey, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries
 from bridge.windows import Query, Window
 
@@ -186,6 +186,23 @@ def test_no_sample_is_written_at_or_before_the_last_one_of_its_series(counter: G
     assert samples(update) == [(B, 180, 2.0)]
     update = run(counter, Stored(120), [w(180, {KB: 2.0})], last_ts={B: 180_000})
     assert samples(update) == []
+
+
+def test_a_series_held_back_by_a_newer_sample_is_written_once_past_it(
+    counter: Group,
+) -> None:
+    # B has a sample at 240 (by another rule): skipped at 120 (its zero), 180 and 240,
+    # written at 300 with its whole total; its exemplars only with a sample written
+    trace = Exemplar("b0", 1.0, 230_000), Exemplar("b1", 1.0, 290_000)
+    reads = [w(180, {KA: 1.0, KB: 2.0}), w(240, {KA: 1.0, KB: 1.0}),
+             w(300, {KA: 1.0, KB: 1.0})]
+    reads[1] = WindowRead(reads[1].window, reads[1].values, exemplars={KB: [trace[0]]})
+    reads[2] = WindowRead(reads[2].window, reads[2].values, exemplars={KB: [trace[1]]})
+    update = run(counter, Stored(120), reads, last_ts={B: 240_000})
+    assert [s for s in samples(update) if s[0] == B] == [(B, 300, 4.0)]
+    assert [s for s in samples(update) if s[0] == A] == [
+        (A, 120, 0.0), (A, 180, 1.0), (A, 240, 2.0), (A, 300, 3.0)]
+    assert update.exemplars == {(B, 300_000): [trace[1]]}
 
 
 def test_collisions_are_summed_and_counted(tmp_path: Path) -> None:
