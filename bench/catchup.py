@@ -44,8 +44,8 @@ from bench.common import (
 from bridge.components import STATE_FILE, limits, load_rules
 from bridge.config import load_config
 from bridge.daemon import Daemon
-from bridge.engine import Engine, read_answer, rule_key
-from bridge.evaluation import reads_from_answer, series_labels
+from bridge.engine import Engine, read_buckets, rule_key
+from bridge.evaluation import reads_from_buckets, series_labels
 from bridge.logs import configure
 from bridge.metrics import Metrics
 from bridge.rules import Group
@@ -168,10 +168,10 @@ async def naive(
             window = Window(end - group.interval, end)
             query = Query("instant", window.start, end, group.interval, (window,))
             for rule in group.rules:
-                answer = await read_answer(client, group, rule, query)
+                buckets = await read_buckets(client, group, rule, query)
                 queries += 1
                 counters = totals[rule.record]
-                for read in reads_from_answer(query, answer):
+                for read in reads_from_buckets(query, buckets):
                     for key, value in read.values.items():
                         labels = without_name(series_labels(rule, group, key))
                         counters[labels] = counters.get(labels, 0.0) + max(value, 0.0)

@@ -324,9 +324,9 @@ class Wired:
         import bridge.engine
 
         watch = Stopwatch()
-        for name in ("instant", "range"):
+        for name in ("instant_buckets", "range_buckets"):
             timed(watch, self.tempo, name, "tempo")
-        timed(watch, bridge.engine, "reads_from_answer", "split")
+        timed(watch, bridge.engine, "reads_from_buckets", "split")
         timed(watch, bridge.engine, "evaluate", "evaluate")
         timed(watch, self.engine, "_encode", "encode")
         timed(watch, self.state, "commit", "commit")
@@ -337,8 +337,8 @@ class Wired:
 
 
 STAGES = {
-    "tempo": "Tempo query: HTTP + JSON parse",
-    "split": "split the answer into windows",
+    "tempo": "Tempo query: HTTP + JSON parse into buckets",
+    "split": "buckets to windows, exemplars",
     "evaluate": "evaluate (counters, labels, samples)",
     "encode": "encode the requests (protobuf + snappy)",
     "commit": "commit state + outbox",

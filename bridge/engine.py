@@ -28,9 +28,10 @@ from bridge.evaluation import (
     Stored,
     Update,
     WindowRead,
+    bucket_stamps,
     evaluate,
     match_settle_ages,
-    reads_from_answer,
+    reads_from_buckets,
     retire,
 )
 from bridge.memory import gc_paused
@@ -40,7 +41,7 @@ from bridge.rules import Group, Rule
 from bridge.series import Exemplar, Labels, Sample, TempoKey
 from bridge.state import RuleKey
 from bridge.status import Evaluation, StatusBoard, TempoContact
-from bridge.tempo import InstantSeries, RangeSeries, TempoClient
+from bridge.tempo import Buckets, TempoClient
 from bridge.windows import (
     Limits,
     Query,
@@ -339,7 +340,7 @@ class Engine:
         run.queries[query.kind] = run.queries.get(query.kind, 0) + 1
         started = time.monotonic()
         try:
-            answer = await read_answer(self._tempo, group, rule, query)
+            buckets = await read_buckets(self._tempo, group, rule, query)
         except TempoError as exc:
             self._contact(exc)
             self._failed(run, query, what, exc.reason, exc)
@@ -349,7 +350,7 @@ class Engine:
                 time.monotonic() - started
             )
         self._contact(None)
-        return reads_from_answer(query, answer)
+        return reads_from_buckets(query, buckets)
 
     def _commit(
         self, run: _Run, update: Update, batches: Sequence[Batch] = (),
@@ -452,13 +453,15 @@ class _Run:
         self.reason, self.error = reason, str(exc)
 
 
-async def read_answer(
+async def read_buckets(
     tempo: TempoClient, group: Group, rule: Rule, query: Query
-) -> list[InstantSeries] | list[RangeSeries]:
-    """Run one planned query against Tempo."""
+) -> Buckets:
+    """Run one planned query against Tempo: the values of the windows it reads."""
     if query.kind == "instant":
-        return await tempo.instant(rule.expr, query.start, query.end, tenant=group.tenant)
-    return await tempo.range(rule.expr, query.start, query.end, query.step, tenant=group.tenant)
+        return await tempo.instant_buckets(rule.expr, query.start, query.end,
+                                           tenant=group.tenant)
+    return await tempo.range_buckets(rule.expr, query.start, query.end, query.step,
+                                     bucket_stamps(query), tenant=group.tenant)
 
 
 @dataclass(frozen=True)

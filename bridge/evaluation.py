@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from bridge.rules import Group, Rule
 from bridge.series import STALE_NAN, Exemplar, Labels, Sample, TempoKey
-from bridge.tempo import InstantSeries, RangeSeries
+from bridge.tempo import Buckets, InstantSeries, RangeSeries, buckets_of
 from bridge.windows import Query, Window
 
 GROWTH_TOLERANCE = 1e-12
@@ -64,48 +64,30 @@ class WindowRead:
 def reads_from_answer(
     query: Query, answer: Sequence[InstantSeries] | Sequence[RangeSeries]
 ) -> list[WindowRead]:
-    """Split a Tempo answer into one :class:`WindowRead` per window the query reads.
+    """Split parsed series into one :class:`WindowRead` per window the query reads (see
+    :func:`reads_from_buckets`)."""
+    return reads_from_buckets(query, buckets_of(answer, bucket_stamps(query)))
 
-    Range answers carry an extra bucket before the first window (and may carry buckets
-    outside the query's windows): only buckets stamped with one of the query's window
-    ends are kept, so no window is counted twice. Series with the same key are summed.
-    """
-    per_end: dict[int, dict[TempoKey, float]] = {w.end * 1000: {} for w in query.windows}
-    merged: dict[int, int] = dict.fromkeys(per_end, 0)
-    picked: dict[int, dict[TempoKey, list[Exemplar]]] = {end: {} for end in per_end}
-    ends = sorted(per_end)
-    seen: set[TempoKey] = set()
-    for series in answer:
-        key = series.labels
-        first = key not in seen  # the first series with this key: nothing to sum yet
-        seen.add(key)
-        if isinstance(series, InstantSeries):
-            points: Iterable[tuple[int, float]] = ((query.end * 1000, series.value),)
-            always = True
-        else:
-            points = series.samples
-            always = not key or (len(key) == 1 and key[0][0] == "__name__")
-            for exemplar in series.exemplars:
-                end = _end_of(ends, exemplar.ts_ms)
-                if end is not None and query.windows[0].start * 1000 < exemplar.ts_ms:
-                    picked[end].setdefault(key, []).append(exemplar)
-        last = -1  # the first series of its key has set its value up to here only
-        for ts_ms, value in points:
-            if value == 0 and not always:
-                continue
-            values_at = per_end.get(ts_ms)
-            if values_at is None:
-                continue
-            if first and ts_ms > last:
-                values_at[key] = value
-                last = ts_ms
-            elif key in values_at:
-                merged[ts_ms] += 1
-                values_at[key] += value
-            else:
-                values_at[key] = value
-    return [WindowRead(w, per_end[w.end * 1000], merged[w.end * 1000], picked[w.end * 1000])
-            for w in query.windows]
+
+def bucket_stamps(query: Query) -> list[int]:
+    """The stamps (ms) of the buckets a query reads: its windows' ends. Range answers also
+    carry a bucket before the first window (and may carry others): not one of these, it
+    is not read, so no window is counted twice."""
+    return [w.end * 1000 for w in query.windows]
+
+
+def reads_from_buckets(query: Query, buckets: Buckets) -> list[WindowRead]:
+    """One :class:`WindowRead` per window the query reads: the values of its bucket, and
+    the exemplars of spans that started in it."""
+    ends = bucket_stamps(query)
+    picked: dict[int, dict[TempoKey, list[Exemplar]]] = {end: {} for end in ends}
+    first_start = query.windows[0].start * 1000
+    for key, exemplar in buckets.exemplars:
+        end = _end_of(ends, exemplar.ts_ms)
+        if end is not None and first_start < exemplar.ts_ms:
+            picked[end].setdefault(key, []).append(exemplar)
+    return [WindowRead(w, buckets.values[end], buckets.merged[end], picked[end])
+            for w, end in zip(query.windows, ends, strict=True)]
 
 
 def _end_of(ends: Sequence[int], ts_ms: int) -> int | None:

@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, overload
 
 import httpx
@@ -55,6 +55,62 @@ class RangeSeries(NamedTuple):
     labels: TempoKey
     samples: Sequence[tuple[int, float]]
     exemplars: Sequence[Exemplar] = ()
+
+
+@dataclass
+class Buckets:
+    """An answer's values in the buckets asked for, by their stamps (ms): what an
+    evaluation reads of it.
+
+    A series is present in a bucket when Tempo gives it a value there: every series of an
+    instant answer (a query without ``by()`` always returns its one series, 0 when no
+    span matched), and in range answers, where every series has a sample in every bucket
+    and a zero one stands for no spans, the series with a value other than 0, and the
+    one series of a query without ``by()`` always. Series with the same labels are
+    summed (see TempoKey); the buckets not asked for (the one before the first that a
+    range answer carries) are checked but not kept.
+    """
+
+    values: dict[int, dict[TempoKey, float]]
+    merged: dict[int, int]
+    """Per bucket: series summed into another with the same labels."""
+    exemplars: list[tuple[TempoKey, Exemplar]] = field(default_factory=list)
+    """Every exemplar of the answer, with the labels of its series, in the answer's order."""
+
+
+def buckets_of(
+    answer: Sequence[InstantSeries] | Sequence[RangeSeries], stamps: Sequence[int],
+) -> Buckets:
+    """The :class:`Buckets` of parsed series: the values of an instant answer are those of
+    the one bucket ``stamps`` holds. What :func:`parse_buckets` gives, the plain way."""
+    values: dict[int, dict[TempoKey, float]] = {stamp: {} for stamp in stamps}
+    merged = dict.fromkeys(stamps, 0)
+    exemplars: list[tuple[TempoKey, Exemplar]] = []
+    for series in answer:
+        key = series.labels
+        points: Iterable[tuple[int, float]]
+        if isinstance(series, InstantSeries):
+            points, always = ((stamps[0], series.value),), True
+        else:
+            points, always = series.samples, _always_present(key)
+            exemplars.extend((key, exemplar) for exemplar in series.exemplars)
+        for stamp, value in points:
+            if value == 0 and not always:
+                continue
+            bucket = values.get(stamp)
+            if bucket is None:
+                continue
+            if key in bucket:
+                merged[stamp] += 1
+                bucket[key] += value
+            else:
+                bucket[key] = value
+    return Buckets(values, merged, exemplars)
+
+
+def _always_present(key: TempoKey) -> bool:
+    """Whether a range series is present in every bucket: that of a query without by()."""
+    return not key or (len(key) == 1 and key[0][0] == "__name__")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +174,15 @@ class TempoClient:
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> list[InstantSeries]:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
-        params = {"q": query, "start": str(start), "end": str(end)}
-        content = await self._get(INSTANT_PATH, params, tenant)
+        content = await self._instant(query, start, end, tenant)
         return parse_answer(content, query, "instant", self._keys)
+
+    async def instant_buckets(
+        self, query: str, start: int, end: int, *, tenant: str | None = None
+    ) -> Buckets:
+        """:meth:`instant`, its values as those of one bucket stamped ``end`` (ms)."""
+        content = await self._instant(query, start, end, tenant)
+        return parse_buckets(content, query, "instant", (end * 1000,), self._keys)
 
     async def range(
         self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
@@ -132,11 +194,16 @@ class TempoClient:
         ``exemplars`` is Tempo's parameter (at most that many for the whole answer; None or 0
         means Tempo's ``max_exemplars``, 100 by default).
         """
-        params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
-        if exemplars is not None:
-            params["exemplars"] = str(exemplars)
-        content = await self._get(RANGE_PATH, params, tenant)
+        content = await self._range(query, start, end, step, tenant, exemplars)
         return parse_answer(content, query, "range", self._keys)
+
+    async def range_buckets(
+        self, query: str, start: int, end: int, step: int, stamps: Sequence[int], *,
+        tenant: str | None = None, exemplars: int | None = None,
+    ) -> Buckets:
+        """:meth:`range`, its values in the buckets stamped ``stamps`` (ms) only."""
+        content = await self._range(query, start, end, step, tenant, exemplars)
+        return parse_buckets(content, query, "range", stamps, self._keys)
 
     async def get_json(self, path: str) -> Any:
         """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
@@ -196,6 +263,19 @@ class TempoClient:
         self.clock_skew = skew
         if self._on_clock_skew is not None:
             self._on_clock_skew(skew)
+
+    async def _instant(self, query: str, start: int, end: int, tenant: str | None) -> bytes:
+        params = {"q": query, "start": str(start), "end": str(end)}
+        return await self._get(INSTANT_PATH, params, tenant)
+
+    async def _range(
+        self, query: str, start: int, end: int, step: int, tenant: str | None,
+        exemplars: int | None,
+    ) -> bytes:
+        params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
+        if exemplars is not None:
+            params["exemplars"] = str(exemplars)
+        return await self._get(RANGE_PATH, params, tenant)
 
     async def _get(self, path: str, params: Mapping[str, str], tenant: str | None) -> bytes:
         """GET a metrics query; the body's bytes."""
@@ -293,19 +373,8 @@ def parse_answer(
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
     with gc_paused():
-        answer: _Answer | _InstantAnswer | _RangeAnswer | None
-        try:
-            if len(content) >= WHOLE_BELOW:
-                answer = _ANSWER.decode(content)
-            elif kind == "instant":
-                answer = _WHOLE_INSTANT.decode(content)
-            else:
-                answer = _WHOLE_RANGE.decode(content)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            answer = None
-        if answer is not None and answer.status in (None, "COMPLETE") and isinstance(
-            answer.metrics, dict
-        ):
+        answer = _decode(content, kind)
+        if answer is not None:
             try:
                 known = Keys() if keys is None else keys
                 if kind == "instant":
@@ -314,12 +383,55 @@ def parse_answer(
             except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
                 pass
         del answer
-        try:
-            # what json.loads does with bytes
-            text = content.decode(json.detect_encoding(content), "surrogatepass")
-        except ValueError as exc:
-            raise _malformed(query, f"body is not JSON ({exc})") from exc
-        return _parse_whole(text, query, kind)  # type: ignore[no-any-return]
+        return _parse_slowly(content, query, kind)  # type: ignore[no-any-return]
+
+
+def parse_buckets(
+    content: bytes, query: str, kind: Kind, stamps: Sequence[int], keys: Keys | None = None,
+) -> Buckets:
+    """:func:`buckets_of` the answer's series, each added to its buckets as it is decoded
+    (no series object is made); or the TempoError :func:`parse_answer` gives."""
+    with gc_paused():
+        answer = _decode(content, kind)
+        if answer is not None:
+            try:
+                known = Keys() if keys is None else keys
+                if kind == "instant":
+                    return _instant_buckets(_each(answer.series, _INSTANT_SERIES), known,
+                                            stamps)
+                return _range_buckets(_each(answer.series, _RANGE_SERIES), query, known,
+                                      stamps)
+            except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
+                pass
+        del answer
+        return buckets_of(_parse_slowly(content, query, kind), stamps)
+
+
+def _decode(content: bytes, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnswer | None:
+    """The answer in typed structs (its series still as text when it is big), or None when
+    the structs do not take it or it is not a complete answer."""
+    answer: _Answer | _InstantAnswer | _RangeAnswer
+    try:
+        if len(content) >= WHOLE_BELOW:
+            answer = _ANSWER.decode(content)
+        elif kind == "instant":
+            answer = _WHOLE_INSTANT.decode(content)
+        else:
+            answer = _WHOLE_RANGE.decode(content)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if answer.status in (None, "COMPLETE") and isinstance(answer.metrics, dict):
+        return answer
+    return None
+
+
+def _parse_slowly(content: bytes, query: str, kind: Kind) -> Any:
+    try:
+        # what json.loads does with bytes
+        text = content.decode(json.detect_encoding(content), "surrogatepass")
+    except ValueError as exc:
+        raise _malformed(query, f"body is not JSON ({exc})") from exc
+    return _parse_whole(text, query, kind)
 
 
 def _label_text(value: _AnyValue) -> str:
@@ -450,6 +562,58 @@ def _exemplars(items: list[_ExemplarStruct], query: str) -> tuple[Exemplar, ...]
         return tuple(_exemplar(e.labels, e.value, e.timestampMs, query) for e in items)
     except TempoError:
         raise _SlowPathError from None
+
+
+def _instant_buckets(
+    items: Iterable[_InstantStruct], keys: Keys, stamps: Sequence[int],
+) -> Buckets:
+    (stamp,) = stamps
+    bucket: dict[TempoKey, float] = {}
+    merged = 0
+    for item in items:
+        key = keys(item.labels)
+        value = item.value
+        if value.__class__ is not float:
+            value = _float(value)
+        size = len(bucket)
+        held = bucket.setdefault(key, value)
+        if len(bucket) == size:  # another series with these labels: summed
+            bucket[key] = held + value
+            merged += 1
+    return Buckets({stamp: bucket}, {stamp: merged})
+
+
+def _range_buckets(
+    items: Iterable[_RangeStruct], query: str, keys: Keys, stamps: Sequence[int],
+) -> Buckets:
+    values: dict[int, dict[TempoKey, float]] = {stamp: {} for stamp in stamps}
+    merged = dict.fromkeys(stamps, 0)
+    exemplars: list[tuple[TempoKey, Exemplar]] = []
+    bucket_at = values.get
+    try:  # Tempo writes timestamps as strings: every one is int()-ed, kept or not
+        for item in items:
+            key = keys(item.labels)
+            always = not key or (len(key) == 1 and key[0][0] == "__name__")
+            for sample in item.samples:
+                stamp = int(sample.timestampMs)
+                value = sample.value
+                if value.__class__ is not float:
+                    value = float(value)
+                if value == 0 and not always:
+                    continue
+                bucket = bucket_at(stamp)
+                if bucket is None:
+                    continue
+                size = len(bucket)
+                held = bucket.setdefault(key, value)
+                if len(bucket) == size:  # a bucket twice, or another series: summed
+                    bucket[key] = held + value
+                    merged[stamp] += 1
+            if item.exemplars:
+                exemplars.extend((key, e) for e in _exemplars(item.exemplars, query))
+    except ValueError:
+        raise _SlowPathError from None
+    return Buckets(values, merged, exemplars)
 
 
 _new: Any = tuple.__new__

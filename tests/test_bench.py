@@ -33,7 +33,7 @@ EXPECTED = {
     "evaluate": {"2,000 series: steady: wall time": False,
                  "2,000 series: steady: CPU time": False,
                  "2,000 series: first: wall time": False, "2,000 series: peak RSS": False,
-                 "2,000 series: steady: Tempo query: HTTP + JSON parse": False,
+                 "2,000 series: steady: Tempo query: HTTP + JSON parse into buckets": False,
                  "2,000 series: steady: commit state + outbox": False,
                  "2,000 series, 1 in 20 growing: steady: wall time": False,
                  "2,000 series, 1 in 20 growing: steady: samples written": False},

@@ -4,7 +4,8 @@
 whatever they do not take to ``json`` and the checks in Python. Every answer here, captured,
 valid or broken in many ways, must come out of it exactly as out of ``json.loads`` (of the
 bytes, as the client reads them) and the checks: the same series, or a TempoError with the
-same reason and message.
+same reason and message. ``parse_buckets``, which adds each series to its buckets as it is
+decoded, must give what ``buckets_of`` makes of those series, or the same error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import TempoError
-from bridge.tempo import Kind, _parse_whole, parse_answer
+from bridge.tempo import Kind, _parse_whole, buckets_of, parse_answer, parse_buckets
 from tests.doubles.captures import find_tempo_api, load_capture
 
 QUERY = "{ } | count_over_time()"
@@ -52,6 +53,21 @@ def outcome(parse: Any, text: str, kind: Kind) -> tuple[str, Any]:
 def assert_same(text: str, kind: Kind) -> None:
     got, want = outcome(parse_answer, text, kind), outcome(reference, text, kind)
     assert repr(got) == repr(want), text[:300]  # repr: so that NaN values compare equal
+    stamps = bucket_stamps(want, kind)
+    got = outcome(lambda c, q, k: parse_buckets(c, q, k, stamps), text, kind)
+    if want[0] == "ok":
+        want = "ok", buckets_of(want[1], stamps)
+    assert repr(got) == repr(want), text[:300]
+
+
+def bucket_stamps(outcome: tuple[str, Any], kind: Kind) -> list[int]:
+    """Buckets to ask for: for a range answer, those its samples are in but the first (as
+    the bucket before a query's first window is not asked for) and two more."""
+    if kind == "instant":
+        return [60_000]
+    found = {ts for series in outcome[1] for ts, _ in series.samples} if (
+        outcome[0] == "ok") else set()
+    return [*sorted(found)[1:], 60_000, 120_000]
 
 
 LABELS = [{"key": "span.model", "value": {"stringValue": "a"}},
@@ -109,6 +125,17 @@ HANDWRITTEN: list[tuple[str, Kind]] = [
     ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"ab"}}]}]}],'
      '"metrics":{}}', "range"),
     ('{"series":[{"exemplars":{}}],"metrics":{}}', "range"),
+    # series with the same labels, a bucket twice, zero values, the series without by()
+    ('{"series":[{"labels":[{"key":"k","value":{"intValue":"3"}}],"samples":[{"timestampMs":'
+     '"60000","value":1},{"timestampMs":"60000","value":"2"},{"timestampMs":"120000"}]},'
+     '{"labels":[{"key":"k","value":{"stringValue":"3"}}],"samples":[{"timestampMs":"120000",'
+     '"value":4},{"timestampMs":"60000","value":0.5}]},{"labels":[{"key":"__name__","value":'
+     '{"stringValue":"count_over_time"}}],"samples":[{"timestampMs":"60000","value":0},'
+     '{"timestampMs":"120000"}]},{"labels":[],"samples":[{"timestampMs":"9","value":0}]}],'
+     '"metrics":{}}', "range"),
+    ('{"series":[{"labels":[{"key":"k","value":{"intValue":"3"}}],"value":1},{"labels":'
+     '[{"key":"k","value":{"stringValue":"3"}}],"value":"2.5"},{"labels":[]}],"metrics":{}}',
+     "instant"),
     ('{"series":[{"exemplars":[{"labels":{},"timestampMs":"5"}]}],"metrics":{}}', "range"),
     ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"ab"}}],'
      '"timestampMs":"5","value":true}]}],"metrics":{}}', "range"),
@@ -161,3 +188,4 @@ def test_well_formed_answers_take_the_typed_structs(monkeypatch: pytest.MonkeyPa
             continue
         kind: Kind = "range" if "query_range" in capture.path else "instant"
         parse_answer(capture.body, QUERY, kind)
+        parse_buckets(capture.body, QUERY, kind, [60_000])
