@@ -39,6 +39,7 @@ import pstats
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -212,20 +213,25 @@ Answers = tuple[bytes, bytes]
 
 
 async def serve_answers(answers: Answers, later: Answers | None = None,
-                        from_end: int = 0) -> tuple[web.AppRunner, str]:
+                        from_end: int = 0, ends: Sequence[int] = ()) -> tuple[web.AppRunner, str]:
     """Serve ``answers`` (the range answer stamped with the window asked for), and
-    ``later`` instead for windows ending at ``from_end`` or after."""
+    ``later`` instead for windows ending at ``from_end`` or after. The range answers of
+    the one-minute windows ending at ``ends`` are stamped beforehand, so that the time
+    the child waits for an answer is not spent making it (0.1-0.2 s at 100,000 series)."""
 
-    def pick(request: web.Request) -> Answers:
-        return later if later and int(request.query["end"]) >= from_end else answers
+    def pick(end: int) -> Answers:
+        return later if later and end >= from_end else answers
+
+    stamped = {(end - 60, end): range_body(pick(end)[1], end - 60, end) for end in ends}
 
     async def answer_instant(request: web.Request) -> web.Response:
-        return web.Response(body=pick(request)[0], content_type="application/json")
+        return web.Response(body=pick(int(request.query["end"]))[0],
+                            content_type="application/json")
 
     async def answer_range(request: web.Request) -> web.Response:
         start, end = int(request.query["start"]), int(request.query["end"])
-        return web.Response(body=range_body(pick(request)[1], start, end),
-                            content_type="application/json")
+        body = stamped.pop((start, end), None) or range_body(pick(end)[1], start, end)
+        return web.Response(body=body, content_type="application/json")
 
     return await serve_tempo(answer_instant, answer_range)
 
@@ -238,7 +244,8 @@ async def run_child(series: int, profile: bool, prom: Any, idle: bool,
     now = time.time()
     answers = tempo_answers(series)
     later = tempo_answers(series, IDLE_EVERY) if idle else None
-    runner, url = await serve_answers(answers, later, cutover(now))
+    ends = [window_end(clock) for clock in clocks(now, idle, steady)]
+    runner, url = await serve_answers(answers, later, cutover(now), ends)
     try:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url, repr(now),
