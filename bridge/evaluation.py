@@ -359,6 +359,7 @@ class _Counter:
         self.map, self.writer, self.context = mapper, writer, context
         self.totals: Mapping[TempoKey, Total] = stored.totals  # copied at the first change
         self._copied = False
+        self._all_grown = False  # a window grew every total: each one is a new Total
         self.adopted: set[Labels] = set()
         self.keep: dict[Window, Mapping[TempoKey, float]] = {}
         self.stats = Stats()
@@ -398,6 +399,8 @@ class _Counter:
         being the stored ones (found once here rather than noted for every point)."""
         if not self._copied:
             return {}
+        if self._all_grown:
+            return dict(self.totals)
         before = self.stored.totals.get
         return {key: total for key, total in self.totals.items() if before(key) is not total}
 
@@ -489,13 +492,15 @@ class _Counter:
         shared = self.map.shared
         totals = self._writable()
         skipped = False  # a value the counter does not add (not kept for settling)
+        grown: dict[Labels, float] = {}  # live series of one Tempo series each, grown now
         for key, value in read.values.items():
             labels = labels_of.get(key) or self.map(key)
             total = totals.get(key)
             if value > 0 and value != math.inf:
                 if (total is not None and labels in live
                         and (not shared or labels not in shared)):
-                    totals[key] = _new(Total, (total.value + value, end))
+                    grown[labels] = value = total.value + value
+                    totals[key] = _new(Total, (value, end))
                     continue
             else:
                 skipped = True
@@ -506,7 +511,9 @@ class _Counter:
                 previous[labels] = self.value(labels)
             self._add(key, labels, value, end)
         self._recorded(read, skipped)
-        values = self._values(end)
+        # every total grew now, each its own series: what _values would find, found
+        self._all_grown = self._all_grown or len(grown) == len(totals)
+        values = grown if len(grown) == len(totals) else self._values(end)
         for labels, value in previous.items():
             if labels in values:
                 self.writer.resume(labels, window.start * 1000, value)
