@@ -176,7 +176,8 @@ class State:
             db.execute("SELECT coalesce(sum(samples), 0) FROM outbox").fetchone()[0]
         )
         # what the open transaction changed in memory, to undo if it rolls back
-        self._undo_last: dict[Labels, int | None] = {}
+        # queued by the open transaction: noted in last_ts and the outbox count once committed
+        self._queued: list[tuple[Sequence[Sample], int]] = []
         self._undo_cache: dict[str, Stored | None] = {}
         self._id_arrays: dict[tuple[str, str], tuple[list[Labels], bytes]] = {}
         """The ids of the last totals and kept values written per rule (see _ids_of)."""
@@ -505,17 +506,22 @@ class State:
         )
 
     def _queue(self, samples: Sequence[Sample], batches: Sequence[Batch]) -> list[int]:
-        """Queue the requests that carry ``samples``; note each series' last timestamp."""
+        """Queue the requests that carry ``samples``; each series' last timestamp is noted
+        once the transaction commits."""
         ids = self._insert(batches)
-        self._outbox_samples += sum(b.samples for b in batches)
-        last, undo = self.last_ts, self._undo_last
-        for labels, ts, _value in samples:
-            before = last.get(labels)
-            if before is None or ts > before:
-                if labels not in undo:
-                    undo[labels] = before
-                last[labels] = ts
+        self._queued.append((samples, sum(b.samples for b in batches)))
         return ids
+
+    def _note_queued(self) -> None:
+        """Note the last timestamp of each series queued by the committed transaction."""
+        last = self.last_ts
+        before = last.get
+        for samples, count in self._queued:
+            self._outbox_samples += count
+            for labels, ts, _value in samples:
+                newest = before(labels)
+                if newest is None or ts > newest:
+                    last[labels] = ts
 
     def _insert(self, batches: Sequence[Batch]) -> list[int]:
         ids = []
@@ -572,8 +578,9 @@ class State:
     def _transaction(self, what: str) -> Iterator[None]:
         """One write transaction; any failure rolls it back and raises StateError.
 
-        What the transaction changed in memory (new label sets, queued timestamps, the
-        rules it holds) is undone with it.
+        What the transaction changed in memory (new label sets, the rules it holds) is
+        undone with it; what it queued (each series' last timestamp, the outbox's count of
+        samples) is noted only once it has committed.
         """
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -584,6 +591,7 @@ class State:
             if self._pending:
                 self._store_new_series()
             self._db.execute("COMMIT")
+            self._note_queued()
         except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
@@ -594,7 +602,7 @@ class State:
         finally:
             self._pending.clear()
             self._next_id = None  # looked up again in the next transaction, under its lock
-            self._undo_last.clear()
+            self._queued.clear()
             self._undo_cache.clear()
 
     def _undo(self) -> None:
@@ -603,11 +611,6 @@ class State:
             series_id = self._ids.pop(labels, None)
             if series_id is not None:
                 self._labels.pop(series_id, None)
-        for labels, ts in self._undo_last.items():
-            if ts is None:
-                self.last_ts.pop(labels, None)
-            else:
-                self.last_ts[labels] = ts
         for rule_id, stored in self._undo_cache.items():
             if stored is None:
                 self._cache.pop(rule_id, None)

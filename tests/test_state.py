@@ -105,6 +105,33 @@ def test_a_failed_commit_leaves_nothing_on_disk_or_in_memory(tmp_path: Path) -> 
     assert queued(state)[-1][0] == B
 
 
+def test_a_commit_failing_at_its_end_queues_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the requests were queued when storing the new label sets failed (a full disk)
+    state = State(tmp_path / "s.sqlite")
+    state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset({A}),
+                              samples=[(A, 60_000, 1.0)]), requests([(A, 60_000, 1.0)]))
+
+    def full(*_: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(state, "_store_new_series", full)
+    samples: list[Sample] = [(A, 120_000, 2.0), (B, 120_000, 1.0)]
+    with pytest.raises(StateError, match="disk is full"):
+        state.commit(RULE, update(120, totals={KA: Total(2.0, 120), KB: Total(1.0, 120)},
+                                  live=frozenset({A, B}), samples=samples), requests(samples))
+    assert state.outbox_samples() == 1
+    assert state.last_ts == {A: 60_000}
+    assert [labels for labels, *_ in queued(state)] == [A]
+    monkeypatch.undo()
+    state.commit(RULE, update(120, totals={KA: Total(2.0, 120), KB: Total(1.0, 120)},
+                              live=frozenset({A, B}), samples=samples), requests(samples))
+    assert state.outbox_samples() == 3
+    assert state.last_ts == {A: 120_000, B: 120_000}
+    state.close()
+
+
 def test_the_live_set_is_replaced(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     state.commit(RULE, update(60, live=frozenset({A, B})))
