@@ -36,6 +36,7 @@ INSTANT_PATH = "/api/metrics/query"
 RANGE_PATH = "/api/metrics/query_range"
 _MAX_BODY_IN_ERROR = 1024
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Kind: TypeAlias = Literal["instant", "range"]
 
@@ -721,6 +722,9 @@ def _labels(series: Mapping[str, Any], query: str, strings: dict[str, str]) -> T
         if not isinstance(item, dict) or not isinstance(key := item.get("key"), str):
             raise _malformed(query, "a label has no key")
         text = _label_value(item.get("value"), query)
+        if _LONE_SURROGATE.search(key + text):  # JSON may escape one; UTF-8 cannot hold it
+            raise _malformed(query, f"label {key!r}: {text!r} is not valid Unicode (a lone "
+                                    "surrogate): no receiver can store it")
         labels[intern(key, key)] = intern(text, text)
     return tuple(sorted(labels.items()))
 

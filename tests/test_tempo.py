@@ -164,6 +164,10 @@ async def test_partial_answer_is_an_error() -> None:
         (b'{"series": [{"exemplars": [{"timestampMs": "1", "labels": [{"key": "trace:id", '
          b'"value": {"stringValue": "not-hex"}}]}]}], "metrics": {}}', "is not a hex trace ID"),
         (b'{"series": [{"exemplars": [{"labels": []}]}], "metrics": {}}', "no timestampMs"),
+        # JSON may escape half a surrogate pair; no receiver can store it (Tempo never
+        # writes one: Go writes invalid UTF-8 as U+FFFD)
+        (b'{"series": [{"labels": [{"key": "k", "value": {"stringValue": "a\\ud800"}}], '
+         b'"samples": []}], "metrics": {}}', r"label 'k': 'a\\ud800' is not valid Unicode"),
     ],
 )
 @respx.mock

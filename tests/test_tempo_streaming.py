@@ -125,6 +125,10 @@ HANDWRITTEN: list[tuple[str, Kind]] = [
     ('{"series":[{"exemplars":[{"labels":[{"key":"trace:id","value":{"stringValue":"ab"}}]}]}],'
      '"metrics":{}}', "range"),
     ('{"series":[{"exemplars":{}}],"metrics":{}}', "range"),
+    ('{"series":[{"labels":[{"key":"k","value":{"stringValue":"\\ud800"}}]}],"metrics":{}}',
+     "instant"),
+    ('{"series":[{"labels":[{"key":"\\udc00k","value":{"intValue":"1"}}]}],"metrics":{}}',
+     "instant"),
     # series with the same labels, a bucket twice, zero values, the series without by()
     ('{"series":[{"labels":[{"key":"k","value":{"intValue":"3"}}],"samples":[{"timestampMs":'
      '"60000","value":1},{"timestampMs":"60000","value":"2"},{"timestampMs":"120000"}]},'
