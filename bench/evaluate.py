@@ -275,7 +275,7 @@ async def measure(series: int, profile: bool, report: Report, prom: Any,
         report.check(f"{name}: the evaluation ran", False, "the child failed")
         return None
     # at the steady window's end: a big run can end more than 5 minutes (the lookback) later
-    stored = prom.query(f"count({RECORD})", time=result["steady_end"])
+    stored = prom.query(f"count({RECORD})", time=result["steady_end"], timeout=120)
     in_prometheus = int(stored[0]["value"][1]) if stored else 0
     ranged, instant = result["answer_bytes"]
     report.note(f"{name}: Tempo's answer is {ranged / 1e6:.1f} MB of JSON for a "

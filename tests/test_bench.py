@@ -45,6 +45,8 @@ EXPECTED = {
                       "peak RSS": False},
     "parse": {"instant 10,000: msgspec": False, "range 10,000: msgspec peak RSS": False,
               "range 10,000: json": False},
+    "receiver": {"2,000 series: steady: wall time": False,
+                 "2,000 series: first: Prometheus's CPU time": False},
     "exemplars": {"2,000 exemplars on: steady wall time": False,
                   "2,000 exemplars off: steady CPU time": False,
                   "2,000 exemplars on: Tempo's answer": False,
@@ -63,6 +65,7 @@ CHECKS = {
     "catchup_large": ["the catch-up succeeded", "every series has a total",
                       "every total is its value times the windows"],
     "parse": ["every parser gives the same series"],
+    "receiver": ["2,000 series: Prometheus holds every series"],
     "exemplars": ["2,000 exemplars on: both evaluations succeeded",
                   "2,000: exemplars only with them on"],
 }

@@ -151,6 +151,13 @@ class PrometheusServer:
             f"prometheus not ready after {READY_TIMEOUT:.0f} s:\n{self._log_tail()}"
         )
 
+    @property
+    def pid(self) -> int:
+        """The process id of the running Prometheus (for its CPU time in /proc)."""
+        if self._process is None:
+            raise PrometheusError("prometheus is not running")
+        return self._process.pid
+
     def _log_tail(self, lines: int = 40) -> str:
         try:
             text = self._log.read_text(errors="replace")
@@ -158,8 +165,9 @@ class PrometheusServer:
             return "(no output)"
         return "\n".join(text.splitlines()[-lines:])
 
-    def _api(self, path: str, params: dict[str, str]) -> Any:
-        response = self._http.get(f"{self.url}{path}", params=params)
+    def _api(self, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
+        response = self._http.get(f"{self.url}{path}", params=params,
+                                  timeout=timeout or self._http.timeout)
         try:
             payload = response.json()
         except ValueError:
@@ -170,12 +178,15 @@ class PrometheusServer:
             )
         return payload["data"]
 
-    def query(self, promql: str, time: float | None = None) -> list[dict[str, Any]]:
-        """Instant query: the result vector, ``[{"metric": {...}, "value": [ts, "v"]}]``."""
+    def query(
+        self, promql: str, time: float | None = None, timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Instant query: the result vector, ``[{"metric": {...}, "value": [ts, "v"]}]``
+        (``timeout``: seconds, for a query over a million series; 10 by default)."""
         params = {"query": promql}
         if time is not None:
             params["time"] = repr(time)
-        data = self._api("/api/v1/query", params)
+        data = self._api("/api/v1/query", params, timeout)
         if data["resultType"] not in ("vector", "matrix"):
             raise PrometheusError(f"{promql!r} gives a {data['resultType']}, not a vector")
         result: list[dict[str, Any]] = data["result"]
