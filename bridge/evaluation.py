@@ -433,11 +433,13 @@ class _Counter:
         total = totals.get(key)
         if total is None:
             start = 0.0
-            if labels not in self.adopted and labels in self.stored.legacy:
-                start = self.stored.legacy[labels]
+            legacy = self.stored.legacy
+            if legacy and labels not in self.adopted and labels in legacy:
+                start = legacy[labels]
                 self.adopted.add(labels)
-            total = Total(start, at)
-        totals[key] = Total(total.value + gain, max(total.last_grown, at))
+            totals[key] = _new(Total, (start + gain, at))
+        else:
+            totals[key] = _new(Total, (total.value + gain, max(total.last_grown, at)))
 
     def _add_late_growth(
         self, reads: Sequence[WindowRead], kept: Mapping[Window, Mapping[TempoKey, float]]
