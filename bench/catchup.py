@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bench.common import (
+    TEMPO_QUERIES,
     Report,
     SpanSpec,
     Stopwatch,
@@ -126,7 +127,7 @@ async def restart(config_path: Path, restart_at: float, target: int, group: Grou
     ``watch`` gets the time spent in Tempo queries (``tempo``), answers parsed included."""
     config = load_config(config_path)
     daemon = Daemon(config_path, config, load_rules(config), clock=lambda: restart_at)
-    for name in ("instant", "range"):
+    for name in TEMPO_QUERIES:
         timed(watch, daemon.tempo, name, "tempo")
     started, cpu = time.perf_counter(), time.process_time()
     if profile:
@@ -230,6 +231,7 @@ async def run(quick: bool, profile: bool) -> int:
         report.figure("wall time", wall, "s", digits=2)
         report.figure("of which in Tempo queries", watch.seconds["tempo"], "s", digits=2,
                       share=watch.seconds["tempo"] / wall)
+        report.check("the Tempo queries were timed", watch.seconds["tempo"] > 0)
         report.figure("bridge CPU time", cpu, "s", digits=2)
         sample = daemon.metrics.registry.get_sample_value
         sent = sample("tempo_bridge_samples_sent_total") or 0.0

@@ -305,6 +305,9 @@ async def measure(series: int, profile: bool, report: Report, prom: Any,
                   digits=2)
     report.check(f"{name}: every evaluation succeeded",
                  all(e["ok"] for e in result["evaluations"]))
+    report.check(f"{name}: every stage was timed", all(
+        e["stages"].get(stage, 0) > 0 for e in result["evaluations"]
+        for stage in ("tempo", "evaluate", "encode", "commit", "send")))
     report.check(f"{name}: every series has a total", result["series"] == series,
                  f"{result['series']} != {series}")
     report.check(f"{name}: every sample was sent",
