@@ -338,10 +338,8 @@ class BatchEncoder:
                     out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
                 body = _samples(labels, part, stamps)
                 if labels in illustrated:
-                    found = [e for ts, _ in part for e in exemplars.get((labels, ts), ())]
-                    if found:
-                        found.sort(key=_exemplar_time)
-                        body += b"".join(_exemplar(e) for e in sorted(found, key=_exemplar_time))
+                    body += _exemplar_fields(
+                        [e for ts, _ in part for e in exemplars.get((labels, ts), ())])
                 out += headers[len(encoded_labels) + len(body)]
                 out += encoded_labels
                 out += body
@@ -383,7 +381,7 @@ class BatchEncoder:
             found = exemplars.get((labels, ts)) if exemplars else None
             if found:
                 body = (zero if value_bytes == _ZERO_DOUBLE else before + value_bytes + after)
-                body += b"".join(_exemplar(e) for e in sorted(found, key=_exemplar_time))
+                body += _exemplar_fields(found)
                 out += headers[len(encoded_labels) + len(body)]
                 out += encoded_labels
                 out += body
@@ -412,6 +410,11 @@ def _batch(
 ) -> Batch:
     return Batch(bytes(cramjam.snappy.compress_raw(serialized)), samples, low, high,
                  independent)
+
+
+def _exemplar_fields(found: Iterable[Exemplar]) -> bytes:
+    """A series' ``TimeSeries.exemplars`` fields, in the order of their timestamps."""
+    return b"".join(_exemplar(e) for e in sorted(found, key=_exemplar_time))
 
 
 def _exemplar_time(exemplar: Exemplar) -> int:
