@@ -1,11 +1,12 @@
 """Tempo client: instant and range TraceQL metrics queries, parsed exactly as Tempo answers.
 
 An answer can hold 1,000,000 series and hundreds of megabytes of JSON. msgspec checks it
-and splits it into series (:func:`parse_answer`), then decodes each series into typed structs
-and turns it into an :class:`InstantSeries` or :class:`RangeSeries` at once (label names and
-values interned), so that the structs of one series at a time are in memory, beside the
-bytes and the series made; the cyclic garbage collector is paused meanwhile (millions of
-objects are allocated, none in a cycle). Anything the structs do not
+and splits it into series, then decodes each series into typed structs and at once adds
+its values to the buckets asked for (:func:`parse_buckets`, what the engine reads) or
+turns it into an :class:`InstantSeries` or :class:`RangeSeries` (:func:`parse_answer`),
+label names and values interned, so that the structs of one series at a time are in
+memory, beside the bytes and what is made; the cyclic garbage collector is paused meanwhile
+(millions of objects are allocated, none in a cycle). Anything the structs do not
 take as they are (not JSON, a wrong type, an unusual label value, a ``PARTIAL`` status...) is
 parsed again with ``json`` and checked in Python (:func:`_parse_whole`), which gives the
 answer's series or the error, worded exactly as ``json.loads`` and the checks word it.
@@ -22,6 +23,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, overload
 
 import httpx
@@ -373,18 +375,10 @@ def parse_answer(
     content: bytes, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
-    with gc_paused():
-        answer = _decode(content, kind)
-        if answer is not None:
-            try:
-                known = Keys() if keys is None else keys
-                if kind == "instant":
-                    return _instant_from_structs(_each(answer.series, _INSTANT_SERIES), known)
-                return _range_from_structs(_each(answer.series, _RANGE_SERIES), query, known)
-            except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
-                pass
-        del answer
-        return _parse_slowly(content, query, kind)  # type: ignore[no-any-return]
+    if kind == "instant":
+        return _parse(content, query, kind, keys, _instant_from_structs, _as_parsed)
+    return _parse(content, query, kind, keys, partial(_range_from_structs, query=query),
+                  _as_parsed)
 
 
 def parse_buckets(
@@ -392,20 +386,35 @@ def parse_buckets(
 ) -> Buckets:
     """:func:`buckets_of` the answer's series, each added to its buckets as it is decoded
     (no series object is made); or the TempoError :func:`parse_answer` gives."""
+    fast = (partial(_instant_buckets, stamps=stamps) if kind == "instant"
+            else partial(_range_buckets, query=query, stamps=stamps))
+    return _parse(content, query, kind, keys, fast, partial(buckets_of, stamps=stamps))
+
+
+_R = TypeVar("_R")
+
+
+def _parse(
+    content: bytes, query: str, kind: Kind, keys: Keys | None,
+    fast: Callable[[Iterator[Any], Keys], _R], slow: Callable[[Any], _R],
+) -> _R:
+    """``fast`` of the answer's series as typed structs, one at a time; when the structs
+    do not take the answer as it is, ``slow`` of the series :func:`_parse_whole` makes
+    (or its TempoError)."""
     with gc_paused():
         answer = _decode(content, kind)
         if answer is not None:
             try:
-                known = Keys() if keys is None else keys
-                if kind == "instant":
-                    return _instant_buckets(_each(answer.series, _INSTANT_SERIES), known,
-                                            stamps)
-                return _range_buckets(_each(answer.series, _RANGE_SERIES), query, known,
-                                      stamps)
+                decoder = _INSTANT_SERIES if kind == "instant" else _RANGE_SERIES
+                return fast(_each(answer.series, decoder), Keys() if keys is None else keys)
             except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
                 pass
         del answer
-        return buckets_of(_parse_slowly(content, query, kind), stamps)
+        return slow(_parse_slowly(content, query, kind))
+
+
+def _as_parsed(series: list[Any]) -> list[Any]:
+    return series
 
 
 def _decode(content: bytes, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnswer | None:
@@ -538,7 +547,7 @@ def _instant_from_structs(items: Iterable[_InstantStruct], keys: Keys) -> list[I
 
 
 def _range_from_structs(
-    items: Iterable[_RangeStruct], query: str, keys: Keys
+    items: Iterable[_RangeStruct], keys: Keys, query: str
 ) -> list[RangeSeries]:
     series: list[RangeSeries] = []
     append = series.append
@@ -585,7 +594,7 @@ def _instant_buckets(
 
 
 def _range_buckets(
-    items: Iterable[_RangeStruct], query: str, keys: Keys, stamps: Sequence[int],
+    items: Iterable[_RangeStruct], keys: Keys, query: str, stamps: Sequence[int],
 ) -> Buckets:
     values: dict[int, dict[TempoKey, float]] = {stamp: {} for stamp in stamps}
     merged = dict.fromkeys(stamps, 0)
