@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from bridge.rules import Group, Rule
 from bridge.series import STALE_NAN, Exemplar, Labels, Sample, TempoKey
-from bridge.tempo import Buckets, InstantSeries, RangeSeries, buckets_of
+from bridge.tempo import Buckets
 from bridge.windows import Query, Window
 
 GROWTH_TOLERANCE = 1e-12
@@ -59,14 +59,6 @@ class WindowRead:
     exemplars: Mapping[TempoKey, Sequence[Exemplar]] = field(default_factory=dict)
     """Spans Tempo picked for each series, those that started in the window (range
     answers only)."""
-
-
-def reads_from_answer(
-    query: Query, answer: Sequence[InstantSeries] | Sequence[RangeSeries]
-) -> list[WindowRead]:
-    """Split parsed series into one :class:`WindowRead` per window the query reads (see
-    :func:`reads_from_buckets`)."""
-    return reads_from_buckets(query, buckets_of(answer, bucket_stamps(query)))
 
 
 def bucket_stamps(query: Query) -> list[int]:
@@ -514,8 +506,9 @@ class _Counter:
             self._add(key, labels, value, end)
         self._recorded(read, skipped)
         # every total grew now, each its own series: what _values would find, found
-        self._all_grown = self._all_grown or len(grown) == len(totals)
-        values = grown if len(grown) == len(totals) else self._values(end)
+        all_grown = len(grown) == len(totals)
+        self._all_grown = self._all_grown or all_grown
+        values = grown if all_grown else self._values(end)
         for labels, value in previous.items():
             if labels in values:
                 self.writer.resume(labels, window.start * 1000, value)

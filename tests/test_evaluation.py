@@ -17,15 +17,16 @@ from bridge.evaluation import (
     Total,
     Update,
     WindowRead,
+    bucket_stamps,
     evaluate,
     match_settle_ages,
-    reads_from_answer,
+    reads_from_buckets,
     retire,
 )
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
 from bridge.series import Exemplar, Labels, Sample, TempoKey, is_stale_nan
-from bridge.tempo import InstantSeries, RangeSeries
+from bridge.tempo import InstantSeries, RangeSeries, buckets_of
 from bridge.windows import Query, Window
 
 KA: TempoKey = (("span.model", "a"),)
@@ -74,6 +75,13 @@ def run(
 ) -> Update:
     context = Context(now, since_ms, last_ts or {}, retention)
     return evaluate(group, group.rules[0], stored, reads, kept or {}, context)
+
+
+def reads_from_answer(
+    query: Query, answer: Sequence[InstantSeries] | Sequence[RangeSeries]
+) -> list[WindowRead]:
+    """Parsed series split into windows, as the engine splits an answer read into buckets."""
+    return reads_from_buckets(query, buckets_of(answer, bucket_stamps(query)))
 
 
 def samples(update: Update) -> list[tuple[Labels, int, float | str]]:
