@@ -27,20 +27,14 @@ import time
 from pathlib import Path
 
 from bench.common import Report, machine
+from bench.encode import make_series
 from bridge.remote_write import Batch, BatchEncoder, RemoteWriteClient, encode_write_request
-from bridge.series import Labels, Sample
+from bridge.series import Sample
 
-RECORD = "bench_receiver_cost_usd_total"
+RECORD = "openrouter_cost_usd_total"
+"""The record of the series ``bench.encode.make_series`` makes."""
 IN_FLIGHT = 4
 """Requests posted at once, as the sender posts the independent requests of an evaluation."""
-
-
-def series_labels(count: int) -> list[Labels]:
-    """``count`` label sets shaped like the cost rule's output (as ``bench.evaluate``)."""
-    return [(("__name__", RECORD), ("api_key_name", f"team-{i % 1000:04d}-production-key"),
-             ("model", f"vendor-{i // 1000 % 10}/model-{i // 1000}-instruct"),
-             ("provider", f"provider-{i // 1000 % 25}"), ("source", "openrouter"))
-            for i in range(count)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,7 +58,7 @@ async def measure(count: int, report: Report) -> None:
     from tests.support.prometheus import start_prometheus
 
     name = f"{count:,} series"
-    labels = series_labels(count)
+    labels = [one for one, *_ in make_series(count, 0)]
     end_ms = int(time.time()) // 60 * 60 * 1000
     encoder = BatchEncoder({}, 2_000)
     first: list[Sample] = [s for i, one in enumerate(labels)
