@@ -471,9 +471,11 @@ class Keys:
     """The series keys of answers, by the text of their labels in the answer.
 
     A series is answered with the same labels, written the same way, at every window: the
-    text found again is the key, its labels are not decoded again. The memory is bounded:
-    when ``size`` texts are remembered, the older half of them is forgotten (the texts
-    seen since are kept).
+    text found again is the key, its labels are not decoded again. A key's labels are
+    tuples shared by every key that has them: keys are held for every series between
+    evaluations, and a model's or a provider's label is in thousands of them. The memory
+    is bounded: when ``size`` texts are remembered, the older half of them is forgotten
+    (the texts seen since are kept).
     """
 
     def __init__(self, size: int = 2_000_000) -> None:
@@ -481,6 +483,7 @@ class Keys:
         self._keys: dict[bytes, TempoKey] = {}
         self._older: dict[bytes, TempoKey] = {}
         self._strings: dict[str, str] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
 
     def __call__(self, raw: msgspec.Raw) -> TempoKey:
         text = bytes(raw)
@@ -491,7 +494,7 @@ class Keys:
                 key = self._decode(raw)
             if len(self._keys) >= self._size // 2:
                 self._older, self._keys = self._keys, {}
-                self._strings = {}
+                self._strings, self._pairs = {}, {}
             self._keys[text] = key
         return key
 
@@ -507,7 +510,8 @@ class Keys:
                 text = _label_text(value)
             key = label.key
             labels[intern(key, key)] = intern(text, text)
-        return tuple(sorted(labels.items()))
+        share = self._pairs.setdefault
+        return tuple([share(pair, pair) for pair in sorted(labels.items())])
 
 
 def _float(value: float | str) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import TempoError
-from bridge.tempo import Kind, _parse_whole, buckets_of, parse_answer, parse_buckets
+from bridge.tempo import Keys, Kind, _parse_whole, buckets_of, parse_answer, parse_buckets
 from tests.doubles.captures import find_tempo_api, load_capture
 
 QUERY = "{ } | count_over_time()"
@@ -193,3 +193,28 @@ def test_well_formed_answers_take_the_typed_structs(monkeypatch: pytest.MonkeyPa
         kind: Kind = "range" if "query_range" in capture.path else "instant"
         parse_answer(capture.body, QUERY, kind)
         parse_buckets(capture.body, QUERY, kind, [60_000])
+
+
+def test_keys_share_their_labels_and_are_found_again_by_text() -> None:
+    """Keys held between evaluations share each label's tuple; the same text is the same
+    key, also after the older half of what Keys remembers was forgotten."""
+
+    def answer(*models: str) -> bytes:
+        series = [{"labels": [
+            {"key": "span.gen_ai.provider.name", "value": {"stringValue": "openai"}},
+            {"key": "span.gen_ai.request.model", "value": {"stringValue": model}},
+        ], "value": 1.5} for model in models]
+        return json.dumps({"series": series, "metrics": {}}).encode()
+
+    keys = Keys(size=4)
+    first = [s.labels for s in parse_answer(answer("a", "b"), QUERY, "instant", keys)]
+    assert first == [(("span.gen_ai.provider.name", "openai"), ("span.gen_ai.request.model", m))
+                     for m in ("a", "b")]
+    assert first[0][0] is first[1][0]  # one tuple for the provider's label
+    again = [s.labels for s in parse_answer(answer("c", "d", "a"), QUERY, "instant", keys)]
+    assert again[2] is first[0]  # found again, not decoded again
+    assert [s.labels for s in parse_answer(answer("b", "c"), QUERY, "instant", keys)] == [
+        first[1], again[0]]
+    fresh = [s.labels for s in parse_answer(answer("a", "b", "c", "d"), QUERY, "instant")]
+    later = [s.labels for s in parse_answer(answer("a", "b", "c", "d"), QUERY, "instant", keys)]
+    assert later == fresh
