@@ -41,6 +41,8 @@ _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Kind: TypeAlias = Literal["instant", "range"]
+Body: TypeAlias = bytes | bytearray
+"""An answer's body: read into one buffer as it arrives (see ``TempoClient._request``)."""
 
 
 class InstantSeries(NamedTuple):
@@ -214,15 +216,16 @@ class TempoClient:
         Sends ``Accept: application/json``: status pages such as ``/status/overrides/{tenant}``
         answer HTML without it.
         """
-        response = await self._request(path, {}, None, "GET " + path, accept="application/json")
+        _, body = await self._request(path, {}, None, "GET " + path, accept="application/json")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError as exc:
             raise _malformed("GET " + path, f"body is not JSON ({exc})") from exc
 
     async def get_text(self, path: str) -> str:
         """GET a Tempo status endpoint that answers text (``/status/config``)."""
-        return (await self._request(path, {}, None, "GET " + path)).text
+        response, body = await self._request(path, {}, None, "GET " + path)
+        return _text(response, body)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -230,27 +233,36 @@ class TempoClient:
     async def _request(
         self, path: str, params: Mapping[str, str], tenant: str | None, what: str,
         *, accept: str | None = None,
-    ) -> httpx.Response:
+    ) -> tuple[httpx.Response, bytearray]:
+        """GET ``path``: the response and its body, read into one buffer as it arrives (a
+        big answer is never in memory twice, as its chunks and then joined)."""
         headers = {"Accept": accept} if accept else {}
         org = tenant or self._tenant
         if org:
             headers["X-Scope-OrgID"] = org
+        request = self._client.build_request("GET", path, params=params, headers=headers)
         sent = self._clock()
+        body = bytearray()
         try:
-            response = await self._client.get(path, params=params, headers=headers)
+            response = await self._client.send(request, stream=True)
+            try:
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as exc:
             raise TempoError("timeout", f"{what}: Tempo did not answer in time ({exc!r})") from exc
         except httpx.HTTPError as exc:
             raise TempoError("network", f"{what}: cannot reach Tempo ({exc!r})") from exc
         self._measure_clock(response.headers.get("Date"), sent, self._clock())
         if response.status_code != 200:
-            text = response.text.strip()[:_MAX_BODY_IN_ERROR]
+            text = _text(response, body).strip()[:_MAX_BODY_IN_ERROR]
             raise TempoError(
                 f"http_{response.status_code}",
                 f"{what}: Tempo answered {response.status_code}: {text}",
                 status=response.status_code,
             )
-        return response
+        return response, body
 
     def _measure_clock(self, date: str | None, sent: float, received: float) -> None:
         if not date:
@@ -267,23 +279,28 @@ class TempoClient:
         if self._on_clock_skew is not None:
             self._on_clock_skew(skew)
 
-    async def _instant(self, query: str, start: int, end: int, tenant: str | None) -> bytes:
+    async def _instant(self, query: str, start: int, end: int, tenant: str | None) -> Body:
         params = {"q": query, "start": str(start), "end": str(end)}
         return await self._get(INSTANT_PATH, params, tenant)
 
     async def _range(
         self, query: str, start: int, end: int, step: int, tenant: str | None,
         exemplars: int | None,
-    ) -> bytes:
+    ) -> Body:
         params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
         if exemplars is not None:
             params["exemplars"] = str(exemplars)
         return await self._get(RANGE_PATH, params, tenant)
 
-    async def _get(self, path: str, params: Mapping[str, str], tenant: str | None) -> bytes:
+    async def _get(self, path: str, params: Mapping[str, str], tenant: str | None) -> Body:
         """GET a metrics query; the body's bytes."""
-        response = await self._request(path, params, tenant, f"query {params['q']!r}")
-        return response.content
+        _, body = await self._request(path, params, tenant, f"query {params['q']!r}")
+        return body
+
+
+def _text(response: httpx.Response, body: bytearray) -> str:
+    """A body as text, as ``httpx.Response.text`` decodes it."""
+    return body.decode(response.encoding or "utf-8", errors="replace")
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -365,14 +382,14 @@ class _SlowPathError(Exception):
 
 @overload
 def parse_answer(
-    content: bytes, query: str, kind: Literal["instant"], keys: Keys | None = None,
+    content: Body, query: str, kind: Literal["instant"], keys: Keys | None = None,
 ) -> list[InstantSeries]: ...
 @overload
 def parse_answer(
-    content: bytes, query: str, kind: Literal["range"], keys: Keys | None = None,
+    content: Body, query: str, kind: Literal["range"], keys: Keys | None = None,
 ) -> list[RangeSeries]: ...
 def parse_answer(
-    content: bytes, query: str, kind: Kind, keys: Keys | None = None,
+    content: Body, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
     if kind == "instant":
@@ -382,7 +399,7 @@ def parse_answer(
 
 
 def parse_buckets(
-    content: bytes, query: str, kind: Kind, stamps: Sequence[int], keys: Keys | None = None,
+    content: Body, query: str, kind: Kind, stamps: Sequence[int], keys: Keys | None = None,
 ) -> Buckets:
     """:func:`buckets_of` the answer's series, each added to its buckets as it is decoded
     (no series object is made); or the TempoError :func:`parse_answer` gives."""
@@ -395,7 +412,7 @@ _R = TypeVar("_R")
 
 
 def _parse(
-    content: bytes, query: str, kind: Kind, keys: Keys | None,
+    content: Body, query: str, kind: Kind, keys: Keys | None,
     fast: Callable[[Iterator[Any], Keys], _R], slow: Callable[[Any], _R],
 ) -> _R:
     """``fast`` of the answer's series as typed structs, one at a time; when the structs
@@ -417,7 +434,7 @@ def _as_parsed(series: list[Any]) -> list[Any]:
     return series
 
 
-def _decode(content: bytes, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnswer | None:
+def _decode(content: Body, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnswer | None:
     """The answer in typed structs (its series still as text when it is big), or None when
     the structs do not take it or it is not a complete answer."""
     answer: _Answer | _InstantAnswer | _RangeAnswer
@@ -435,7 +452,7 @@ def _decode(content: bytes, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnsw
     return None
 
 
-def _parse_slowly(content: bytes, query: str, kind: Kind) -> Any:
+def _parse_slowly(content: Body, query: str, kind: Kind) -> Any:
     try:
         # what json.loads does with bytes
         text = content.decode(json.detect_encoding(content), "surrogatepass")

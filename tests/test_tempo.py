@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -195,6 +196,36 @@ async def test_network_errors_timeouts_and_5xx() -> None:
         await client.instant("{ } | rate()", 1, 2, tenant="team-b")
     assert error.value.reason == "http_503"
     assert respx.calls.last.request.headers["X-Scope-OrgID"] == "team-b"
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A body that arrives in pieces, and breaks off after them when told to."""
+
+    def __init__(self, pieces: list[bytes], broken: bool = False) -> None:
+        self.pieces, self.broken = pieces, broken
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+        if self.broken:
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete body")
+
+
+async def test_a_body_in_pieces_is_read_whole_and_one_cut_short_is_a_network_error() -> None:
+    body = load_capture(CAPTURES / "08_instant_sum_cost_by_model.http").body
+    pieces = [body[i:i + 100] for i in range(0, len(body), 100)]
+
+    def answer(broken: bool) -> httpx.AsyncBaseTransport:
+        return httpx.MockTransport(lambda request: httpx.Response(
+            200, stream=_Chunks(pieces, broken), headers={"Transfer-Encoding": "chunked"}))
+
+    whole = TempoClient(BASE, transport=answer(broken=False))
+    series = await whole.instant("{ } | sum_over_time(span.cost) by (span.model)", 1, 2)
+    assert len(series) == 4
+    cut = TempoClient(BASE, transport=answer(broken=True))
+    with pytest.raises(TempoError, match=r"cannot reach Tempo.*complete body") as error:
+        await cut.instant("{ } | sum_over_time(span.cost) by (span.model)", 1, 2)
+    assert error.value.reason == "network"
 
 
 async def test_clock_skew_bounds_from_the_date_header() -> None:
