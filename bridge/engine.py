@@ -297,6 +297,7 @@ class Engine:
         self, run: _Run, stored: Stored, query: Query, what: str
     ) -> Stored | None:
         group, rule = run.group, run.rule
+        started = time.monotonic()
         reads = await self._read(run, query, what)
         if reads is None:
             return None
@@ -322,7 +323,7 @@ class Engine:
         if update.dropped:
             mapper.forget(after.totals)
         run.stored = after
-        self._observe(run, query, update)
+        self._observe(run, query, update, time.monotonic() - started)
         if batches:
             self._on_commit(ids, batches)
         return after
@@ -359,7 +360,7 @@ class Engine:
         return self._store.commit(run.key, update, batches, after=after,
                                   interval=run.group.interval, tenant=run.group.tenant)
 
-    def _observe(self, run: _Run, query: Query, update: Update) -> None:
+    def _observe(self, run: _Run, query: Query, update: Update, seconds: float) -> None:
         names = (run.group.name, run.rule.record)
         stats, metrics = update.stats, self._metrics
         run.windows += stats.recorded
@@ -376,6 +377,7 @@ class Engine:
         self._log(run, query).info(
             "evaluation", recorded=stats.recorded, reread=stats.reread, grown=stats.grown,
             merged=stats.merged, series=len(update.live), samples=len(update.samples),
+            seconds=round(seconds, 3),
         )
 
     def _failed(self, run: _Run, query: Query, what: str, reason: str, exc: Exception) -> None:

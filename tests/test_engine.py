@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import structlog
 
 from bridge.engine import UNKNOWN_SERIES_WINDOWS, Engine, dry_run, rule_key
 from bridge.errors import StateError
@@ -48,6 +49,24 @@ async def test_counter_accumulates_windows_in_order(tmp_path: Path) -> None:
         ({"__name__": "x", "model": "a"}, T0 + 180, 3.0),
         ({"__name__": "x", "model": "b"}, T0 + 180, 1.0),
     ]
+
+
+async def test_each_query_s_evaluation_is_logged_with_what_it_did_and_its_time(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 61, "b"), span(T0 + 62, "c")],
+                now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    assert await h.tick(group)
+    with structlog.testing.capture_logs() as events:
+        assert await h.tick(group, 120)  # two windows: one range query
+    (line,) = [e for e in events if e["event"] == "evaluation"]
+    assert {k: line[k] for k in ("rule", "kind", "window_start", "window_end", "windows",
+                                 "recorded", "series", "samples")} == {
+        "rule": "x", "kind": "range", "window_start": T0 + 60, "window_end": T0 + 180,
+        "windows": 2, "recorded": 2, "series": 3, "samples": 8}
+    assert isinstance(line["seconds"], float)
+    assert 0 <= line["seconds"] < 60
 
 
 async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path) -> None:
