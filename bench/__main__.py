@@ -22,6 +22,7 @@ BENCHMARKS = {
     "parse": "parsing Tempo's answers, 1,000 to 1,000,000 series, per parser",
     "exemplars": "one steady evaluation with exemplars (one-window range query) and without",
     "receiver": "Prometheus's own time to take one evaluation's samples, 100,000 and 1,000,000",
+    "daemon": "tempo-bridge run as a whole, one rule of 100,000 series, window after window",
 }
 
 

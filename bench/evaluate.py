@@ -213,16 +213,19 @@ Answers = tuple[bytes, bytes]
 
 
 async def serve_answers(answers: Answers, later: Answers | None = None,
-                        from_end: int = 0, ends: Sequence[int] = ()) -> tuple[web.AppRunner, str]:
+                        from_end: int = 0, ends: Sequence[int] = (),
+                        window: int = 60) -> tuple[web.AppRunner, str]:
     """Serve ``answers`` (the range answer stamped with the window asked for), and
     ``later`` instead for windows ending at ``from_end`` or after. The range answers of
-    the one-minute windows ending at ``ends`` are stamped beforehand, so that the time
-    the child waits for an answer is not spent making it (0.1-0.2 s at 100,000 series)."""
+    the windows of ``window`` seconds ending at ``ends`` are stamped beforehand, so that
+    the time the bridge waits for an answer is not spent making it (0.1-0.2 s at 100,000
+    series)."""
 
     def pick(end: int) -> Answers:
         return later if later and end >= from_end else answers
 
-    stamped = {(end - 60, end): range_body(pick(end)[1], end - 60, end) for end in ends}
+    stamped = {(end - window, end): range_body(pick(end)[1], end - window, end)
+               for end in ends}
 
     async def answer_instant(request: web.Request) -> web.Response:
         return web.Response(body=pick(int(request.query["end"]))[0],

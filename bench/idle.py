@@ -50,9 +50,12 @@ def substitute(text: str, pattern: str, replacement: str) -> str:
     return new
 
 
-def write_config(directory: Path, tempo_url: str, write_url: str, port: int) -> Path:
-    """The example config, pointed at the benchmark's Tempo, Prometheus, state and rules."""
-    rules = default_rules(interval=INTERVAL, query_offset=INTERVAL)
+def write_config(directory: Path, tempo_url: str, write_url: str, port: int,
+                 rules: str | None = None) -> Path:
+    """The example config, pointed at the benchmark's Tempo, Prometheus, state and rules
+    (``rules``, or the default rules in windows of ``INTERVAL``)."""
+    if rules is None:
+        rules = default_rules(interval=INTERVAL, query_offset=INTERVAL)
     (directory / "rules.yaml").write_text(rules)
     text = EXAMPLE_CONFIG.read_text()
     for pattern, replacement in (

@@ -47,6 +47,11 @@ EXPECTED = {
               "range 10,000: json": False, "range 10,000: buckets": False},
     "receiver": {"2,000 series: steady: wall time": False,
                  "2,000 series: first: Prometheus's CPU time": False},
+    "daemon": {"2,000 series: steady window: daemon CPU time": False,
+               "2,000 series: first window: daemon CPU time, start-up included": False,
+               "2,000 series: steady window: evaluation wall time (before the send), median":
+                   False,
+               "2,000 series: peak RSS (VmHWM)": False},
     "exemplars": {"2,000 exemplars on: steady wall time": False,
                   "2,000 exemplars off: steady CPU time": False,
                   "2,000 exemplars on: Tempo's answer": False,
@@ -68,6 +73,10 @@ CHECKS = {
                       "every total is its value times the windows"],
     "parse": ["every parser gives the same series (buckets: their buckets)"],
     "receiver": ["2,000 series: Prometheus holds every series"],
+    "daemon": ["2,000 series: every window evaluated with every series",
+               "2,000 series: every sample was sent",
+               "2,000 series: Prometheus holds every series at the last window's end",
+               "2,000 series: the daemon stopped cleanly on SIGTERM"],
     "exemplars": ["2,000 exemplars on: both evaluations succeeded",
                   "2,000: exemplars only with them on"],
 }
