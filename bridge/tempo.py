@@ -621,12 +621,18 @@ def _range_buckets(
     merged = dict.fromkeys(stamps, 0)
     exemplars: list[tuple[TempoKey, Exemplar]] = []
     bucket_at = values.get
-    try:  # Tempo writes timestamps as strings: every one is int()-ed, kept or not
+    # Tempo writes timestamps as strings, and an answer has few of them (its buckets'):
+    # each is int()-ed once, kept or not, and found again by its text
+    stamp_of: dict[int | str, int] = {}
+    try:
         for item in items:
             key = keys(item.labels)
             always = not key or (len(key) == 1 and key[0][0] == "__name__")
             for sample in item.samples:
-                stamp = int(sample.timestampMs)
+                text = sample.timestampMs
+                stamp = stamp_of.get(text)
+                if stamp is None:
+                    stamp = stamp_of[text] = int(text)
                 value = sample.value
                 if value.__class__ is not float:
                     value = float(value)
