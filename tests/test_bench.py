@@ -69,7 +69,7 @@ CHECKS = {
                 "totals equal a run that never stopped", "totals equal the spans' truth",
                 "Prometheus holds the totals", "every rule caught up"],
     "idle": ["the daemon stopped cleanly on SIGTERM", "Prometheus received the samples"],
-    "catchup_large": ["the catch-up succeeded", "every series has a total",
+    "catchup_large": ["the catch-up succeeded", "no sample dropped", "every series has a total",
                       "every total is its value times the windows"],
     "parse": ["every parser gives the same series (buckets: their buckets)"],
     "receiver": ["2,000 series: Prometheus holds every series"],
