@@ -301,7 +301,12 @@ class Engine:
         reads = await self._read(run, query, what)
         if reads is None:
             return None
-        since_ms = int((run.now - self._max_sample_age) * 1000) if self._max_sample_age else 0
+        since_ms = 0
+        if self._max_sample_age:
+            # from the time of this step, not the evaluation's start: a long catch-up's
+            # first windows would be too old for the receiver by the time they are sent
+            at = run.now + time.monotonic() - run.started
+            since_ms = int((at - self._max_sample_age) * 1000)
         context = Context(run.now, since_ms, self._store.last_ts, self._retention)
         again = [r.window for r in reads if r.window.end <= stored.checkpoint]
         mapper = self._mappers.get(run.key)
@@ -446,6 +451,7 @@ class _Run:
     key: RuleKey
     now: float
     stored: Stored | None = None
+    started: float = field(default_factory=time.monotonic)
     queries: dict[str, int] = field(default_factory=dict)
     windows: int = 0
     error: str | None = None

@@ -4,7 +4,9 @@ and every edit of a rule file keeping the counters exact."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from bridge.engine import UNKNOWN_SERIES_WINDOWS, Engine, dry_run, rule_key
 from bridge.errors import StateError
 from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
+from bridge.windows import Limits
 from tests.doubles.tempo import Response, Span
 from tests.support.engine import (
     COUNT,
@@ -466,4 +469,27 @@ async def test_a_catch_up_far_behind_writes_only_what_the_receiver_takes(tmp_pat
     assert await engine.evaluate_group(group)
     rows = h.outbox()
     assert min(ts for _, ts, _ in rows) >= h.clock.now - 600
+    assert rows[-1][2] == 60.0  # the total holds every window
+
+
+async def test_a_long_catch_up_skips_the_windows_that_aged_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Which windows the receiver still takes is judged at each step, not when the
+    evaluation began: windows that grew too old meanwhile are counted, not written."""
+    h = Harness(tmp_path, [span(T0 + 10 + 60 * i, "a") for i in range(60)], now=T0 + 3660)
+    client = TempoClient("http://tempo", transport=h.double.transport())
+    engine = Engine(client, h.state, h.metrics, limits=Limits(max_duration=600),
+                    max_sample_age=1800, clock=h.clock, encode=h._encode,
+                    on_commit=h._committed)
+    group = h.load(rules_yaml(start="1h", rules=[rule_yaml()]))
+    elapsed = itertools.count(0, 10)  # each look at the monotonic clock, 10 s later
+    started = time.monotonic()
+    monkeypatch.setattr("bridge.engine.time.monotonic", lambda: started + next(elapsed))
+    assert await engine.evaluate_group(group)
+    rows = h.outbox()
+    queries = len(h.queries())
+    assert queries > 3  # several steps, each later than the one before
+    # the oldest window written was young enough when its step ran, not only at the start
+    assert min(ts for _, ts, _ in rows) > h.clock.now - 1800 + 60
     assert rows[-1][2] == 60.0  # the total holds every window
