@@ -323,7 +323,10 @@ class ReceiverProxy:
         await self._client.aclose()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except ConnectionResetError:  # the daemon was killed while it sent: nobody to answer
+            raise asyncio.CancelledError() from None
         if self.poison is not None and self._poisoned(body):
             self.served["400 poison"] += 1
             return web.Response(status=400, text="out of order sample\n")
