@@ -56,6 +56,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Size:
+    """One run's rule: how many series its answers hold, its window, what is measured."""
+
     series: int
     interval: int
     """Window length, seconds."""
