@@ -391,8 +391,8 @@ class _Counter:
         being the stored ones (found once here rather than noted for every point)."""
         if not self._copied:
             return {}
-        if self._all_grown:
-            return dict(self.totals)
+        if self._all_grown:  # every total is a new one: all of them, the dict itself
+            return self._writable()
         before = self.stored.totals.get
         return {key: total for key, total in self.totals.items() if before(key) is not total}
 

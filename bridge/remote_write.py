@@ -322,11 +322,8 @@ class BatchEncoder:
                 points.append((ts, value))
         independent = all(len(points) <= self._max for points in per_series.values())
         batches: list[Batch] = []
-        stamps = _Timestamps()
-        headers = _SeriesHeaders()
-        out = bytearray()
-        count = 0
-        low, high = _INT64_MAX, _INT64_MIN
+        stamps, headers = _Timestamps(), _SeriesHeaders()
+        out, count, low, high = _empty_request()
         limit = self._max
         illustrated = {labels for labels, _ in exemplars}
         for labels, points in per_series.items():
@@ -335,7 +332,7 @@ class BatchEncoder:
                 part = points[i:i + limit] if len(points) > limit else points
                 if count + len(part) > limit:
                     batches.append(_batch(out, count, low, high, independent))
-                    out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
+                    out, count, low, high = _empty_request()
                 body = _samples(labels, part, stamps)
                 if labels in illustrated:
                     body += _exemplar_fields(
@@ -359,11 +356,8 @@ class BatchEncoder:
         """:meth:`__call__` when every series has one sample (a steady evaluation): the
         same bytes, each sample's fields written straight into the request."""
         batches: list[Batch] = []
-        stamps = _Timestamps()
-        headers = _SeriesHeaders()
-        out = bytearray()
-        count = 0
-        low, high = _INT64_MAX, _INT64_MIN
+        stamps, headers = _Timestamps(), _SeriesHeaders()
+        out, count, low, high = _empty_request()
         limit = self._max
         cached = self._labels.get
         pack = _DOUBLE.pack
@@ -373,7 +367,7 @@ class BatchEncoder:
             encoded_labels = cached(labels) or self.encoded_labels(labels)
             if count == limit:
                 batches.append(_batch(out, count, low, high, True))
-                out, count, low, high = bytearray(), 0, _INT64_MAX, _INT64_MIN
+                out, count, low, high = _empty_request()
             if ts != stamp:
                 before, after, zero = stamps[ts]
                 stamp = ts
@@ -403,6 +397,12 @@ class BatchEncoder:
         if count:
             batches.append(_batch(out, count, low, high, True))
         return batches
+
+
+def _empty_request() -> tuple[bytearray, int, int, int]:
+    """A request being written: its bytes, its sample count, its oldest and newest
+    timestamp (none yet)."""
+    return bytearray(), 0, _INT64_MAX, _INT64_MIN
 
 
 def _batch(
