@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -66,4 +67,24 @@ async def test_overlapping_pauses_of_tasks_end_with_the_last_one() -> None:
 
     await asyncio.gather(a(), b())
     assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_pauses_overlap_across_threads() -> None:
+    # the worker thread parses with the collector paused while an evaluation's step
+    # holds its own pause on the event loop's thread
+    gc.enable()
+    inner_done = threading.Event()
+
+    def worker_pause() -> None:
+        with gc_paused():
+            assert not gc.isenabled()
+        inner_done.set()
+
+    with gc_paused():
+        thread = threading.Thread(target=worker_pause)
+        thread.start()
+        thread.join()
+        assert inner_done.is_set()
+        assert not gc.isenabled()  # the outer pause still holds
     assert gc.isenabled()
