@@ -313,10 +313,12 @@ class Wired:
     receiver: Any
     sender: Any
     engine: Any
+    worker: Any
 
     async def close(self) -> None:
         await self.tempo.aclose()
         await self.receiver.aclose()
+        self.worker.close()
         self.state.close()
 
     def stopwatch(self) -> Stopwatch:
@@ -367,6 +369,7 @@ def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
     from bridge.state import State
     from bridge.tempo import TempoClient
     from bridge.windows import Limits
+    from bridge.worker import Worker
 
     (directory / "rules.yaml").write_text(rules)
     (group,) = load_rule_files([str(directory / "rules.yaml")], min_query_offset=45)
@@ -374,13 +377,14 @@ def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
     remote = RemoteWriteConfig(url=write_url)
     state = State(directory / "state.sqlite")
     metrics = Metrics()
-    tempo = TempoClient(tempo_url, timeout=600)
+    worker = Worker()  # as the daemon runs them: parse, evaluate and encode off the loop
+    tempo = TempoClient(tempo_url, timeout=600, worker=worker)
     receiver = RemoteWriteClient(write_url)
     sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
     engine.setdefault("limits", Limits(int(TempoConfig().max_duration)))
     engine.setdefault("max_sample_age", remote.max_sample_age)
     bridge_engine = Engine(
         tempo, state, metrics, encode=encode or encoder({}, remote.max_samples_per_send),
-        on_commit=sender.enqueue, **engine,
+        on_commit=sender.enqueue, worker=worker, **engine,
     )
-    return Wired(group, rule, state, metrics, tempo, receiver, sender, bridge_engine)
+    return Wired(group, rule, state, metrics, tempo, receiver, sender, bridge_engine, worker)

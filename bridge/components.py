@@ -14,6 +14,7 @@ from bridge.rules import Group
 from bridge.state import State
 from bridge.tempo import ClockSkew, TempoClient
 from bridge.windows import Limits
+from bridge.worker import Worker
 
 STATE_FILE = "tempo-bridge.sqlite"
 """The SQLite file in ``state_dir``."""
@@ -26,9 +27,10 @@ def load_rules(config: Config) -> list[Group]:
 
 def tempo_client(
     config: Config, transport: httpx.AsyncBaseTransport | None = None,
-    on_clock_skew: Callable[[ClockSkew], None] | None = None,
+    on_clock_skew: Callable[[ClockSkew], None] | None = None, worker: Worker | None = None,
 ) -> TempoClient:
-    """A Tempo client with the config's URL, tenant, credentials and timeout."""
+    """A Tempo client with the config's URL, tenant, credentials and timeout (``worker``:
+    the thread that parses its answers, as the daemon has)."""
     return TempoClient(
         config.tempo.url,
         tenant=config.tempo.tenant,
@@ -36,6 +38,7 @@ def tempo_client(
         timeout=config.tempo.timeout,
         transport=transport,
         on_clock_skew=on_clock_skew,
+        worker=worker,
     )
 
 

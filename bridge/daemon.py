@@ -28,6 +28,7 @@ from bridge.status import Clock, GroupStatus, Reload, RuleStatus, Status, Status
 from bridge.systemd import Notifier
 from bridge.tempo import ClockSkew
 from bridge.web import WebServer
+from bridge.worker import Worker
 
 log = structlog.get_logger("bridge.daemon")
 
@@ -61,7 +62,9 @@ class Daemon:
         ))
         self.state = open_state(config, exclusive=True)
         self._clock_level = "OK"
-        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew)
+        # parsing, evaluating and encoding run off the event loop (see bridge.worker)
+        self.worker = Worker()
+        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew, worker=self.worker)
         self.receiver = receiver_client(config)
         encode = encoder(dict(config.remote_write.external_labels),
                          config.remote_write.max_samples_per_send)
@@ -86,6 +89,7 @@ class Daemon:
             encode=encode,
             on_commit=self.sender.enqueue,
             status=self.status,
+            worker=self.worker,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
         self._sender_alive = False
@@ -132,6 +136,7 @@ class Daemon:
             await self.web.stop()
             await self.tempo.aclose()
             await self.receiver.aclose()
+            self.worker.close()
             self.state.close()
             self.notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

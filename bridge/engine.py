@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import structlog
 
@@ -51,8 +51,12 @@ from bridge.windows import (
     initial_checkpoint,
     plan_queries,
 )
+from bridge.worker import Worker
 
 log = structlog.get_logger("bridge.engine")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 Encode = Callable[[Sequence[Sample], Mapping[tuple[Labels, int], Sequence[Exemplar]]], list[Batch]]
 """Turns an evaluation's samples and exemplars into remote-write requests."""
@@ -152,6 +156,7 @@ class Engine:
         encode: Encode | None = None,
         on_commit: Callable[[Sequence[int], Sequence[Batch]], None] = lambda ids, batches: None,
         status: StatusBoard | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self._tempo = tempo
         self._store = store
@@ -163,7 +168,12 @@ class Engine:
         self._encode = encode
         self._on_commit = on_commit
         self._status = status
+        self._worker = worker
         self._locks: dict[RuleKey, asyncio.Lock] = {}
+        # from the evaluation of a step to its commit, and a removed rule's end: one at a
+        # time, as when these did not wait for the worker (two rules never commit between
+        # the other's evaluation and commit: the series' last timestamps it judged by hold)
+        self._serial = asyncio.Lock()
         self._mappers: dict[RuleKey, LabelMapper] = {}
 
     async def evaluate_group(self, group: Group) -> bool:
@@ -202,7 +212,7 @@ class Engine:
         """A rule left the rule files: its live series end with stale markers at its next
         window end, and its state is kept (putting the rule back continues it) until the
         retention has passed."""
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self._locks.setdefault(key, asyncio.Lock()), self._serial:
             store = self._store
             stored = store.load(key)
             if stored is None:
@@ -312,19 +322,19 @@ class Engine:
         mapper = self._mappers.get(run.key)
         if mapper is None or not mapper.fits(rule, group):
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
-        try:
-            kept = self._store.kept_values(run.key, again)
-            update = evaluate(group, rule, stored, reads, kept, context, mapper)
-        except EvaluationError as exc:
-            self._failed(run, query, what, exc.reason, exc)
-            return None
-        after = stored.apply(update)
-        batches = self._batches(update)
-        try:
-            ids = self._commit(run, update, batches, after)
-        except StateError as exc:
-            self._failed(run, query, what, "state", exc)
-            return None
+        async with self._serial:
+            try:
+                kept = self._store.kept_values(run.key, again)
+                update, after, batches = await self._off_loop(
+                    self._evaluate_step, group, rule, stored, reads, kept, context, mapper)
+            except EvaluationError as exc:
+                self._failed(run, query, what, exc.reason, exc)
+                return None
+            try:
+                ids = self._commit(run, update, batches, after)
+            except StateError as exc:
+                self._failed(run, query, what, "state", exc)
+                return None
         if update.dropped:
             mapper.forget(after.totals)
         run.stored = after
@@ -332,6 +342,23 @@ class Engine:
         if batches:
             self._on_commit(ids, batches)
         return after
+
+    def _evaluate_step(
+        self, group: Group, rule: Rule, stored: Stored, reads: Sequence[WindowRead],
+        kept: Mapping[Window, Mapping[TempoKey, float]], context: Context,
+        mapper: LabelMapper,
+    ) -> tuple[Update, Stored, list[Batch]]:
+        """The update of one step, the stored state after it, and its requests: no I/O."""
+        update = evaluate(group, rule, stored, reads, kept, context, mapper)
+        return update, stored.apply(update), self._batches(update)
+
+    async def _off_loop(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """``fn`` on the worker's thread when there is one (see bridge.worker)."""
+        if self._worker is None:
+            return fn(*args, **kwargs)
+        return await self._worker.run(fn, *args, **kwargs)
 
     def _batches(self, update: Update) -> list[Batch]:
         """The remote-write requests that carry the update's samples."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +26,7 @@ from time_machine import TimeMachineFixture
 
 from bridge.daemon import Daemon
 from bridge.engine import rule_key
-from bridge.evaluation import Stored, Update
+from bridge.evaluation import Stored, Update, evaluate
 from bridge.series import is_stale_nan
 from bridge.state import RuleKey
 from tests.doubles.tempo import Span, TempoDouble
@@ -287,3 +289,41 @@ async def test_tempo_s_clock_is_watched_on_every_answer(
     assert clock_events[0]["log_level"] == "error"
     assert clock_events[0]["level"] == "FAIL"
     assert "raise query_offset" in clock_events[0]["message"]
+
+
+async def test_the_bridge_answers_while_a_rule_is_evaluated(
+    tmp_path: Path, time_machine: TimeMachineFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rule of a million series takes half a minute to parse and evaluate: meanwhile
+    the event loop must ping the systemd watchdog (30 s), answer health checks and
+    scrapes. The evaluation is held here until the health check has been answered."""
+    time_machine.move_to(T0 + 0.5, tick=False)
+    tempo = TempoDouble(
+        [Span(start_ns=(T0 - 1) * 10**9 + 500_000_000, attributes={"model": "m"},
+              resource={"service.name": "svc"})],
+        query_end_cutoff=0,
+    )
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    started, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        released.append(release.wait(10.0))  # on the event loop, it would wait in vain
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr("bridge.engine.evaluate", held)
+    async with serving(tempo) as url:
+        daemon = make_daemon(write_config(tmp_path, url))
+        daemon.sender.run = _idle  # type: ignore[method-assign]
+        async with running(daemon), httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{daemon.web.port}"
+        ) as http:
+            await eventually(started.is_set, "an evaluation started")
+            assert (await http.get("/-/healthy")).status_code == 200
+            assert "tempo_bridge_rules 1.0" in (await http.get("/metrics")).text
+            release.set()
+            await eventually(lambda: daemon.ready, "the bridge ready")
+            key = rule_key(daemon._groups[0], daemon._groups[0].rules[0])
+            await eventually(lambda: daemon.state.load(key), "the window recorded")
+    assert released == [True]

@@ -3,10 +3,14 @@ and every edit of a rule file keeping the counters exact."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
 import itertools
 import math
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from bridge.errors import StateError
 from bridge.series import is_stale_nan
 from bridge.tempo import TempoClient
 from bridge.windows import Limits
+from bridge.worker import Worker
 from tests.doubles.tempo import Response, Span
 from tests.support.engine import (
     COUNT,
@@ -493,3 +498,53 @@ async def test_a_long_catch_up_skips_the_windows_that_aged_while_it_ran(
     # the oldest window written was young enough when its step ran, not only at the start
     assert min(ts for _, ts, _ in rows) > h.clock.now - 1800 + 60
     assert rows[-1][2] == 60.0  # the total holds every window
+
+
+# -- off the event loop ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    worker = Worker()
+    yield worker
+    worker.close()
+
+
+def _held(stage: Callable[..., object], loop: asyncio.AbstractEventLoop,
+          seen: list[tuple[str, bool]]) -> Callable[..., object]:
+    """``stage`` that first asks the event loop for a callback and waits for it (run on
+    the loop itself, it would wait in vain), noting its thread and whether the loop ran."""
+
+    def held(*args: object, **kwargs: object) -> object:
+        loop_ran = threading.Event()
+        loop.call_soon_threadsafe(loop_ran.set)
+        seen.append((threading.current_thread().name, loop_ran.wait(10.0)))
+        return stage(*args, **kwargs)
+
+    return held
+
+
+async def test_with_a_worker_answers_are_parsed_and_evaluated_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: Worker,
+) -> None:
+    """A big rule takes seconds to parse and evaluate: meanwhile the loop answers the
+    watchdog, health checks and scrapes. The result is what the loop alone would give."""
+    spans = [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"), span(T0 + 130, "a")]
+    alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
+    h = Harness(tmp_path, spans, now=T0 + 120, worker=worker)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    for harness in (alone, h):
+        assert await harness.tick(group)
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, bool]] = []
+    for name in ("bridge.tempo.parse_buckets", "bridge.engine.evaluate"):
+        module, function = name.rsplit(".", 1)
+        stage = getattr(importlib.import_module(module), function)
+        monkeypatch.setattr(name, _held(stage, loop, seen))
+    assert await h.tick(group, 120)
+    assert [ok for _, ok in seen] == [True, True]  # the answer's parse, its evaluation
+    assert all(name.startswith("tempo-bridge-worker") for name, _ in seen)
+    monkeypatch.undo()
+    assert await alone.tick(group, 120)
+    assert h.outbox() == alone.outbox()
+    assert h.totals(group, group.rules[0]) == alone.totals(group, group.rules[0])

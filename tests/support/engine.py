@@ -19,6 +19,7 @@ from bridge.series import Exemplar, Labels, Sample
 from bridge.state import State
 from bridge.tempo import TempoClient
 from bridge.windows import Limits
+from bridge.worker import Worker
 from tests.doubles.tempo import Span, TempoDouble
 from tests.support.clock import FakeClock
 
@@ -64,8 +65,10 @@ class Harness:
     """An engine on a state file, the Tempo double and a clock the test moves."""
 
     def __init__(self, tmp_path: Path, spans: Iterable[Span] = (), *, now: float = T0,
-                 retention: int = 0, limits: Limits = LIMITS) -> None:
+                 retention: int = 0, limits: Limits = LIMITS,
+                 worker: Worker | None = None) -> None:
         self.tmp = tmp_path
+        self.worker = worker
         self.clock = FakeClock(now)
         self.double = TempoDouble(spans, clock=self.clock, query_end_cutoff=0)
         self.retention = retention
@@ -79,10 +82,11 @@ class Harness:
         self.engine = self._engine()
 
     def _engine(self) -> Engine:
-        client = TempoClient("http://tempo", transport=self.double.transport())
+        client = TempoClient("http://tempo", transport=self.double.transport(),
+                             worker=self.worker)
         return Engine(client, self.state, self.metrics, limits=self.limits,
                       retention=self.retention, clock=self.clock, encode=self._encode,
-                      on_commit=self._committed)
+                      on_commit=self._committed, worker=self.worker)
 
     def _encode(self, samples: Sequence[Sample],
                 exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]]) -> list[Batch]:
