@@ -20,7 +20,10 @@ send to Prometheus, the next evaluation, and whatever the daemon does between wi
 The evaluation's own wall time is the ``seconds`` of its log line (Tempo's answer, the
 evaluation, the commit; not the send). Memory: ``VmRSS`` and ``VmHWM`` of the daemon at
 the end. The daemon's ``/metrics`` (samples sent) is read once, at the end, so that
-reading it costs the daemon nothing while it is measured.
+reading it costs the daemon nothing while it is measured. Its health endpoint is asked
+twice a second throughout, as a supervisor would: the slowest answer is how long the
+daemon's event loop was kept from its watchdog pings, health checks and scrapes (the
+systemd unit's ``WatchdogSec`` is 30 s; Prometheus's scrape timeout 10 s by default).
 
 Checks: the daemon evaluated every window it was given without a failure, every sample
 was sent, Prometheus holds every series at the last window's end, the daemon stopped
@@ -118,6 +121,29 @@ async def samples(url: str) -> tuple[float, float]:
             sum(v for name, v in found if name == "tempo_bridge_samples_dropped_total"))
 
 
+class HealthProbe:
+    """Asks the daemon's ``/-/healthy`` every ``every`` seconds; the slowest answer."""
+
+    def __init__(self, url: str, every: float = 0.5) -> None:
+        self.url, self.every = url, every
+        self.slowest = 0.0
+        self.answers = 0
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            while True:
+                started = time.monotonic()
+                try:
+                    await client.get(self.url)
+                except httpx.TransportError:  # not listening yet: not an answer
+                    await asyncio.sleep(self.every)
+                    continue
+                took = time.monotonic() - started
+                self.slowest = max(self.slowest, took)
+                self.answers += 1
+                await asyncio.sleep(max(self.every - took, 0.0))
+
+
 async def wait_for(follower: LogFollower, count: int, seconds: float,
                    daemon: asyncio.subprocess.Process) -> tuple[float, float]:
     """Wait until the log holds ``count`` evaluations; the daemon's CPU time and the
@@ -154,6 +180,8 @@ async def measure(size: Size, report: Report) -> None:
             daemon = await asyncio.create_subprocess_exec(
                 *command(), "run", "--config", str(config),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        probe = HealthProbe(f"http://127.0.0.1:{port}/-/healthy")
+        probing = asyncio.create_task(probe.run())
         try:
             first_wait = 120 + size.series / 2_000
             first_cpu, _ = await wait_for(follower, 1, first_wait, daemon)
@@ -166,6 +194,7 @@ async def measure(size: Size, report: Report) -> None:
             await asyncio.sleep(size.interval / 2)  # the last window's samples are sent
             sent, dropped = await samples(f"http://127.0.0.1:{port}/metrics")
         finally:
+            probing.cancel()
             daemon.terminate()
             try:
                 code = await asyncio.wait_for(daemon.wait(), 60)
@@ -192,6 +221,9 @@ async def measure(size: Size, report: Report) -> None:
                       statistics.median(seconds), "s")
         report.note(f"{name}: steady evaluations took {seconds[0]:.3f} to {seconds[-1]:.3f} s "
                     "(the daemon's log: the Tempo query, the evaluation, the commit)")
+        report.figure(f"{name}: slowest answer of the health endpoint, from the start",
+                      probe.slowest, "s", at_most=10.0)
+        report.note(f"{name}: the health endpoint answered {probe.answers} times")
         report.figure(f"{name}: RSS at the end (VmRSS)", status["VmRSS"], "MB", digits=1)
         report.figure(f"{name}: peak RSS (VmHWM)", status["VmHWM"], "MB", digits=1)
         evaluated = [e for e in follower.evaluations if e.get("series") == size.series]
