@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import ParamSpec, TypeVar
 
+from bridge.memory import one_malloc_arena
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -28,6 +30,7 @@ class Worker:
     """One thread that runs functions for the event loop, one at a time, in order."""
 
     def __init__(self) -> None:
+        one_malloc_arena()  # its allocations in the loop's heap, not one of its own
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempo-bridge-worker")
 
     async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:

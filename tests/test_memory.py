@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import platform
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from bridge.memory import gc_paused
+from bridge.memory import gc_paused, one_malloc_arena
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +89,9 @@ def test_pauses_overlap_across_threads() -> None:
         assert inner_done.is_set()
         assert not gc.isenabled()  # the outer pause still holds
     assert gc.isenabled()
+
+
+def test_the_process_keeps_to_one_malloc_arena_on_glibc() -> None:
+    # glibc's mallopt says 1 when it took the setting; other C libraries have none
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert one_malloc_arena() is glibc
