@@ -548,3 +548,37 @@ async def test_with_a_worker_answers_are_parsed_and_evaluated_off_the_event_loop
     assert await alone.tick(group, 120)
     assert h.outbox() == alone.outbox()
     assert h.totals(group, group.rules[0]) == alone.totals(group, group.rules[0])
+
+
+async def test_an_evaluation_cancelled_while_the_worker_runs_commits_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: Worker,
+) -> None:
+    """A stop cancels the evaluations under way: one waiting for the worker stops before
+    its commit, and the next run records the same windows, once."""
+    spans = [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b")]
+    h = Harness(tmp_path, spans, now=T0 + 120, worker=worker)
+    alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    evaluate = importlib.import_module("bridge.engine").evaluate
+    loop, started, release = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+
+    def held(*args: object, **kwargs: object) -> object:
+        loop.call_soon_threadsafe(started.set)
+        assert release.wait(10.0)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr("bridge.engine.evaluate", held)
+    tick = asyncio.ensure_future(h.tick(group))
+    await started.wait()
+    tick.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tick
+    release.set()
+    stored = h.state.load(rule_key(group, group.rules[0]))
+    assert stored is not None
+    assert (stored.checkpoint, stored.totals) == (T0, {})  # where it began: no window
+    assert h.written == []
+    monkeypatch.setattr("bridge.engine.evaluate", evaluate)
+    assert await h.tick(group)
+    assert await alone.tick(group)
+    assert h.outbox() == alone.outbox()
