@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Protocol
 
 import structlog
 
@@ -51,12 +51,9 @@ from bridge.windows import (
     initial_checkpoint,
     plan_queries,
 )
-from bridge.worker import Worker
+from bridge.worker import Worker, run_on
 
 log = structlog.get_logger("bridge.engine")
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 Encode = Callable[[Sequence[Sample], Mapping[tuple[Labels, int], Sequence[Exemplar]]], list[Batch]]
 """Turns an evaluation's samples and exemplars into remote-write requests."""
@@ -218,7 +215,9 @@ class Engine:
             if stored is None:
                 return
             update = retire(stored, interval, store.last_ts)
-            batches = self._batches(update)
+            # the encoder's caches are the worker's (an evaluation cancelled meanwhile
+            # may still be encoding there)
+            batches = await run_on(self._worker, self._batches, update)
             ids = store.mark_removed(key, self._clock(), update, batches)
             self._mappers.pop(key, None)
             log.info("rule removed", group=key.group, rule=key.record, kind=key.kind,
@@ -325,8 +324,9 @@ class Engine:
         async with self._serial:
             try:
                 kept = self._store.kept_values(run.key, again)
-                update, after, batches = await self._off_loop(
-                    self._evaluate_step, group, rule, stored, reads, kept, context, mapper)
+                update, after, batches = await run_on(
+                    self._worker, self._evaluate_step, group, rule, stored, reads, kept,
+                    context, mapper)
             except EvaluationError as exc:
                 self._failed(run, query, what, exc.reason, exc)
                 return None
@@ -351,14 +351,6 @@ class Engine:
         """The update of one step, the stored state after it, and its requests: no I/O."""
         update = evaluate(group, rule, stored, reads, kept, context, mapper)
         return update, stored.apply(update), self._batches(update)
-
-    async def _off_loop(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> _T:
-        """``fn`` on the worker's thread when there is one (see bridge.worker)."""
-        if self._worker is None:
-            return fn(*args, **kwargs)
-        return await self._worker.run(fn, *args, **kwargs)
 
     def _batches(self, update: Update) -> list[Batch]:
         """The remote-write requests that carry the update's samples."""

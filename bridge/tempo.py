@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, NamedTuple, ParamSpec, TypeAlias, TypeVar, overload
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, overload
 
 import httpx
 import msgspec
@@ -33,16 +33,13 @@ from bridge import USER_AGENT
 from bridge.errors import TempoError
 from bridge.memory import gc_paused
 from bridge.series import Exemplar, TempoKey
-from bridge.worker import Worker
+from bridge.worker import Worker, run_on
 
 INSTANT_PATH = "/api/metrics/query"
 RANGE_PATH = "/api/metrics/query_range"
 _MAX_BODY_IN_ERROR = 1024
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 Kind: TypeAlias = Literal["instant", "range"]
 Body: TypeAlias = bytes | bytearray
@@ -187,15 +184,15 @@ class TempoClient:
     ) -> list[InstantSeries]:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
         content = await self._instant(query, start, end, tenant)
-        return await self._parse(parse_answer, content, query, "instant", self._keys)
+        return await run_on(self._worker, parse_answer, content, query, "instant", self._keys)
 
     async def instant_buckets(
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> Buckets:
         """:meth:`instant`, its values as those of one bucket stamped ``end`` (ms)."""
         content = await self._instant(query, start, end, tenant)
-        return await self._parse(parse_buckets, content, query, "instant", (end * 1000,),
-                                 self._keys)
+        return await run_on(self._worker, parse_buckets, content, query, "instant",
+                            (end * 1000,), self._keys)
 
     async def range(
         self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
@@ -208,7 +205,7 @@ class TempoClient:
         means Tempo's ``max_exemplars``, 100 by default).
         """
         content = await self._range(query, start, end, step, tenant, exemplars)
-        return await self._parse(parse_answer, content, query, "range", self._keys)
+        return await run_on(self._worker, parse_answer, content, query, "range", self._keys)
 
     async def range_buckets(
         self, query: str, start: int, end: int, step: int, stamps: Sequence[int], *,
@@ -216,7 +213,8 @@ class TempoClient:
     ) -> Buckets:
         """:meth:`range`, its values in the buckets stamped ``stamps`` (ms) only."""
         content = await self._range(query, start, end, step, tenant, exemplars)
-        return await self._parse(parse_buckets, content, query, "range", stamps, self._keys)
+        return await run_on(self._worker, parse_buckets, content, query, "range", stamps,
+                            self._keys)
 
     async def get_json(self, path: str) -> Any:
         """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
@@ -234,12 +232,6 @@ class TempoClient:
         """GET a Tempo status endpoint that answers text (``/status/config``)."""
         response, body = await self._request(path, {}, None, "GET " + path)
         return _text(response, body)
-
-    async def _parse(self, parse: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        """``parse`` of an answer: on the worker's thread when there is one."""
-        if self._worker is None:
-            return parse(*args, **kwargs)
-        return await self._worker.run(parse, *args, **kwargs)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -421,6 +413,9 @@ def parse_buckets(
             else partial(_range_buckets, query=query, stamps=stamps))
     return _parse(content, query, kind, keys, fast, partial(buckets_of, stamps=stamps))
 
+
+
+_R = TypeVar("_R")
 
 
 def _parse(

@@ -42,3 +42,13 @@ class Worker:
     def close(self) -> None:
         """Let the thread end once the function it runs returns; nothing more is taken."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def run_on(
+    worker: Worker | None, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``fn(*args, **kwargs)`` on ``worker``'s thread, or here when there is none (the
+    commands that run one evaluation and exit, and most tests)."""
+    if worker is None:
+        return fn(*args, **kwargs)
+    return await worker.run(fn, *args, **kwargs)

@@ -399,9 +399,12 @@ async def test_one_second_windows_catch_up_within_the_step_limit(tmp_path: Path)
     assert h.failures("http_400") is None
 
 
-async def test_a_retired_rule_put_back_writes_after_its_stale_markers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_worker", [False, True])
+async def test_a_retired_rule_put_back_writes_after_its_stale_markers(
+    tmp_path: Path, worker: Worker, with_worker: bool,
+) -> None:
     spans = [span(T0 + 30 * i + 5, "a", 2.0) for i in range(40)]
-    h = Harness(tmp_path, spans, now=T0 + 120)
+    h = Harness(tmp_path, spans, now=T0 + 120, worker=worker if with_worker else None)
     rules = [rule_yaml(), rule_yaml("g_max", SUM, "gauge")]
     both = h.load(rules_yaml(rules=rules))
     assert await h.tick(both)
@@ -418,6 +421,8 @@ async def test_a_retired_rule_put_back_writes_after_its_stale_markers(tmp_path: 
     assert [(ts, is_stale_nan(v)) for _, ts, v in gauge] == [
         (T0 + 60, False), (T0 + 120, True), (T0 + 180, False)
     ]
+    # with a worker, every encoding is its (the encoder's caches are not shared)
+    assert all(name.startswith("tempo-bridge-worker") for name in h.encoded_on) is with_worker
     assert gauge[-1][2] == 4.0
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.worker import Worker
+from bridge.worker import Worker, run_on
 
 HELD = 10.0
 """How long a held function waits for the loop before giving up (never, when it passes)."""
@@ -79,3 +79,13 @@ async def test_a_closed_worker_takes_nothing_more(worker: Worker) -> None:
     worker.close()
     with pytest.raises(RuntimeError):
         await worker.run(int)
+
+
+async def test_without_a_worker_a_function_runs_here() -> None:
+    assert await run_on(None, lambda: threading.current_thread().name) == (
+        threading.current_thread().name)
+
+
+async def test_with_a_worker_a_function_runs_there(worker: Worker) -> None:
+    assert (await run_on(worker, lambda: threading.current_thread().name)).startswith(
+        "tempo-bridge-worker")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -79,6 +80,8 @@ class Harness:
         """Every sample committed, in the order the evaluations wrote them."""
         self.exemplars: dict[tuple[Labels, int], list[Exemplar]] = {}
         self._encoding: list[Sample] = []
+        self.encoded_on: list[str] = []
+        """The thread of each call of the encoder."""
         self.engine = self._engine()
 
     def _engine(self) -> Engine:
@@ -91,6 +94,7 @@ class Harness:
     def _encode(self, samples: Sequence[Sample],
                 exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]]) -> list[Batch]:
         self._encoding = list(samples)
+        self.encoded_on.append(threading.current_thread().name)
         self.exemplars.update({k: list(v) for k, v in exemplars.items()})
         return encode_batches(samples, exemplars, {}, 2000)
 
