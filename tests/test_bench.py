@@ -52,7 +52,8 @@ EXPECTED = {
                "2,000 series: steady window: evaluation wall time (before the send), median":
                    False,
                "2,000 series: peak RSS (VmHWM)": False,
-               "2,000 series: slowest answer of the health endpoint, from the start": True},
+               "2,000 series: slowest answer of the health endpoint, from the start": True,
+               "2,000 series: slowest answer of the health endpoint, steady windows": True},
     "exemplars": {"2,000 exemplars on: steady wall time": False,
                   "2,000 exemplars off: steady CPU time": False,
                   "2,000 exemplars on: Tempo's answer": False,
