@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
+from bridge.worker import Worker
 from tests.support.prometheus import PrometheusServer, start_prometheus
 
 
@@ -25,3 +26,11 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]
     stopped after them."""
     with start_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
         yield server
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    """A worker thread, as the daemon has; closed after the test."""
+    worker = Worker()
+    yield worker
+    worker.close()

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from bridge.engine import UNKNOWN_SERIES_WINDOWS, Engine, dry_run, rule_key
 from bridge.errors import StateError
+from bridge.evaluation import evaluate
 from bridge.series import is_stale_nan
-from bridge.tempo import TempoClient
+from bridge.tempo import TempoClient, parse_buckets
 from bridge.windows import Limits
 from bridge.worker import Worker
 from tests.doubles.tempo import Response, Span
@@ -421,7 +422,7 @@ async def test_a_retired_rule_put_back_writes_after_its_stale_markers(
     assert [(ts, is_stale_nan(v)) for _, ts, v in gauge] == [
         (T0 + 60, False), (T0 + 120, True), (T0 + 180, False)
     ]
-    # with a worker, every encoding is its (the encoder's caches are not shared)
+    # with a worker, the encoder runs on its thread only (its caches are not shared)
     assert all(name.startswith("tempo-bridge-worker") for name in h.encoded_on) is with_worker
     assert gauge[-1][2] == 4.0
 
@@ -508,13 +509,6 @@ async def test_a_long_catch_up_skips_the_windows_that_aged_while_it_ran(
 # -- off the event loop ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker() -> Iterator[Worker]:
-    worker = Worker()
-    yield worker
-    worker.close()
-
-
 def _held(stage: Callable[..., object], loop: asyncio.AbstractEventLoop,
           seen: list[tuple[str, bool]]) -> Callable[..., object]:
     """``stage`` that first asks the event loop for a callback and waits for it (run on
@@ -542,10 +536,8 @@ async def test_with_a_worker_answers_are_parsed_and_evaluated_off_the_event_loop
         assert await harness.tick(group)
     loop = asyncio.get_running_loop()
     seen: list[tuple[str, bool]] = []
-    for name in ("bridge.tempo.parse_buckets", "bridge.engine.evaluate"):
-        module, function = name.rsplit(".", 1)
-        stage = getattr(importlib.import_module(module), function)
-        monkeypatch.setattr(name, _held(stage, loop, seen))
+    monkeypatch.setattr("bridge.tempo.parse_buckets", _held(parse_buckets, loop, seen))
+    monkeypatch.setattr("bridge.engine.evaluate", _held(evaluate, loop, seen))
     assert await h.tick(group, 120)
     assert [ok for _, ok in seen] == [True, True]  # the answer's parse, its evaluation
     assert all(name.startswith("tempo-bridge-worker") for name, _ in seen)
@@ -564,10 +556,9 @@ async def test_an_evaluation_cancelled_while_the_worker_runs_commits_nothing(
     h = Harness(tmp_path, spans, now=T0 + 120, worker=worker)
     alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
     group = h.load(rules_yaml(rules=[rule_yaml()]))
-    evaluate = importlib.import_module("bridge.engine").evaluate
     loop, started, release = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
 
-    def held(*args: object, **kwargs: object) -> object:
+    def held(*args: Any, **kwargs: Any) -> Any:
         loop.call_soon_threadsafe(started.set)
         assert release.wait(10.0)
         return evaluate(*args, **kwargs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,13 +12,6 @@ from bridge.worker import Worker, run_on
 
 HELD = 10.0
 """How long a held function waits for the loop before giving up (never, when it passes)."""
-
-
-@pytest.fixture
-def worker() -> Iterator[Worker]:
-    worker = Worker()
-    yield worker
-    worker.close()
 
 
 async def test_a_function_runs_on_the_worker_s_thread_and_gives_its_value(
