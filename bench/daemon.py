@@ -24,6 +24,8 @@ reading it costs the daemon nothing while it is measured. Its health endpoint is
 twice a second throughout, as a supervisor would: the slowest answer is how long the
 daemon's event loop was kept from its watchdog pings, health checks and scrapes (the
 systemd unit's ``WatchdogSec`` is 30 s; Prometheus's scrape timeout 10 s by default).
+Each answer costs the daemon about 0.3 ms of CPU (1,000 of them measured), 0.5% of a
+steady 10 s window's figure at 100,000 series.
 
 Checks: the daemon evaluated every window it was given without a failure, every sample
 was sent, Prometheus holds every series at the last window's end, the daemon stopped
