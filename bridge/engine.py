@@ -167,9 +167,9 @@ class Engine:
         self._status = status
         self._worker = worker
         self._locks: dict[RuleKey, asyncio.Lock] = {}
-        # from the evaluation of a step to its commit, and a removed rule's end: one at a
-        # time, as when these did not wait for the worker (two rules never commit between
-        # the other's evaluation and commit: the series' last timestamps it judged by hold)
+        # held from a step's evaluation to its commit (and over a removed rule's end): no
+        # other rule commits in between, as when nothing there awaited the worker, so the
+        # series' last timestamps the evaluation judged by still hold at its commit
         self._serial = asyncio.Lock()
         self._mappers: dict[RuleKey, LabelMapper] = {}
 

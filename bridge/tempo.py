@@ -414,7 +414,6 @@ def parse_buckets(
     return _parse(content, query, kind, keys, fast, partial(buckets_of, stamps=stamps))
 
 
-
 _R = TypeVar("_R")
 
 

@@ -97,8 +97,13 @@ async def test_a_failed_query_keeps_the_checkpoint_and_is_retried(tmp_path: Path
     assert len(rows) == 12
 
 
-async def test_partial_answer_is_a_failure(tmp_path: Path) -> None:
-    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120)
+@pytest.mark.parametrize("with_worker", [False, True])
+async def test_partial_answer_is_a_failure(
+    tmp_path: Path, worker: Worker, with_worker: bool,
+) -> None:
+    # with a worker the answer is parsed there: its TempoError reaches the engine the same
+    h = Harness(tmp_path, [span(T0 + 10, "a")], now=T0 + 120,
+                worker=worker if with_worker else None)
     group = h.load(rules_yaml(rules=[rule_yaml(expr=SUM)]))
     h.double.inject(Response(200, "application/json", b'{"status":"PARTIAL","message":"cut"}'))
     assert not await h.tick(group)
