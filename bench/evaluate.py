@@ -2,7 +2,8 @@
 
 Not a test. Run with ``uv run --frozen python -m bench.evaluate`` (``--quick``: 1,000 and
 2,000 series, as CI runs it; ``--sizes 100000`` and ``--idle-sizes 100000``: the sizes to
-run; ``--profile``: cProfile of the steady evaluation, printed by the child process).
+run; ``--profile``: cProfile of the steady evaluation on both threads, the event loop's and
+the worker's, printed by the child process).
 
 This process starts a real Prometheus and serves prebuilt Tempo answers over HTTP, shaped
 as Tempo 3.0.3 answers (labels as OTLP AnyValues named as written in ``by()``, int64 as
@@ -177,18 +178,22 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
     watch = wired.stopwatch()
 
     result: dict[str, Any] = {"evaluations": [], "rss_before": peak_rss_mb()}
+    # one profiler on the loop's thread, one on the worker's: a profiler sees its own thread
     profiler = cProfile.Profile() if profile else None
+    on_worker = cProfile.Profile() if profile else None
     for clock in clocks(now, idle, steady_count):
         steady = clock == now
         watch.seconds.clear()
         sent_before = metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0
         wall, cpu = time.perf_counter(), time.process_time()
-        if profiler and steady:
+        if profiler and on_worker and steady:
+            await wired.worker.run(on_worker.enable)
             profiler.enable()
         ok = await engine.evaluate_rule(group, rule, clock)
         await sender.drain()
-        if profiler and steady:
+        if profiler and on_worker and steady:
             profiler.disable()
+            await wired.worker.run(on_worker.disable)
         sent = (metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0)
         result["evaluations"].append({
             "ok": ok, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
@@ -199,9 +204,10 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
     result["series"] = len(stored.totals) if stored else 0
     result["peak_rss"] = peak_rss_mb()
     await wired.close()
-    if profiler:
+    if profiler and on_worker:
         for order, lines in (("tottime", 45), ("cumulative", 60)):
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats(order).print_stats(lines)
+            stats = pstats.Stats(profiler, stream=sys.stderr).add(on_worker)
+            stats.sort_stats(order).print_stats(lines)
     return result
 
 
