@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,47 @@ def test_the_outbox_holds_requests_in_order_until_they_are_removed(tmp_path: Pat
     state.remove_from_outbox(second)
     assert state.outbox_oldest_ts_ms() is None
     assert state.next_outbox_id(after=0) is None
+
+
+def test_a_call_from_another_thread_waits_for_the_commit_under_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon commits on a thread of its own while the sender works the outbox: a
+    call made meanwhile waits for the commit to end instead of joining its transaction
+    (where a removal would be undone by the commit's rollback, or see half a commit)."""
+    state = State(tmp_path / "s.sqlite")
+    first = state.commit(RULE, update(60), requests([(A, 60_000, 1.0)]))
+    in_commit, release = threading.Event(), threading.Event()
+    store_new_series = State._store_new_series
+
+    def held(self: State) -> None:
+        in_commit.set()
+        assert release.wait(10.0)
+        store_new_series(self)
+
+    monkeypatch.setattr(State, "_store_new_series", held)
+    committing = threading.Thread(target=state.commit, args=(RULE, update(
+        120, totals={KB: Total(2.0, 120)}, samples=[(B, 120_000, 2.0)],
+    ), requests([(B, 120_000, 2.0)])))
+    committing.start()
+    assert in_commit.wait(10.0)
+    seen: list[list[int]] = []
+
+    def remove_then_look() -> None:
+        state.remove_from_outbox(first)
+        seen.append([i for i, _ in state.outbox()])
+
+    removing = threading.Thread(target=remove_then_look)
+    removing.start()
+    removing.join(0.2)
+    assert removing.is_alive()  # waiting for the commit
+    release.set()
+    committing.join(10.0)
+    removing.join(10.0)
+    (second,) = seen[0]
+    assert second > first[0]  # the whole commit, then the removal
+    assert queued(state) == [(B, 120_000, 2.0)]
+    assert state.outbox_samples() == 1
 
 
 def test_series_ended_at_the_checkpoint_are_remembered(tmp_path: Path) -> None:
