@@ -1,17 +1,18 @@
-"""Worker: the CPU-heavy stages of evaluations, run off the event loop.
+"""Worker: work run off the event loop, on a thread of its own, one job at a time.
 
 Parsing Tempo's answer, evaluating it and encoding its samples are plain Python that runs
 for seconds on a big rule (about 30 s for the first evaluation of 1,000,000 series, 12 s
-for a steady one). On the event loop that would stop everything else meanwhile: the
-systemd watchdog pings (``WatchdogSec=30s``: the daemon would be killed, again at each
+for a steady one); committing the first evaluation of such a rule stores 2,000,000 label
+sets in SQLite (about 12 s). On the event loop that would stop everything else meanwhile:
+the systemd watchdog pings (``WatchdogSec=30s``: the daemon would be killed, again at each
 restart, before its first commit), the health and metrics endpoints (scrapes time out),
-the sender. The worker runs those stages on one thread of its own, one at a time, so
-that they never overlap one another (the caches they share need no locks), and the loop
-goes on meanwhile: the interpreter hands it the GIL every few milliseconds, but not
-within one long call into C (decoding a whole answer, building a dictionary of a million
-entries). Everything that touches the state database stays on the loop: its commit is
-what still holds the loop longest (bench.daemon's health probe: about 2 s in a steady
-window of 1,000,000 series, 12 s in the first).
+the sender. The daemon has two workers: one parses, evaluates and encodes (never two of
+those at once, so the caches they share need no locks), the other makes every call into
+the state database (its commits, the sender's reads and removals, maintenance), so that a
+commit never waits behind an evaluation, nor the sender behind either. The loop goes on
+meanwhile: the interpreter hands it the GIL every few milliseconds, and SQLite lets go of
+it while it works; but not within one long call into C that keeps it (decoding a whole
+answer, building a dictionary of a million entries).
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ _T = TypeVar("_T")
 class Worker:
     """One thread that runs functions for the event loop, one at a time, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "worker") -> None:
         one_malloc_arena()  # its allocations in the loop's heap, not one of its own
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempo-bridge-worker")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tempo-bridge-{name}")
 
     async def run(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``fn(*args, **kwargs)`` on the worker's thread (in the caller's context
@@ -55,3 +56,22 @@ async def run_on(
     if worker is None:
         return fn(*args, **kwargs)
     return await worker.run(fn, *args, **kwargs)
+
+
+async def run_to_end(
+    worker: Worker | None, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """:func:`run_on`, but a caller cancelled meanwhile waits for ``fn`` to end before its
+    cancellation goes on: a commit never runs on behind the evaluation that made it (the
+    next one would judge by a state it is still changing; the daemon closes the state
+    once its evaluations have ended)."""
+    if worker is None:
+        return fn(*args, **kwargs)
+    job = asyncio.ensure_future(worker.run(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        if not job.cancelled():
+            job.exception()  # its outcome is the caller's to ignore: it was cancelled
+        raise

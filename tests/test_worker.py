@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from bridge.worker import Worker, run_on
+from bridge.worker import Worker, run_on, run_to_end
 
 HELD = 10.0
 """How long a held function waits for the loop before giving up (never, when it passes)."""
@@ -81,3 +81,52 @@ async def test_without_a_worker_a_function_runs_here() -> None:
 async def test_with_a_worker_a_function_runs_there(worker: Worker) -> None:
     assert (await run_on(worker, lambda: threading.current_thread().name)).startswith(
         "tempo-bridge-worker")
+
+
+async def test_a_worker_s_thread_is_named_after_its_job() -> None:
+    state = Worker("state")
+    try:
+        assert (await state.run(lambda: threading.current_thread().name)).startswith(
+            "tempo-bridge-state")
+    finally:
+        state.close()
+
+
+async def test_run_to_end_without_a_worker_runs_here() -> None:
+    assert await run_to_end(None, lambda: threading.current_thread().name) == (
+        threading.current_thread().name)
+
+
+async def test_a_caller_cancelled_meanwhile_waits_for_the_function_to_end(
+    worker: Worker,
+) -> None:
+    """A commit is never left running behind the evaluation that made it: the cancelled
+    caller ends once the function has, and the cancellation goes on."""
+    loop, started, release = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+    ended: list[str] = []
+
+    def commit() -> str:
+        loop.call_soon_threadsafe(started.set)
+        assert release.wait(HELD)
+        ended.append("committed")
+        return "ids"
+
+    caller = asyncio.ensure_future(run_to_end(worker, commit))
+    await started.wait()
+    caller.cancel()
+    await asyncio.sleep(0.05)
+    assert not caller.done()  # still waiting for the function
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert ended == ["committed"]
+
+
+async def test_run_to_end_gives_the_function_s_value_or_exception(worker: Worker) -> None:
+    assert await run_to_end(worker, lambda: 42) == 42
+
+    def failing() -> None:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        await run_to_end(worker, failing)
