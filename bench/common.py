@@ -314,11 +314,13 @@ class Wired:
     sender: Any
     engine: Any
     worker: Any
+    state_worker: Any
 
     async def close(self) -> None:
         await self.tempo.aclose()
         await self.receiver.aclose()
         self.worker.close()
+        self.state_worker.close()
         self.state.close()
 
     def stopwatch(self) -> Stopwatch:
@@ -377,14 +379,17 @@ def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
     remote = RemoteWriteConfig(url=write_url)
     state = State(directory / "state.sqlite")
     metrics = Metrics()
-    worker = Worker()  # as the daemon runs them: parse, evaluate and encode off the loop
+    # as the daemon runs them: parse, evaluate and encode off the loop, state calls too
+    worker, state_worker = Worker(), Worker("state")
     tempo = TempoClient(tempo_url, timeout=600, worker=worker)
     receiver = RemoteWriteClient(write_url)
-    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age)
+    sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age,
+                    state_worker=state_worker)
     engine.setdefault("limits", Limits(int(TempoConfig().max_duration)))
     engine.setdefault("max_sample_age", remote.max_sample_age)
     bridge_engine = Engine(
         tempo, state, metrics, encode=encode or encoder({}, remote.max_samples_per_send),
-        on_commit=sender.enqueue, worker=worker, **engine,
+        on_commit=sender.enqueue, worker=worker, state_worker=state_worker, **engine,
     )
-    return Wired(group, rule, state, metrics, tempo, receiver, sender, bridge_engine, worker)
+    return Wired(group, rule, state, metrics, tempo, receiver, sender, bridge_engine, worker,
+                 state_worker)

@@ -28,7 +28,7 @@ from bridge.status import Clock, GroupStatus, Reload, RuleStatus, Status, Status
 from bridge.systemd import Notifier
 from bridge.tempo import ClockSkew
 from bridge.web import WebServer
-from bridge.worker import Worker
+from bridge.worker import Worker, run_on
 
 log = structlog.get_logger("bridge.daemon")
 
@@ -62,8 +62,10 @@ class Daemon:
         ))
         self.state = open_state(config, exclusive=True)
         self._clock_level = "OK"
-        # parsing, evaluating and encoding run off the event loop (see bridge.worker)
+        # parsing, evaluating and encoding run off the event loop, and so do the calls into
+        # the state database, on a thread of their own (see bridge.worker)
         self.worker = Worker()
+        self.state_worker = Worker("state")
         self.tempo = tempo_client(config, on_clock_skew=self._clock_skew, worker=self.worker)
         self.receiver = receiver_client(config)
         encode = encoder(dict(config.remote_write.external_labels),
@@ -77,6 +79,7 @@ class Daemon:
             max_sample_age=config.remote_write.max_sample_age,
             clock=clock,
             status=self.status,
+            state_worker=self.state_worker,
         )
         self.engine = Engine(
             self.tempo,
@@ -90,6 +93,7 @@ class Daemon:
             on_commit=self.sender.enqueue,
             status=self.status,
             worker=self.worker,
+            state_worker=self.state_worker,
         )
         self.scheduler = Scheduler(self.engine.evaluate_group, clock=clock)
         self._sender_alive = False
@@ -137,7 +141,8 @@ class Daemon:
             await self.tempo.aclose()
             await self.receiver.aclose()
             self.worker.close()
-            self.state.close()
+            self.state_worker.close()
+            self.state.close()  # after a call still under way on the state's worker, if any
             self.notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -181,8 +186,8 @@ class Daemon:
         label sets and sent marks nothing needs any more."""
         cutoff = self._clock() - self.config.state_retention
         try:
-            gone = self.state.forget_removed(before=cutoff)
-            dropped = self.state.collect_garbage()
+            gone = await run_on(self.state_worker, self.state.forget_removed, before=cutoff)
+            dropped = await run_on(self.state_worker, self.state.collect_garbage)
         except StateError as exc:
             log.error("state maintenance failed", error=str(exc))
             return

@@ -51,7 +51,7 @@ from bridge.windows import (
     initial_checkpoint,
     plan_queries,
 )
-from bridge.worker import Worker, run_on
+from bridge.worker import Worker, run_on, run_to_end
 
 log = structlog.get_logger("bridge.engine")
 
@@ -154,6 +154,7 @@ class Engine:
         on_commit: Callable[[Sequence[int], Sequence[Batch]], None] = lambda ids, batches: None,
         status: StatusBoard | None = None,
         worker: Worker | None = None,
+        state_worker: Worker | None = None,
     ) -> None:
         self._tempo = tempo
         self._store = store
@@ -166,6 +167,7 @@ class Engine:
         self._on_commit = on_commit
         self._status = status
         self._worker = worker
+        self._state_worker = state_worker
         self._locks: dict[RuleKey, asyncio.Lock] = {}
         # held from a step's evaluation to its commit (and over a removed rule's end): no
         # other rule commits in between, as when nothing there awaited the worker, so the
@@ -211,14 +213,15 @@ class Engine:
         retention has passed."""
         async with self._locks.setdefault(key, asyncio.Lock()), self._serial:
             store = self._store
-            stored = store.load(key)
+            stored = await run_on(self._state_worker, store.load, key)
             if stored is None:
                 return
             update = retire(stored, interval, store.last_ts)
             # the encoder's caches are the worker's (an evaluation cancelled meanwhile
             # may still be encoding there)
             batches = await run_on(self._worker, self._batches, update)
-            ids = store.mark_removed(key, self._clock(), update, batches)
+            ids = await run_to_end(self._state_worker, store.mark_removed, key, self._clock(),
+                                   update, batches)
             self._mappers.pop(key, None)
             log.info("rule removed", group=key.group, rule=key.record, kind=key.kind,
                      series_ended=len(stored.live))
@@ -227,7 +230,7 @@ class Engine:
 
     async def _evaluate(self, run: _Run) -> bool:
         group, rule = run.group, run.rule
-        stored = self._load(run)
+        stored = await run_to_end(self._state_worker, self._load, run)
         run.stored = stored
         due = due_windows(stored.checkpoint, run.now, group.interval, group.query_offset)
         self._metrics.windows_behind.labels(group.name, rule.record).set(len(due))
@@ -262,7 +265,7 @@ class Engine:
     def _load(self, run: _Run) -> Stored:
         """The rule's state. A new rule's first checkpoint is stored at once, so a failing
         first query does not move where it begins; settle ages added or removed since
-        the last evaluation are stored too."""
+        the last evaluation are stored too. Only store calls: run where those are made."""
         group, rule = run.group, run.rule
         stored = self._store.load(run.key)
         if stored is None:
@@ -323,7 +326,7 @@ class Engine:
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
         async with self._serial:
             try:
-                kept = self._store.kept_values(run.key, again)
+                kept = await run_on(self._state_worker, self._store.kept_values, run.key, again)
                 update, after, batches = await run_on(
                     self._worker, self._evaluate_step, group, rule, stored, reads, kept,
                     context, mapper)
@@ -331,7 +334,8 @@ class Engine:
                 self._failed(run, query, what, exc.reason, exc)
                 return None
             try:
-                ids = self._commit(run, update, batches, after)
+                ids = await run_to_end(self._state_worker, self._commit, run, update, batches,
+                                       after)
             except StateError as exc:
                 self._failed(run, query, what, "state", exc)
                 return None

@@ -584,7 +584,7 @@ def retrying(
     *,
     jitter: float = 0.2,
     sleep: Callable[[float], Awaitable[None]] | None = None,
-    before_sleep: Callable[[str, float], object] | None = None,
+    before_sleep: Callable[[str, float], Awaitable[None] | None] | None = None,
     rng: Callable[[], float] = random.random,
 ) -> tenacity.AsyncRetrying:
     """The send retry policy: retryable ``ReceiverError``s forever, others raised at once.
@@ -593,17 +593,19 @@ def retrying(
     retrying(): with attempt: ...``. ``sleep`` replaces ``asyncio.sleep`` (tests).
     ``before_sleep(reason, wait)`` is called before each retry with the failed
     attempt's ``ReceiverError.reason`` and the seconds about to be waited, so the
-    caller can count and log retries.
+    caller can count and log retries (and awaited, when it is a coroutine function).
     """
     on_retry = None
     if before_sleep is not None:
         report = before_sleep
 
-        def on_retry(state: tenacity.RetryCallState) -> None:
+        async def on_retry(state: tenacity.RetryCallState) -> None:
             assert state.outcome is not None  # tenacity calls before_sleep after a failure
             error = state.outcome.exception()
             assert isinstance(error, ReceiverError)  # only those are retried
-            report(error.reason, state.upcoming_sleep)
+            reported = report(error.reason, state.upcoming_sleep)
+            if reported is not None:
+                await reported
 
     return tenacity.AsyncRetrying(
         sleep=sleep if sleep is not None else asyncio.sleep,

@@ -32,6 +32,7 @@ from bridge.remote_write import (
 from bridge.series import Exemplar, Labels, Sample, format_labels
 from bridge.state import State
 from bridge.status import ReceiverAnswer, StatusBoard
+from bridge.worker import Worker, run_on
 
 log = structlog.get_logger("bridge.sender")
 
@@ -63,8 +64,10 @@ class Sender:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         status: StatusBoard | None = None,
+        state_worker: Worker | None = None,
     ) -> None:
         self._state = state
+        self._state_worker = state_worker  # where its calls into the state are made
         self._client = client
         self._metrics = metrics
         self._max_age_ms = int(max_sample_age * 1000)
@@ -107,7 +110,7 @@ class Sender:
 
     async def drain(self) -> None:
         """Send everything queued; returns when the outbox is empty."""
-        while requests := self._next():
+        while requests := await self._next():
             if len(requests) > 1 and all(batch.independent for _, batch in requests):
                 # requests of one evaluation with series of their own: side by side
                 await asyncio.gather(*(self._send(i, batch) for i, batch in requests))
@@ -116,26 +119,27 @@ class Sender:
             for request_id, batch in requests:
                 await self._send(request_id, batch)
                 self._done = request_id
-        self.update_gauges()
+        await self.update_gauges()
 
-    def update_gauges(self) -> None:
+    async def update_gauges(self) -> None:
         depth = self._state.outbox_samples()
         self._metrics.outbox_samples.set(depth)
-        oldest = self._state.outbox_oldest_ts_ms()
+        oldest = await run_on(self._state_worker, self._state.outbox_oldest_ts_ms)
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)
         self._metrics.outbox_oldest_age.set(age)
         if self._status is not None:
             self._status.outbox(depth, age, self._clock())
 
-    def _next(self) -> list[tuple[int, Batch]]:
+    async def _next(self) -> list[tuple[int, Batch]]:
         """The next requests in outbox order: the next one from memory when it is there,
         else a few read back from the outbox."""
-        request_id = self._state.next_outbox_id(after=self._done)
+        state, on = self._state, self._state_worker
+        request_id = await run_on(on, state.next_outbox_id, after=self._done)
         if request_id is None:
             return []
         entry = self._memory.get(request_id)
         if entry is None:
-            return self._state.outbox(after=self._done, limit=16)
+            return await run_on(on, state.outbox, after=self._done, limit=16)
         batch, evaluation = entry
         taken = [(request_id, batch)]
         while batch.independent and len(taken) < CONCURRENCY:
@@ -158,7 +162,7 @@ class Sender:
         if batch.samples:
             delivered = await self._deliver(batch.body, batch.samples, lambda: series_of(batch))
             self._metrics.samples_sent.inc(delivered)
-        self._state.remove_from_outbox([request_id])
+        await run_on(self._state_worker, self._state.remove_from_outbox, [request_id])
         self._forget(request_id)
 
     def _without_old(self, batch: Batch, min_ts: int) -> Batch:
@@ -239,11 +243,11 @@ class Sender:
         if self._status is not None:
             self._status.receiver_answered(ReceiverAnswer(self._clock(), status, error))
 
-    def _on_retry(self, reason: str, wait: float) -> None:
+    async def _on_retry(self, reason: str, wait: float) -> None:
         self._metrics.send_retries.labels(reason).inc()
         # drain() returns only once the receiver takes the samples: while it fails, the
         # outbox gauges (and the status page) follow the outbox at every retry instead
-        self.update_gauges()
+        await self.update_gauges()
         log.warning("remote write failed, retrying", reason=reason, retry_in=round(wait, 3))
 
 

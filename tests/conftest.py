@@ -34,3 +34,11 @@ def worker() -> Iterator[Worker]:
     worker = Worker()
     yield worker
     worker.close()
+
+
+@pytest.fixture
+def state_worker() -> Iterator[Worker]:
+    """The thread the daemon makes its state calls on; closed after the test."""
+    worker = Worker("state")
+    yield worker
+    worker.close()

@@ -28,7 +28,7 @@ from bridge.daemon import Daemon
 from bridge.engine import rule_key
 from bridge.evaluation import Stored, Update, evaluate
 from bridge.series import is_stale_nan
-from bridge.state import RuleKey
+from bridge.state import RuleKey, State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.support.daemon import make_daemon, running
 from tests.support.files import Rule, rules_yaml, write_config
@@ -326,4 +326,44 @@ async def test_the_bridge_answers_while_a_rule_is_evaluated(
             await eventually(lambda: daemon.ready, "the bridge ready")
             key = rule_key(daemon._groups[0], daemon._groups[0].rules[0])
             await eventually(lambda: daemon.state.load(key), "the window recorded")
+    assert released == [True]
+
+
+async def test_the_bridge_answers_while_an_evaluation_is_committed(
+    tmp_path: Path, time_machine: TimeMachineFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first commit of a million series stores two million label sets (about 12 s):
+    meanwhile too the event loop pings the watchdog and answers health checks and
+    scrapes. The commit is held here until the health check has been answered."""
+    time_machine.move_to(T0 + 0.5, tick=False)
+    tempo = TempoDouble(
+        [Span(start_ns=(T0 - 1) * 10**9 + 500_000_000, attributes={"model": "m"},
+              resource={"service.name": "svc"})],
+        query_end_cutoff=0,
+    )
+    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
+    started, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+    commit = State.commit
+
+    def held(self: State, key: RuleKey, update: Update, *args: Any, **kwargs: Any) -> Any:
+        if update.stats.recorded:  # the evaluation's, not a new rule's first checkpoint
+            started.set()
+            released.append(release.wait(10.0))  # on the event loop, it would wait in vain
+        return commit(self, key, update, *args, **kwargs)
+
+    monkeypatch.setattr(State, "commit", held)
+    async with serving(tempo) as url:
+        daemon = make_daemon(write_config(tmp_path, url))
+        daemon.sender.run = _idle  # type: ignore[method-assign]
+        async with running(daemon), httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{daemon.web.port}"
+        ) as http:
+            await eventually(started.is_set, "a commit started")
+            assert (await http.get("/-/healthy")).status_code == 200
+            assert "tempo_bridge_rules 1.0" in (await http.get("/metrics")).text
+            release.set()
+            key = rule_key(daemon._groups[0], daemon._groups[0].rules[0])
+            await eventually(lambda: getattr(daemon.state.load(key), "checkpoint", 0) == T0 - 1,
+                             "the window held recorded")
     assert released == [True]

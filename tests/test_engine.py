@@ -18,8 +18,9 @@ import structlog
 
 from bridge.engine import UNKNOWN_SERIES_WINDOWS, Engine, dry_run, rule_key
 from bridge.errors import StateError
-from bridge.evaluation import evaluate
+from bridge.evaluation import Update, evaluate
 from bridge.series import is_stale_nan
+from bridge.state import RuleKey
 from bridge.tempo import TempoClient, parse_buckets
 from bridge.windows import Limits
 from bridge.worker import Worker
@@ -36,6 +37,7 @@ from tests.support.engine import (
     span,
     truth,
 )
+from tests.support.outbox import queued
 
 # -- windows, failures, gauges ---------------------------------------------------------------
 
@@ -550,6 +552,65 @@ async def test_with_a_worker_answers_are_parsed_and_evaluated_off_the_event_loop
     assert await alone.tick(group, 120)
     assert h.outbox() == alone.outbox()
     assert h.totals(group, group.rules[0]) == alone.totals(group, group.rules[0])
+
+
+async def test_with_a_state_worker_the_state_is_read_and_committed_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: Worker, state_worker: Worker,
+) -> None:
+    """The first commit of a million series stores two million label sets (about 12 s):
+    meanwhile the loop answers the watchdog and health checks. Same result as alone."""
+    spans = [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"), span(T0 + 130, "a")]
+    alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
+    h = Harness(tmp_path, spans, now=T0 + 120, worker=worker, state_worker=state_worker)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[str, bool]] = []
+    for name in ("load", "kept_values", "commit"):
+        monkeypatch.setattr(h.state, name, _held(getattr(h.state, name), loop, seen))
+    for advance in (0, 120):
+        assert await h.tick(group, advance)
+        assert await alone.tick(group, advance)
+    assert len(seen) >= 6  # each tick: the rule's state, the kept windows, the commit
+    assert all(ok and name.startswith("tempo-bridge-state") for name, ok in seen)
+    assert h.outbox() == alone.outbox()
+    assert h.totals(group, group.rules[0]) == alone.totals(group, group.rules[0])
+
+
+async def test_an_evaluation_cancelled_during_its_commit_ends_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: Worker, state_worker: Worker,
+) -> None:
+    """A stop that comes while the state's worker commits: the evaluation ends once the
+    commit has (the daemon closes the state after), the window is recorded once."""
+    spans = [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b")]
+    h = Harness(tmp_path, spans, now=T0 + 120, worker=worker, state_worker=state_worker)
+    alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    loop, started, release = asyncio.get_running_loop(), asyncio.Event(), threading.Event()
+    commit = h.state.commit
+
+    def held(key: RuleKey, update: Update, *args: Any, **kwargs: Any) -> Any:
+        if update.samples:  # the evaluation's, not the new rule's first checkpoint
+            loop.call_soon_threadsafe(started.set)
+            assert release.wait(10.0)
+        return commit(key, update, *args, **kwargs)
+
+    monkeypatch.setattr(h.state, "commit", held)
+    tick = asyncio.ensure_future(h.tick(group))
+    await started.wait()
+    tick.cancel()
+    await asyncio.sleep(0.05)
+    assert not tick.done()  # waiting for its commit
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await tick
+    assert await alone.tick(group)
+    key = rule_key(group, group.rules[0])
+    assert h.state.load(key) == alone.state.load(key)  # the commit went through
+    monkeypatch.undo()
+    assert await h.tick(group)  # nothing more to record: no window is read twice
+    # in the outbox, not handed to the sender in memory: it reads them back from there
+    assert h.written == []
+    assert queued(h.state) == queued(alone.state) != []
 
 
 async def test_an_evaluation_cancelled_while_the_worker_runs_commits_nothing(

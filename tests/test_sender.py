@@ -4,7 +4,8 @@ left out, memory and outbox in step."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from bridge.remote_write import RemoteWriteClient, decode_write_request
 from bridge.sender import Sender, encoder
 from bridge.series import Exemplar, Labels, Sample
 from bridge.state import RuleKey, State
+from bridge.worker import Worker
 
 URL = "http://receiver/api/v1/write"
 NOW = 1795780800.0
@@ -41,11 +43,13 @@ async def no_sleep(_: float) -> None:
     return None
 
 
-def make_sender(tmp_path: Path, max_sample_age: float = 3000.0) -> tuple[Sender, State, Metrics]:
+def make_sender(
+    tmp_path: Path, max_sample_age: float = 3000.0, state_worker: Worker | None = None,
+) -> tuple[Sender, State, Metrics]:
     state = State(tmp_path / "s.sqlite")
     metrics = Metrics()
     sender = Sender(state, RemoteWriteClient(URL), metrics, clock=lambda: NOW, sleep=no_sleep,
-                    max_sample_age=max_sample_age)
+                    max_sample_age=max_sample_age, state_worker=state_worker)
     return sender, state, metrics
 
 
@@ -175,11 +179,40 @@ async def test_requests_are_sent_in_outbox_order_from_memory_or_from_the_outbox(
     assert state.outbox() == []
 
 
+@respx.mock
+async def test_with_a_state_worker_the_outbox_is_read_and_updated_on_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_worker: Worker,
+) -> None:
+    """The daemon's commits run on the state's worker: the sender's calls wait there for
+    the one under way rather than holding the event loop (seconds, for a big rule)."""
+    bodies: list[bytes] = []
+    respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
+    sender, state, _ = make_sender(tmp_path, state_worker=state_worker)
+    ts = int(NOW * 1000)
+    fill(state, None, [(series("old"), ts, 1.0)])
+    fill(state, sender, [(series(m), ts, 1.0) for m in "ab"], per_request=1)
+    threads: set[str] = set()
+
+    def noting(call: Callable[..., object]) -> Callable[..., object]:
+        def noted(*args: object, **kwargs: object) -> object:
+            threads.add(threading.current_thread().name)
+            return call(*args, **kwargs)
+        return noted
+
+    for name in ("next_outbox_id", "outbox", "remove_from_outbox", "outbox_oldest_ts_ms"):
+        monkeypatch.setattr(state, name, noting(getattr(state, name)))
+    await sender.drain()
+    (thread,) = threads
+    assert thread.startswith("tempo-bridge-state")
+    assert models(bodies) == ["old", "a", "b"]
+    assert state.outbox() == []
+
+
 @pytest.mark.parametrize("depth", [0, 3])
 async def test_outbox_gauges(tmp_path: Path, depth: int) -> None:
     sender, state, metrics = make_sender(tmp_path)
     fill(state, None, [(series(str(i)), int(NOW * 1000) - 30_000 + i, 1.0) for i in range(depth)])
-    sender.update_gauges()
+    await sender.update_gauges()
     assert metrics.registry.get_sample_value("tempo_bridge_outbox_samples") == depth
     age = metrics.registry.get_sample_value("tempo_bridge_outbox_oldest_sample_age_seconds")
     assert age == (30.0 if depth else 0.0)
@@ -291,7 +324,7 @@ async def test_outbox_gauges_follow_the_outbox_while_the_receiver_fails(
         return httpx.Response(503 if attempts < 4 else 204)
 
     respx.post(URL).mock(side_effect=receiver)
-    sender.update_gauges()
+    await sender.update_gauges()
     fill(state, sender, [(series("a"), int(NOW * 1000) - 30_000, 1.0)])
     await sender.drain()
     assert depths[:4] == [0.0, 1.0, 5.0, 5.0]

@@ -67,9 +67,10 @@ class Harness:
 
     def __init__(self, tmp_path: Path, spans: Iterable[Span] = (), *, now: float = T0,
                  retention: int = 0, limits: Limits = LIMITS,
-                 worker: Worker | None = None) -> None:
+                 worker: Worker | None = None, state_worker: Worker | None = None) -> None:
         self.tmp = tmp_path
         self.worker = worker
+        self.state_worker = state_worker
         self.clock = FakeClock(now)
         self.double = TempoDouble(spans, clock=self.clock, query_end_cutoff=0)
         self.retention = retention
@@ -89,7 +90,8 @@ class Harness:
                              worker=self.worker)
         return Engine(client, self.state, self.metrics, limits=self.limits,
                       retention=self.retention, clock=self.clock, encode=self._encode,
-                      on_commit=self._committed, worker=self.worker)
+                      on_commit=self._committed, worker=self.worker,
+                      state_worker=self.state_worker)
 
     def _encode(self, samples: Sequence[Sample],
                 exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]]) -> list[Batch]:
