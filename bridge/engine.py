@@ -167,7 +167,7 @@ class Engine:
         self._on_commit = on_commit
         self._status = status
         self._worker = worker
-        self._state_worker = state_worker
+        self._state_worker = state_worker  # where the store's calls are made, if not here
         self._locks: dict[RuleKey, asyncio.Lock] = {}
         # held from a step's evaluation to its commit (and over a removed rule's end): no
         # other rule commits in between, as when nothing there awaited the worker, so the

@@ -81,9 +81,10 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop ticking and cancel the evaluations under way, waiting for them to end.
 
-        Cancelling is safe: an evaluation only awaits Tempo and the worker (whose result
-        is then dropped); it commits with no await, so it stops either before or after a
-        whole transaction.
+        Cancelling is safe: an evaluation cancelled while it awaits Tempo or the worker
+        stops there (the worker's result is dropped), one cancelled during its commit
+        ends once the commit has (bridge.worker.run_to_end), so it stops either before or
+        after a whole transaction.
         """
         self.shutdown()
         running = list(self._running)
