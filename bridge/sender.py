@@ -133,6 +133,10 @@ class Sender:
     async def _next(self) -> list[tuple[int, Batch]]:
         """The next requests in outbox order: the next one from memory when it is there,
         else a few read back from the outbox."""
+        # requests handed over after the sender had found them in the outbox (the commit
+        # and the hand-over are two steps apart when the state has a thread of its own)
+        for sent in [i for i in self._memory if i <= self._done]:
+            self._forget(sent)
         state, on = self._state, self._state_worker
         request_id = await run_on(on, state.next_outbox_id, after=self._done)
         if request_id is None:

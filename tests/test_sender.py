@@ -180,6 +180,26 @@ async def test_requests_are_sent_in_outbox_order_from_memory_or_from_the_outbox(
 
 
 @respx.mock
+async def test_requests_handed_over_after_they_were_sent_are_not_kept(tmp_path: Path) -> None:
+    """With the state on a thread of its own, the sender can find an evaluation's requests
+    in the outbox before the engine hands them over: they are sent once, and the late
+    hand-over does not keep their bodies in memory (the memory queue would fill up)."""
+    bodies: list[bytes] = []
+    respx.post(URL).mock(side_effect=lambda request: record(bodies, request))
+    sender, state, _ = make_sender(tmp_path)
+    samples = [(series(m), int(NOW * 1000), 1.0) for m in "ab"]
+    batches = encoder({"cluster": "eu"}, 1)(samples, {})
+    ids = state.commit(RULE, Update(0, frozenset(), {}, samples=samples), batches)
+    await sender.drain()  # found in the outbox
+    sender.enqueue(ids, batches)  # the hand-over, late
+    fill(state, sender, [(series("c"), int(NOW * 1000), 1.0)])
+    await sender.drain()
+    assert models(bodies) == ["a", "b", "c"]
+    assert sender._memory == {}
+    assert sender._memory_bytes == 0
+
+
+@respx.mock
 async def test_with_a_state_worker_the_outbox_is_read_and_updated_on_its_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_worker: Worker,
 ) -> None:
