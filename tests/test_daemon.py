@@ -291,12 +291,15 @@ async def test_tempo_s_clock_is_watched_on_every_answer(
     assert "raise query_offset" in clock_events[0]["message"]
 
 
-async def test_the_bridge_answers_while_a_rule_is_evaluated(
+@pytest.mark.parametrize("stage", ["evaluation", "commit"])
+async def test_the_bridge_answers_while_a_rule_is_evaluated_and_committed(
     tmp_path: Path, time_machine: TimeMachineFixture, monkeypatch: pytest.MonkeyPatch,
+    stage: str,
 ) -> None:
-    """A rule of a million series takes half a minute to parse and evaluate: meanwhile
-    the event loop must ping the systemd watchdog (30 s), answer health checks and
-    scrapes. The evaluation is held here until the health check has been answered."""
+    """A rule of a million series takes half a minute to parse and evaluate, and its first
+    commit stores two million label sets (about 12 s): meanwhile the event loop must ping
+    the systemd watchdog (30 s), answer health checks and scrapes. Each stage is held here
+    until the health check has been answered."""
     time_machine.move_to(T0 + 0.5, tick=False)
     tempo = TempoDouble(
         [Span(start_ns=(T0 - 1) * 10**9 + 500_000_000, attributes={"model": "m"},
@@ -307,59 +310,32 @@ async def test_the_bridge_answers_while_a_rule_is_evaluated(
     started, release = threading.Event(), threading.Event()
     released: list[bool] = []
 
-    def held(*args: Any, **kwargs: Any) -> Any:
+    def hold() -> None:
         started.set()
         released.append(release.wait(10.0))  # on the event loop, it would wait in vain
+
+    def held_evaluation(*args: Any, **kwargs: Any) -> Any:
+        hold()
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr("bridge.engine.evaluate", held)
-    async with serving(tempo) as url:
-        daemon = make_daemon(write_config(tmp_path, url))
-        daemon.sender.run = _idle  # type: ignore[method-assign]
-        async with running(daemon), httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{daemon.web.port}"
-        ) as http:
-            await eventually(started.is_set, "an evaluation started")
-            assert (await http.get("/-/healthy")).status_code == 200
-            assert "tempo_bridge_rules 1.0" in (await http.get("/metrics")).text
-            release.set()
-            await eventually(lambda: daemon.ready, "the bridge ready")
-            key = rule_key(daemon._groups[0], daemon._groups[0].rules[0])
-            await eventually(lambda: daemon.state.load(key), "the window recorded")
-    assert released == [True]
-
-
-async def test_the_bridge_answers_while_an_evaluation_is_committed(
-    tmp_path: Path, time_machine: TimeMachineFixture, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The first commit of a million series stores two million label sets (about 12 s):
-    meanwhile too the event loop pings the watchdog and answers health checks and
-    scrapes. The commit is held here until the health check has been answered."""
-    time_machine.move_to(T0 + 0.5, tick=False)
-    tempo = TempoDouble(
-        [Span(start_ns=(T0 - 1) * 10**9 + 500_000_000, attributes={"model": "m"},
-              resource={"service.name": "svc"})],
-        query_end_cutoff=0,
-    )
-    (tmp_path / "rules.yaml").write_text(rules_text(with_gauge=False))
-    started, release = threading.Event(), threading.Event()
-    released: list[bool] = []
     commit = State.commit
 
-    def held(self: State, key: RuleKey, update: Update, *args: Any, **kwargs: Any) -> Any:
+    def held_commit(self: State, key: RuleKey, update: Update, *args: Any, **kwargs: Any) -> Any:
         if update.stats.recorded:  # the evaluation's, not a new rule's first checkpoint
-            started.set()
-            released.append(release.wait(10.0))  # on the event loop, it would wait in vain
+            hold()
         return commit(self, key, update, *args, **kwargs)
 
-    monkeypatch.setattr(State, "commit", held)
+    if stage == "evaluation":
+        monkeypatch.setattr("bridge.engine.evaluate", held_evaluation)
+    else:
+        monkeypatch.setattr(State, "commit", held_commit)
     async with serving(tempo) as url:
         daemon = make_daemon(write_config(tmp_path, url))
         daemon.sender.run = _idle  # type: ignore[method-assign]
         async with running(daemon), httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{daemon.web.port}"
         ) as http:
-            await eventually(started.is_set, "a commit started")
+            await eventually(started.is_set, f"the {stage} started")
             assert (await http.get("/-/healthy")).status_code == 200
             assert "tempo_bridge_rules 1.0" in (await http.get("/metrics")).text
             release.set()
