@@ -326,7 +326,8 @@ class Engine:
             mapper = self._mappers[run.key] = LabelMapper(rule, group)
         async with self._serial:
             try:
-                kept = await run_on(self._state_worker, self._store.kept_values, run.key, again)
+                kept = (await run_on(self._state_worker, self._store.kept_values, run.key, again)
+                        if again else {})
                 update, after, batches = await run_on(
                     self._worker, self._evaluate_step, group, rule, stored, reads, kept,
                     context, mapper)

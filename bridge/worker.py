@@ -8,8 +8,9 @@ the systemd watchdog pings (``WatchdogSec=30s``: the daemon would be killed, aga
 restart, before its first commit), the health and metrics endpoints (scrapes time out),
 the sender. The daemon has two workers: one parses, evaluates and encodes (never two of
 those at once, so the caches they share need no locks), the other makes every call into
-the state database (its commits, the sender's reads and removals, maintenance), so that a
-commit never waits behind an evaluation, nor the sender behind either. The loop goes on
+the state database (its commits, the sender's reads and removals, maintenance), so that
+neither a commit nor the sender's calls wait behind an evaluation (the sender's wait at
+most for a commit under way, without holding the loop). The loop goes on
 meanwhile: the interpreter hands it the GIL every few milliseconds, and SQLite lets go of
 it while it works; but not within one long call into C that keeps it (decoding a whole
 answer, building a dictionary of a million entries).

@@ -562,16 +562,29 @@ async def test_with_a_state_worker_the_state_is_read_and_committed_off_the_event
     spans = [span(T0 + 10, "a"), span(T0 + 60, "a"), span(T0 + 61, "b"), span(T0 + 130, "a")]
     alone = Harness(tmp_path / "alone", spans, now=T0 + 120)
     h = Harness(tmp_path, spans, now=T0 + 120, worker=worker, state_worker=state_worker)
-    group = h.load(rules_yaml(rules=[rule_yaml()]))
+    group = h.load(rules_yaml(settle="[10m]", rules=[rule_yaml()]))  # windows read again
     loop = asyncio.get_running_loop()
     seen: list[tuple[str, bool]] = []
+    called: list[str] = []
+
+    def noted(name: str) -> Callable[..., object]:
+        held = _held(getattr(h.state, name), loop, seen)
+
+        def call(*args: object, **kwargs: object) -> object:
+            called.append(name)
+            return held(*args, **kwargs)
+
+        return call
+
     for name in ("load", "kept_values", "commit"):
-        monkeypatch.setattr(h.state, name, _held(getattr(h.state, name), loop, seen))
-    for advance in (0, 120):
+        monkeypatch.setattr(h.state, name, noted(name))
+    for advance in (0, 660):
         assert await h.tick(group, advance)
         assert await alone.tick(group, advance)
     assert len(seen) >= 6  # each tick: the rule's state, the kept windows, the commit
+    assert {"load", "kept_values", "commit"} <= set(called)
     assert all(ok and name.startswith("tempo-bridge-state") for name, ok in seen)
+    monkeypatch.undo()  # the test's own reads below are made here
     assert h.outbox() == alone.outbox()
     assert h.totals(group, group.rules[0]) == alone.totals(group, group.rules[0])
 
