@@ -15,7 +15,7 @@ from bridge.errors import StateError
 from bridge.evaluation import Stored, Total, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import STALE_NAN, Labels, Sample, TempoKey, is_stale_nan
-from bridge.state import RuleKey, State, _decode_labels
+from bridge.state import RuleKey, State, _LabelDecoder
 from bridge.windows import Window
 from tests.support.outbox import queued
 
@@ -59,6 +59,26 @@ def test_a_commit_survives_a_restart(tmp_path: Path) -> None:
     (known,) = state.known_rules()
     assert (known.key, known.checkpoint, known.interval, known.tenant) == (RULE, 120, 60, "t1")
     assert state.last_ts[A] == 120_000  # A is live: written at the checkpoint
+
+
+def test_label_sets_read_back_share_their_pairs(tmp_path: Path) -> None:
+    """The state holds every label set it stored: read back at start-up, the pairs that
+    many of them have (a model's, a provider's) are one object each, as they were when
+    the label mapper made them."""
+    state = State(tmp_path / "s.sqlite")
+    sets = [(("__name__", "x_total"), ("key", f"k{i}"), ("model", "m")) for i in range(3)]
+    samples: list[Sample] = [(labels, 60_000, 1.0) for labels in sets]
+    state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset(sets),
+                              samples=samples), requests(samples))
+    state.close()
+
+    state = State(tmp_path / "s.sqlite")
+    read = sorted(state.last_ts)
+    assert read == sets
+    for i in (0, 2):  # the first and the last pair of each are shared; the key's is its own
+        assert len({id(labels[i]) for labels in read}) == 1
+    assert len({id(labels[1]) for labels in read}) == 3
+    state.close()
 
 
 def test_identity_is_group_record_expr_and_kind() -> None:
@@ -360,4 +380,4 @@ def test_a_version_0_state_is_upgraded(tmp_path: Path) -> None:
     assert state.convert_legacy_outbox(lambda s: encode_batches(s, {}, {}, 10)) == 0
     state.close()
     State(path).close()  # opened again: nothing to upgrade
-    assert _decode_labels('[["a","b"]]') == (("a", "b"),)
+    assert _LabelDecoder()('[["a","b"]]') == (("a", "b"),)

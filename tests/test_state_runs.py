@@ -14,7 +14,7 @@ from bridge.errors import StateError
 from bridge.evaluation import Total, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import Labels, Sample
-from bridge.state import RuleKey, State, _decode_labels, _encode_labels, _runs
+from bridge.state import RuleKey, State, _encode_labels, _LabelDecoder, _runs
 from bridge.windows import Window
 
 RULE = RuleKey("g", "x", "e", "counter")
@@ -63,13 +63,14 @@ def test_new_series_get_the_ids_sqlite_would_give_and_survive_a_failed_commit(
 
 def test_labels_are_stored_as_json_dumps_writes_them() -> None:
     rng = random.Random(3)
+    decode = _LabelDecoder()
     alphabet = 'ab "\\/\n\t\x00\x1f\x7fé€😀\u2028\ud800'
     for n in range(300):
         labels = tuple((f"n{i}", "".join(rng.choices(alphabet, k=rng.randrange(8))))
                        for i in range(n % 6))
         expected = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
         assert _encode_labels(labels) == expected
-        assert _decode_labels(expected) == labels
+        assert decode(expected) == labels
 
 
 def test_remembered_ids_follow_a_failed_commit_and_garbage_collection(tmp_path: Path) -> None:
