@@ -24,6 +24,10 @@ targets (issue "100,000 series in a second"): the steady evaluation of 100,000 s
 series in <= 10 s and <= 1.5 GB peak RSS; time and memory per series flat from 10,000 up.
 The full run draws the curve to ``docs/evaluate-scaling.png``.
 
+Then a restart: a new child process opens the same state and evaluates the next window,
+as the daemon does after a restart (the state read back from disk, every cache cold): the
+time to open the state, that evaluation's time and the process's peak RSS.
+
 The mostly idle run is the realistic steady state: 100,000 series in the state, one in 20
 still growing and the others idle (``idle_after: 2m``): five evaluations, the whole answer
 twice, then only the growing series; the last is measured, when the idle ones are no
@@ -37,6 +41,7 @@ import asyncio
 import cProfile
 import json
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -162,22 +167,26 @@ def cutover(now: float) -> int:
 
 
 async def child(tempo_url: str, write_url: str, profile: bool, now: float,
-                idle: bool, steady_count: int) -> dict[str, Any]:
+                idle: bool, steady_count: int, directory: Path | None = None) -> dict[str, Any]:
     """Evaluations and drains one window apart (see ``clocks``): their time, stages and
-    memory."""
+    memory. With ``directory``, the state there (a restart), else a new one."""
+    import bridge.daemon  # noqa: F401 (every module wire uses: not timed as the opening)
     from bridge.engine import rule_key
     from bridge.logs import configure
 
     configure("warning", stream=sys.stderr)
-    wired = wire(Path(tempfile.mkdtemp(prefix="bench-evaluate-")),
-                 IDLE_RULES if idle else RULES, tempo_url, write_url)
+    directory = directory or Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
+    opening = time.perf_counter()
+    wired = wire(directory, IDLE_RULES if idle else RULES, tempo_url, write_url)
+    opening = time.perf_counter() - opening
     group, rule, engine, state, metrics = (wired.group, wired.rule, wired.engine, wired.state,
                                            wired.metrics)
     sender = wired.sender
 
     watch = wired.stopwatch()
 
-    result: dict[str, Any] = {"evaluations": [], "rss_before": peak_rss_mb()}
+    result: dict[str, Any] = {"evaluations": [], "rss_before": peak_rss_mb(),
+                              "directory": str(directory), "opening": opening}
     # one profiler on the loop's thread, one on the worker's: a profiler sees its own thread
     profiler = cProfile.Profile() if profile else None
     on_worker = cProfile.Profile() if profile else None
@@ -254,20 +263,31 @@ async def run_child(series: int, profile: bool, prom: Any, idle: bool,
     answers = tempo_answers(series)
     later = tempo_answers(series, IDLE_EVERY) if idle else None
     ends = [window_end(clock) for clock in clocks(now, idle, steady)]
+    if not idle:  # then a restart: the next window, in a new process on the same state
+        ends.append(window_end(now + 60))
     runner, url = await serve_answers(answers, later, cutover(now), ends)
-    try:
+
+    async def run(*args: str) -> dict[str, Any] | None:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url, repr(now),
-            "--steady", str(steady),
+            sys.executable, "-m", "bench.evaluate", "--child", url, prom.write_url, *args,
             *(["--idle"] if idle else []), *(["--profile"] if profile else []),
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await process.communicate()
+        return None if process.returncode else json.loads(out.decode().strip().splitlines()[-1])
+
+    result = None
+    try:
+        result = await run(repr(now), "--steady", str(steady))
+        if result is not None and not idle:
+            result["restart"] = await run(repr(now + 60), "--steady", "0",
+                                          "--state", result["directory"])
     finally:
         await runner.cleanup()
-    if process.returncode:
+        if result is not None:
+            shutil.rmtree(result["directory"], ignore_errors=True)
+    if result is None:
         return None
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     result["answer_bytes"] = [len(answers[1]), len(answers[0])]
     result["steady_end"] = window_end(now)
     return result
@@ -325,7 +345,28 @@ async def measure(series: int, profile: bool, report: Report, prom: Any,
                  f"{first['samples']}, {[e['samples'] for e in steadies]}")
     report.check(f"{name}: Prometheus holds every series", in_prometheus >= series,
                  f"{in_prometheus} < {series}")
+    restarted(name, series, result.get("restart"), report)
     return result
+
+
+def restarted(name: str, series: int, result: dict[str, Any] | None, report: Report) -> None:
+    """Report the evaluation of the next window by a new process on the same state: what
+    the daemon does after a restart (the state read back, every cache cold)."""
+    if result is None:
+        report.check(f"{name}: after a restart: the evaluation ran", False, "the child failed")
+        return
+    (evaluation,) = result["evaluations"]
+    report.figure(f"{name}: after a restart: opening the state", result["opening"], "s")
+    report.figure(f"{name}: after a restart: first evaluation: wall time", evaluation["wall"],
+                  "s")
+    report.figure(f"{name}: after a restart: first evaluation: CPU time", evaluation["cpu"],
+                  "s")
+    report.figure(f"{name}: after a restart: peak RSS", result["peak_rss"], "MB", digits=1,
+                  at_most=1500 if series == 1_000_000 else None)
+    report.check(f"{name}: after a restart: the evaluation succeeded, every series written",
+                 evaluation["ok"] and evaluation["samples"] == series
+                 and evaluation["outbox"] == 0 and result["series"] == series,
+                 f"{evaluation['samples']} samples, {result['series']} totals")
 
 
 async def measure_idle(series: int, profile: bool, report: Report, prom: Any) -> None:
@@ -429,11 +470,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=argparse.SUPPRESS)
     parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--steady", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         tempo_url, write_url, now = args.child
         result = asyncio.run(child(tempo_url, write_url, args.profile, float(now), args.idle,
-                                   args.steady))
+                                   args.steady, args.state))
         print(json.dumps(result))
         return 0
 
