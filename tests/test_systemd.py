@@ -86,7 +86,8 @@ def test_unit_settings_the_daemon_relies_on() -> None:
     ]
     for wanted in (
         "Type=notify", "NotifyAccess=main", "WatchdogSec=30s", "Restart=on-failure",
-        "ExecReload=/bin/kill -HUP $MAINPID", "DynamicUser=yes", "StateDirectory=tempo-bridge",
+        "ExecReload=/bin/sh -c 'kill -HUP $$MAINPID'", "DynamicUser=yes",
+        "StateDirectory=tempo-bridge",
         "Environment=TEMPO_BRIDGE_STATE_DIR=%S/tempo-bridge",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "MemoryDenyWriteExecute=yes",
     ):
