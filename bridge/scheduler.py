@@ -35,6 +35,7 @@ class Scheduler:
         self._groups: dict[str, Group] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._running: set[asyncio.Task[object]] = set()
+        self._stopping = False
 
     @property
     def groups(self) -> list[Group]:
@@ -86,6 +87,7 @@ class Scheduler:
         ends once the commit has (bridge.worker.run_to_end), so it stops either before or
         after a whole transaction.
         """
+        self._stopping = True
         self.shutdown()
         running = list(self._running)
         for task in running:
@@ -129,5 +131,10 @@ class Scheduler:
         try:
             async with self._locks.setdefault(group.name, asyncio.Lock()):
                 await self._evaluate(group)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # cancelled by stop(): the job ends quietly (APScheduler would log the
+            # cancellation as the job's failure, with a traceback, at every restart)
         finally:
             self._running.discard(task)
