@@ -1,5 +1,9 @@
 """Logs: structlog configured to write one JSON object per event to stdout (journald).
 
+What the libraries log through the standard ``logging`` module (APScheduler, httpx,
+asyncio), from warnings up, is written the same way, with the logger's name, rather
+than as Python's bare text on stderr.
+
 When stdout is journald's stream (``$JOURNAL_STREAM`` names its device and inode), each
 line starts with its syslog priority, ``<3>`` for errors to ``<7>`` for debug, which
 journald strips and stores (systemd's ``SyslogLevelPrefix=``, on by default), so that
@@ -62,17 +66,42 @@ def configure(
     renderer = structlog.processors.JSONRenderer(sort_keys=False)
     if syslog_prefix is None:
         syslog_prefix = writes_to_journal(out)
+    render = SyslogPrefixRenderer(renderer) if syslog_prefix else renderer
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
-            SyslogPrefixRenderer(renderer) if syslog_prefix else renderer,
+            render,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _route_standard_logging(out, max(threshold, logging.WARNING), timestamper, render)
+
+
+class _LibraryHandler(logging.StreamHandler[TextIO]):
+    """The root logger's handler that :func:`configure` installs (and replaces)."""
+
+
+def _route_standard_logging(
+    out: TextIO, threshold: int, timestamper: structlog.typing.Processor,
+    render: structlog.typing.Processor,
+) -> None:
+    """Records of the ``logging`` module at ``threshold`` and above, as JSON lines."""
+    handler = _LibraryHandler(out)
+    handler.setLevel(threshold)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           timestamper],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, render],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)

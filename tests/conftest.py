@@ -3,21 +3,26 @@ Prometheus per module. The helpers behind them live in ``tests/support``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
+from bridge.logs import _LibraryHandler
 from bridge.worker import Worker
 from tests.support.prometheus import PrometheusServer, start_prometheus
 
 
 @pytest.fixture(autouse=True)
 def _reset_logging() -> Iterator[None]:
-    """``main`` and some tests configure structlog for a stream that pytest closes after
-    the test; give the next test the defaults back."""
+    """``main`` and some tests configure structlog, and the root logger's handler, for a
+    stream that pytest closes after the test; give the next test the defaults back."""
     yield
     structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

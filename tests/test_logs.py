@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TextIO
@@ -100,3 +101,29 @@ def test_renderer_levels_without_add_log_level() -> None:
     render = SyslogPrefixRenderer(structlog.processors.JSONRenderer())
     assert render(None, "warning", {"event": "w"}) == '<4>{"event": "w"}'
     assert render(None, "msg", {"event": "m"}) == '<6>{"event": "m"}'  # unknown: info
+
+
+def test_libraries_log_through_the_same_json_lines(tmp_path: Path) -> None:
+    """What APScheduler, httpx or asyncio log through ``logging``, from warnings up, is a
+    JSON line like the bridge's own, with its priority and the logger's name; below
+    warnings (httpx logs every request at info) nothing, whatever the bridge's level."""
+    with (tmp_path / "out").open("w+") as stream:
+        configure("debug", stream=stream, syslog_prefix=True)
+        configure("debug", stream=stream, syslog_prefix=True)  # again (a reload): one handler
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("apscheduler.executors.default").exception(
+                "Job %s raised an exception", "group g")
+        logging.getLogger("asyncio").warning("slow callback")
+        logging.getLogger("httpx").info("HTTP Request: GET http://tempo")
+        stream.seek(0)
+        lines = stream.read().splitlines()
+    assert [line[:3] for line in lines] == ["<3>", "<4>"]
+    error, warning = (json.loads(line[3:]) for line in lines)
+    assert (error["event"], error["level"], error["logger"]) == (
+        "Job group g raised an exception", "error", "apscheduler.executors.default")
+    assert "ValueError: boom" in error["exception"]
+    assert (warning["event"], warning["level"], warning["logger"]) == (
+        "slow callback", "warning", "asyncio")
+    assert "timestamp" in warning
