@@ -85,14 +85,20 @@ def assert_totals_match(env: Env, expected: dict[str, dict[Key, float]], at: flo
 
 
 async def run_daemon_until(env: Env, checkpoint_at_least: int) -> Daemon:
-    """Run the daemon until every rule passed ``checkpoint_at_least`` and the outbox is
-    empty; it is stopped when this returns or fails."""
+    """Run the daemon until every rule passed ``checkpoint_at_least``, all at the same
+    checkpoint, and the outbox is empty; it is stopped when this returns or fails.
+
+    The rules are one group: a tick evaluates them one after another, so a stop that
+    lands in the middle of a tick (the next window came due as the last one was
+    recorded) would leave them a window apart; the tests compare every rule with the
+    truth up to one checkpoint."""
     async with running(make_daemon(env.config_path)) as daemon:
 
         def done() -> bool:
             rules = daemon.state.known_rules()
             return (len(rules) == len(METRICS)
                     and all(r.checkpoint >= checkpoint_at_least for r in rules)
+                    and len({r.checkpoint for r in rules}) == 1
                     and daemon.state.outbox_samples() == 0)
 
         await eventually(done, f"every rule at checkpoint {checkpoint_at_least}", 60, 0.2)
