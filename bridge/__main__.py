@@ -1,7 +1,5 @@
 """``python -m bridge``: the same as the ``tempo-bridge`` command."""
 
-import sys
+from bridge.cli import entry
 
-from bridge.cli import main
-
-sys.exit(main())
+entry()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from bridge import __version__
 from bridge.backfill import backfill, evaluate_range
@@ -103,6 +105,22 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def entry() -> NoReturn:
+    """The ``tempo-bridge`` command: :func:`main`, then the process ends at once.
+
+    Once ``main`` has returned, everything that matters is closed (the state, the
+    connections) and what is printed is flushed here. Python's own exit would then wait
+    for work abandoned on the worker threads (a step of an evaluation the stop
+    cancelled, whose result is dropped) and free the heap object by object: 5 to 13 s
+    for a rule of a million series, against the unit's ``TimeoutStopSec=30s``.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

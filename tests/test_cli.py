@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -176,3 +177,27 @@ def test_run_on_a_port_in_use_is_one_line_and_exit_1(
     assert err.startswith(f"tempo-bridge: cannot listen on 127.0.0.1:{port} (web.listen_address): ")
     assert err.endswith("address already in use")
     assert "\n" not in err
+
+
+def test_the_command_ends_without_waiting_for_abandoned_work(tmp_path: Path) -> None:
+    """Once ``main`` has returned, the command ends: it flushes what was printed and
+    exits with main's status, without waiting for a worker thread still busy with work
+    whose result nobody wants (Python's exit would join it)."""
+    done = tmp_path / "done"
+    script = f"""
+import concurrent.futures, pathlib, time
+import bridge.cli as cli
+
+def main(argv=None):
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.submit(lambda: (time.sleep(120), pathlib.Path({str(done)!r}).write_text("x")))
+    print("stopped")  # a pipe: buffered until entry flushes it
+    return 3
+
+cli.main = main
+cli.entry()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert (run.returncode, run.stdout, run.stderr) == (3, "stopped\n", "")
+    assert not done.exists()
