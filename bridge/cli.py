@@ -113,8 +113,8 @@ def entry() -> NoReturn:
     Once ``main`` has returned, everything that matters is closed (the state, the
     connections) and what is printed is flushed here. Python's own exit would then wait
     for work abandoned on the worker threads (a step of an evaluation the stop
-    cancelled, whose result is dropped) and free the heap object by object: 5 to 13 s
-    for a rule of a million series, against the unit's ``TimeoutStopSec=30s``.
+    cancelled, whose result is dropped) and free the heap object by object: a stop
+    under systemd took 5 to 13 s with a rule of a million series, 0.7 to 0.9 s since.
     """
     code = main()
     logging.shutdown()
