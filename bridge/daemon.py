@@ -235,7 +235,7 @@ class Daemon:
         their identity edited) end their series with stale markers and start their
         retention."""
         loaded = {rule_key(g, r) for g in self._groups for r in g.rules}
-        for known in self.state.known_rules():
+        for known in await run_on(self.state_worker, self.state.known_rules):
             if known.removed_at is None and known.key not in loaded:
                 await self.engine.retire(known.key, known.interval or DEFAULT_INTERVAL)
 

@@ -122,7 +122,7 @@ class Sender:
         await self.update_gauges()
 
     async def update_gauges(self) -> None:
-        depth = self._state.outbox_samples()
+        depth = await run_on(self._state_worker, self._state.outbox_samples)
         self._metrics.outbox_samples.set(depth)
         oldest = await run_on(self._state_worker, self._state.outbox_oldest_ts_ms)
         age = 0.0 if oldest is None else max(self._clock() - oldest / 1000, 0.0)

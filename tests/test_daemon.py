@@ -28,7 +28,7 @@ from bridge.daemon import Daemon
 from bridge.engine import rule_key
 from bridge.evaluation import Stored, Update, evaluate
 from bridge.series import is_stale_nan
-from bridge.state import RuleKey, State
+from bridge.state import KnownRule, RuleKey, State
 from tests.doubles.tempo import Span, TempoDouble
 from tests.support.daemon import make_daemon, running
 from tests.support.files import Rule, rules_yaml, write_config
@@ -114,6 +114,8 @@ async def bridge(tmp_path: Path, time_machine: TimeMachineFixture) -> AsyncItera
         async with running(daemon), httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{daemon.web.port}"
         ) as http:
+            # it listens before it is ready: its start reads the state on the state's thread
+            await eventually(lambda: daemon.ready, "the daemon ready")
             yield Bridge(daemon, tempo, rules, http, time_machine)
 
 
@@ -188,6 +190,25 @@ async def test_reload_retires_removed_rules_and_restarts_changed_counters(
     # the old rule's totals stay in the state, no longer evaluated
     still = bridge.stored(counter)
     assert (still.checkpoint, still.totals) == (T0 + 1, old.totals)
+
+
+async def test_a_reload_reads_the_state_on_its_thread(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload looks in the state for rules gone from the files on the state's thread,
+    where it waits for a commit under way instead of holding the event loop."""
+    state = bridge.daemon.state
+    threads: list[str] = []
+    known_rules = state.known_rules
+
+    def noted() -> list[KnownRule]:
+        threads.append(threading.current_thread().name)
+        return known_rules()
+
+    monkeypatch.setattr(state, "known_rules", noted)
+    assert (await bridge.http.post("/-/reload")).status_code == 200
+    assert threads
+    assert all(name.startswith("tempo-bridge-state") for name in threads)
 
 
 async def test_sighup_reloads(bridge: Bridge) -> None:

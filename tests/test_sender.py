@@ -219,7 +219,8 @@ async def test_with_a_state_worker_the_outbox_is_read_and_updated_on_its_thread(
             return call(*args, **kwargs)
         return noted
 
-    for name in ("next_outbox_id", "outbox", "remove_from_outbox", "outbox_oldest_ts_ms"):
+    for name in ("next_outbox_id", "outbox", "remove_from_outbox", "outbox_oldest_ts_ms",
+                 "outbox_samples"):
         monkeypatch.setattr(state, name, noting(getattr(state, name)))
     await sender.drain()
     (thread,) = threads
