@@ -218,3 +218,23 @@ def test_keys_share_their_labels_and_are_found_again_by_text() -> None:
     fresh = [s.labels for s in parse_answer(answer("a", "b", "c", "d"), QUERY, "instant")]
     later = [s.labels for s in parse_answer(answer("a", "b", "c", "d"), QUERY, "instant", keys)]
     assert later == fresh
+
+
+def test_keys_remember_a_digest_of_each_text_and_tell_every_one_apart() -> None:
+    """Keys hold 16 bytes for each text, not the text (300 bytes and more for a series of
+    three labels), and still give each of 50,000 texts that differ in one character its
+    own labels, in a second answer as in the first."""
+
+    def answer() -> bytes:
+        series = [{"labels": [
+            {"key": "span.gen_ai.request.model", "value": {"stringValue": f"model-{i:05d}"}},
+        ], "value": i} for i in range(50_000)]
+        return json.dumps({"series": series, "metrics": {}}).encode()
+
+    keys = Keys()
+    for _ in range(2):
+        found = parse_answer(answer(), QUERY, "instant", keys)
+        assert [dict(s.labels)["span.gen_ai.request.model"] for s in found] == [
+            f"model-{int(s.value):05d}" for s in found]
+        assert len({s.labels for s in found}) == 50_000
+    assert {len(text) for text in keys._keys} == {16}
