@@ -1,15 +1,18 @@
 """Tempo client: instant and range TraceQL metrics queries, parsed exactly as Tempo answers.
 
-An answer can hold 1,000,000 series and hundreds of megabytes of JSON. msgspec checks it
-and splits it into series, then decodes each series into typed structs and at once adds
-its values to the buckets asked for (:func:`parse_buckets`, what the engine reads) or
-turns it into an :class:`InstantSeries` or :class:`RangeSeries` (:func:`parse_answer`),
-label names and values interned, so that the structs of one series at a time are in
-memory, beside the bytes and what is made; the cyclic garbage collector is paused meanwhile
-(millions of objects are allocated, none in a cycle). Anything the structs do not
-take as they are (not JSON, a wrong type, an unusual label value, a ``PARTIAL`` status...) is
-parsed again with ``json`` and checked in Python (:func:`_parse_whole`), which gives the
-answer's series or the error, worded exactly as ``json.loads`` and the checks word it.
+An answer can hold 1,000,000 series and hundreds of megabytes of JSON. It is parsed as
+it arrives (:class:`_Parse`): its body is cut into runs of whole series of a few
+megabytes, each run decoded by msgspec into typed structs on the worker while the next
+arrives, and handed to a sink that adds the values to the buckets asked for
+(:func:`parse_buckets`, what the engine reads) or makes :class:`InstantSeries` or
+:class:`RangeSeries` of them (:func:`parse_answer`), label names and values interned. So
+only a run or two of the body is in memory at once, beside what is made of it; the cyclic
+garbage collector is paused meanwhile (millions of objects are allocated, none in a
+cycle). Anything the structs do not take as they are (not JSON, a wrong type, an unusual
+label value, a ``PARTIAL`` status...) is parsed again whole with ``json`` and checked in
+Python (:func:`_parse_whole`), which gives the answer's series or the error, worded
+exactly as ``json.loads`` and the checks word it; when runs of that answer were already
+taken, the client asks Tempo for it again, whole, to do so.
 
 Every answer's ``Date`` header is compared with the host's clock around the request: the
 latest :class:`ClockSkew` is :attr:`TempoClient.clock_skew`, and goes to ``on_clock_skew``.
@@ -17,15 +20,16 @@ latest :class:`ClockSkew` is :attr:`TempoClient.clock_skew`, and goes to ``on_cl
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar, overload
+from typing import Any, Generic, Literal, NamedTuple, TypeAlias, TypeVar, overload
 
 import httpx
 import msgspec
@@ -185,16 +189,20 @@ class TempoClient:
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> list[InstantSeries]:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
-        content = await self._instant(query, start, end, tenant)
-        return await run_on(self._worker, parse_answer, content, query, "instant", self._keys)
+        return await self._query(
+            INSTANT_PATH, _instant_params(query, start, end), tenant, "instant",
+            _instant_list(self._keys),
+            lambda body: parse_answer(body, query, "instant", self._keys))
 
     async def instant_buckets(
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> Buckets:
         """:meth:`instant`, its values as those of one bucket stamped ``end`` (ms)."""
-        content = await self._instant(query, start, end, tenant)
-        return await run_on(self._worker, parse_buckets, content, query, "instant",
-                            (end * 1000,), self._keys)
+        stamps = (end * 1000,)
+        return await self._query(
+            INSTANT_PATH, _instant_params(query, start, end), tenant, "instant",
+            _instant_buckets(self._keys, stamps),
+            lambda body: parse_buckets(body, query, "instant", stamps, self._keys))
 
     async def range(
         self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
@@ -206,17 +214,20 @@ class TempoClient:
         ``exemplars`` is Tempo's parameter (at most that many for the whole answer; None or 0
         means Tempo's ``max_exemplars``, 100 by default).
         """
-        content = await self._range(query, start, end, step, tenant, exemplars)
-        return await run_on(self._worker, parse_answer, content, query, "range", self._keys)
+        return await self._query(
+            RANGE_PATH, _range_params(query, start, end, step, exemplars), tenant, "range",
+            _range_list(self._keys, query),
+            lambda body: parse_answer(body, query, "range", self._keys))
 
     async def range_buckets(
         self, query: str, start: int, end: int, step: int, stamps: Sequence[int], *,
         tenant: str | None = None, exemplars: int | None = None,
     ) -> Buckets:
         """:meth:`range`, its values in the buckets stamped ``stamps`` (ms) only."""
-        content = await self._range(query, start, end, step, tenant, exemplars)
-        return await run_on(self._worker, parse_buckets, content, query, "range", stamps,
-                            self._keys)
+        return await self._query(
+            RANGE_PATH, _range_params(query, start, end, step, exemplars), tenant, "range",
+            _range_buckets(self._keys, query, stamps),
+            lambda body: parse_buckets(body, query, "range", stamps, self._keys))
 
     async def get_json(self, path: str) -> Any:
         """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
@@ -240,10 +251,11 @@ class TempoClient:
 
     async def _request(
         self, path: str, params: Mapping[str, str], tenant: str | None, what: str,
-        *, accept: str | None = None,
+        *, accept: str | None = None, parse: _Parse[Any] | None = None,
     ) -> tuple[httpx.Response, bytearray]:
         """GET ``path``: the response and its body, read into one buffer as it arrives (a
-        big answer is never in memory twice, as its chunks and then joined)."""
+        big answer is never in memory twice, as its chunks and then joined); or, with
+        ``parse``, a 200 answer's body fed to it as it arrives (the buffer left empty)."""
         headers = {"Accept": accept} if accept else {}
         org = tenant or self._tenant
         if org:
@@ -254,8 +266,11 @@ class TempoClient:
         try:
             response = await self._client.send(request, stream=True)
             try:
-                async for chunk in response.aiter_bytes():
-                    body += chunk
+                if parse is not None and response.status_code == 200:
+                    await self._stream(response.aiter_bytes(), parse)
+                else:
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
             finally:
                 await response.aclose()
         except httpx.TimeoutException as exc:
@@ -287,23 +302,59 @@ class TempoClient:
         if self._on_clock_skew is not None:
             self._on_clock_skew(skew)
 
-    async def _instant(self, query: str, start: int, end: int, tenant: str | None) -> Body:
-        params = {"q": query, "start": str(start), "end": str(end)}
-        return await self._get(INSTANT_PATH, params, tenant)
+    async def _query(
+        self, path: str, params: Mapping[str, str], tenant: str | None, kind: Kind,
+        sink: Sink[_R], whole: Callable[[Body], _R],
+    ) -> _R:
+        """A metrics query, its answer parsed into ``sink`` as it arrives; or, when the
+        typed structs do not take it, ``whole`` of the whole answer (asked again when some
+        of its series were already taken)."""
+        what = f"query {params['q']!r}"
+        parse = _Parse(kind, sink)
+        await self._request(path, params, tenant, what, parse=parse)
+        try:
+            return await run_on(self._worker, parse.finish)
+        except _SLOW_PATH:
+            pass
+        if parse.cut:
+            _, content = await self._request(path, params, tenant, what)
+        else:
+            content = parse.body
+        return await run_on(self._worker, whole, content)
 
-    async def _range(
-        self, query: str, start: int, end: int, step: int, tenant: str | None,
-        exemplars: int | None,
-    ) -> Body:
-        params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
-        if exemplars is not None:
-            params["exemplars"] = str(exemplars)
-        return await self._get(RANGE_PATH, params, tenant)
+    async def _stream(self, chunks: AsyncIterator[bytes], parse: _Parse[Any]) -> None:
+        """Feed an answer's body to ``parse`` as it arrives, each run of it taken on the
+        worker while the next arrives (one run waits at most). Stops reading once a run
+        was not taken: the answer is asked for again."""
+        taking: asyncio.Future[None] | None = None
+        try:
+            async for chunk in chunks:
+                run = parse.feed(chunk)
+                if run is None:
+                    if parse.failed:
+                        break
+                    continue
+                if taking is not None:
+                    await taking
+                taking = asyncio.ensure_future(run_on(self._worker, parse.take, run))
+            if taking is not None:
+                await taking
+        finally:
+            if taking is not None and not taking.done():
+                taking.cancel()
 
-    async def _get(self, path: str, params: Mapping[str, str], tenant: str | None) -> Body:
-        """GET a metrics query; the body's bytes."""
-        _, body = await self._request(path, params, tenant, f"query {params['q']!r}")
-        return body
+
+def _instant_params(query: str, start: int, end: int) -> dict[str, str]:
+    return {"q": query, "start": str(start), "end": str(end)}
+
+
+def _range_params(
+    query: str, start: int, end: int, step: int, exemplars: int | None,
+) -> dict[str, str]:
+    params = {"q": query, "start": str(start), "end": str(end), "step": f"{step}s"}
+    if exemplars is not None:
+        params["exemplars"] = str(exemplars)
+    return params
 
 
 def _text(response: httpx.Response, body: bytearray) -> str:
@@ -353,14 +404,8 @@ class _RangeStruct(msgspec.Struct, gc=False):
     exemplars: list[_ExemplarStruct] = []
 
 
-class _Answer(msgspec.Struct, gc=False):
-    series: list[msgspec.Raw] = []  # each decoded and converted in turn: small peak memory
-    metrics: Any = None
-    status: Any = None
-
-
 class _InstantAnswer(msgspec.Struct, gc=False):
-    series: list[_InstantStruct] = []  # decoded at once: faster, for answers not too big
+    series: list[_InstantStruct] = []
     metrics: Any = None
     status: Any = None
 
@@ -371,21 +416,126 @@ class _RangeAnswer(msgspec.Struct, gc=False):
     status: Any = None
 
 
-WHOLE_BELOW = 64 * 1024 * 1024
-"""Answers smaller than this are decoded at once; bigger ones a series at a time, so
-that the decoded series are never all in memory together."""
+RUN_BYTES = 8 * 1024 * 1024
+"""An answer is cut, as it arrives, into runs of whole series of about this many bytes,
+each decoded at once: a big answer is never in memory whole (364 MB of JSON at 1,000,000
+series), and a run is big enough to be decoded as fast as the whole."""
 
-
-_ANSWER = msgspec.json.Decoder(_Answer)
-_WHOLE_INSTANT = msgspec.json.Decoder(_InstantAnswer)
-_WHOLE_RANGE = msgspec.json.Decoder(_RangeAnswer)
+_WHOLE: dict[Kind, msgspec.json.Decoder[Any]] = {
+    "instant": msgspec.json.Decoder(_InstantAnswer),
+    "range": msgspec.json.Decoder(_RangeAnswer),
+}
+_RUN: dict[Kind, msgspec.json.Decoder[Any]] = {
+    "instant": msgspec.json.Decoder(list[_InstantStruct]),
+    "range": msgspec.json.Decoder(list[_RangeStruct]),
+}
+_CHUNK = 64 * 1024
+"""The least a body read whole is fed to :class:`_Parse` in at a time."""
 _LABELS = msgspec.json.Decoder(list[_Label])
-_INSTANT_SERIES = msgspec.json.Decoder(_InstantStruct)
-_RANGE_SERIES = msgspec.json.Decoder(_RangeStruct)
+_PREFIX = b'{"series":['
+_SEPARATOR: dict[Kind, bytes] = {"instant": b'},{"labels":', "range": b']},{"labels":'}
+"""What a series' end and the next one's start look like, in Tempo's order of fields
+(labels first): ``}`` after an instant series' value or labels; ``]}`` after a range
+series' samples or exemplars (its exemplars also have labels, and end with a timestamp)."""
 
 
 class _SlowPathError(Exception):
     """Something the typed structs do not take as they are: :func:`_parse_whole` decides."""
+
+
+_SLOW_PATH = (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError)
+
+_R = TypeVar("_R")
+Sink: TypeAlias = Generator[None, "list[Any] | None", _R]
+"""What an answer's series go to, as typed structs, a run at a time (``send``); ``None``
+sent at the end returns the result (see :func:`_instant_buckets`)."""
+
+
+class _Parse(Generic[_R]):
+    """One answer, parsed as it arrives: its body cut into runs of whole series
+    (:meth:`feed`, on the event loop: it only finds and copies bytes), each run decoded
+    and handed to the sink (:meth:`take`, on the worker), then the rest of the body, the
+    last series with ``metrics`` and ``status``, decoded as a whole answer
+    (:meth:`finish`).
+
+    Tempo writes ``{"series":[{"labels":...},...],"metrics":...}``; a run ends before
+    the ``,`` of a :data:`_SEPARATOR`. That text cannot be inside a JSON string (its
+    quotes would be escaped), and a cut inside a series (say, between two exemplars with
+    no value) leaves the run's brackets open: decoding fails, as it does for any answer
+    the structs do not take, and the answer takes the slow path. A body of another shape
+    is kept whole and decoded at the end.
+    """
+
+    def __init__(self, kind: Kind, sink: Sink[_R], size: int | None = None) -> None:
+        self._sink = sink
+        next(sink)
+        self._kind: Kind = kind
+        self._separator = _SEPARATOR[kind]
+        self._comma = self._separator.index(b",")
+        self.size = RUN_BYTES if size is None else size
+        self.body = bytearray()
+        """The part of the body not taken yet: all of it until a run is cut."""
+        self._found = -1  # where the last separator in ``body`` begins
+        self._searched = 0  # how far ``body`` was searched; -1: another shape, kept whole
+        self.cut = False
+        """Whether runs were cut from the body: then ``body`` is not the whole answer."""
+        self.failed = False
+        """Whether a run was not taken: the answer takes the slow path."""
+
+    def feed(self, chunk: Body | memoryview) -> bytes | None:
+        """Add the next bytes of the body; a run of whole series for :meth:`take` once
+        ``size`` bytes of them have arrived, as a JSON array."""
+        body = self.body
+        body += chunk
+        if self._searched < 0 or self.failed:
+            return None
+        if not self.cut and self._searched < len(_PREFIX):
+            if len(body) < len(_PREFIX):
+                return None
+            if not body.startswith(_PREFIX):
+                self._searched = -1
+                return None
+        found = body.rfind(self._separator, max(self._searched - len(self._separator) + 1, 0))
+        self._searched = len(body)
+        if found >= 0:
+            self._found = found
+        if self._found < self.size:
+            return None
+        comma = self._found + self._comma
+        with memoryview(body) as view:
+            run = b"".join((view[0 if self.cut else len(_PREFIX) - 1:comma], b"]"))
+        body[comma] = ord("[")  # the rest begins the next run
+        del body[:comma]
+        self._found, self._searched, self.cut = -1, len(body), True
+        return run
+
+    def take(self, run: bytes) -> None:
+        """Decode a run and hand its series to the sink."""
+        if self.failed:
+            return
+        try:
+            with gc_paused():
+                self._sink.send(_RUN[self._kind].decode(run))
+        except _SLOW_PATH:
+            self.failed = True
+
+    def finish(self) -> _R:
+        """The sink's result, the rest of the body decoded; _SlowPathError (or msgspec's
+        errors) when the structs do not take the answer as it is."""
+        if self.failed:
+            raise _SlowPathError
+        with gc_paused():
+            rest = b"".join((b'{"series":', self.body)) if self.cut else self.body
+            answer = _WHOLE[self._kind].decode(rest)
+            if answer.status not in (None, "COMPLETE") or not isinstance(answer.metrics, dict):
+                raise _SlowPathError  # not a complete answer: the plain checks word why
+            self._sink.send(answer.series)
+            try:
+                self._sink.send(None)
+            except StopIteration as end:
+                result: _R = end.value
+                return result
+        raise RuntimeError("a sink takes series until it is sent None")
 
 
 @overload
@@ -400,10 +550,10 @@ def parse_answer(
     content: Body, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
+    keys = Keys() if keys is None else keys
     if kind == "instant":
-        return _parse(content, query, kind, keys, _instant_from_structs, _as_parsed)
-    return _parse(content, query, kind, keys, partial(_range_from_structs, query=query),
-                  _as_parsed)
+        return _parse(content, query, kind, _instant_list(keys), _as_parsed)
+    return _parse(content, query, kind, _range_list(keys, query), _as_parsed)
 
 
 def parse_buckets(
@@ -411,53 +561,36 @@ def parse_buckets(
 ) -> Buckets:
     """:func:`buckets_of` the answer's series, each added to its buckets as it is decoded
     (no series object is made); or the TempoError :func:`parse_answer` gives."""
-    fast = (partial(_instant_buckets, stamps=stamps) if kind == "instant"
-            else partial(_range_buckets, query=query, stamps=stamps))
-    return _parse(content, query, kind, keys, fast, partial(buckets_of, stamps=stamps))
-
-
-_R = TypeVar("_R")
+    keys = Keys() if keys is None else keys
+    sink = (_instant_buckets(keys, stamps) if kind == "instant"
+            else _range_buckets(keys, query, stamps))
+    return _parse(content, query, kind, sink, partial(buckets_of, stamps=stamps))
 
 
 def _parse(
-    content: Body, query: str, kind: Kind, keys: Keys | None,
-    fast: Callable[[Iterator[Any], Keys], _R], slow: Callable[[Any], _R],
+    content: Body, query: str, kind: Kind, sink: Sink[_R], slow: Callable[[Any], _R],
 ) -> _R:
-    """``fast`` of the answer's series as typed structs, one at a time; when the structs
-    do not take the answer as it is, ``slow`` of the series :func:`_parse_whole` makes
-    (or its TempoError)."""
+    """The answer fed to ``sink`` a run at a time, as the client feeds it as it arrives;
+    when the structs do not take it as it is, ``slow`` of the series
+    :func:`_parse_whole` makes (or its TempoError)."""
+    parse = _Parse(kind, sink)
+    step = max(parse.size, _CHUNK)
+    try:
+        with memoryview(content) as view:
+            for at in range(0, len(content), step):
+                run = parse.feed(view[at:at + step])
+                if run is not None:
+                    parse.take(run)
+        return parse.finish()
+    except _SLOW_PATH:
+        pass
+    del parse
     with gc_paused():
-        answer = _decode(content, kind)
-        if answer is not None:
-            try:
-                decoder = _INSTANT_SERIES if kind == "instant" else _RANGE_SERIES
-                return fast(_each(answer.series, decoder), Keys() if keys is None else keys)
-            except (_SlowPathError, msgspec.ValidationError, msgspec.DecodeError):
-                pass
-        del answer
         return slow(_parse_slowly(content, query, kind))
 
 
 def _as_parsed(series: list[Any]) -> list[Any]:
     return series
-
-
-def _decode(content: Body, kind: Kind) -> _Answer | _InstantAnswer | _RangeAnswer | None:
-    """The answer in typed structs (its series still as text when it is big), or None when
-    the structs do not take it or it is not a complete answer."""
-    answer: _Answer | _InstantAnswer | _RangeAnswer
-    try:
-        if len(content) >= WHOLE_BELOW:
-            answer = _ANSWER.decode(content)
-        elif kind == "instant":
-            answer = _WHOLE_INSTANT.decode(content)
-        else:
-            answer = _WHOLE_RANGE.decode(content)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    if answer.status in (None, "COMPLETE") and isinstance(answer.metrics, dict):
-        return answer
-    return None
 
 
 def _parse_slowly(content: Body, query: str, kind: Kind) -> Any:
@@ -550,49 +683,33 @@ def _float(value: float | str) -> float:
         raise _SlowPathError from None
 
 
-_T = TypeVar("_T", _InstantStruct, _RangeStruct)
-
-
-def _each(series: list[Any], decoder: msgspec.json.Decoder[_T]) -> Iterator[_T]:
-    """The structs of an answer's series: as they are, or each decoded from its text in
-    turn (and its text let go)."""
-    if not series or not isinstance(series[0], msgspec.Raw):
-        yield from series
-        return
-    decode = decoder.decode
-    for i, text in enumerate(series):
-        item = decode(text)
-        series[i] = _DONE
-        yield item
-
-
-def _instant_from_structs(items: Iterable[_InstantStruct], keys: Keys) -> list[InstantSeries]:
+def _instant_list(keys: Keys) -> Sink[list[InstantSeries]]:
     series: list[InstantSeries] = []
     append = series.append
-    for item in items:
-        value = item.value
-        append(_new(InstantSeries, (
-            keys(item.labels), value if value.__class__ is float else _float(value),
-        )))
+    while (items := (yield)) is not None:
+        for item in items:
+            value = item.value
+            append(_new(InstantSeries, (
+                keys(item.labels), value if value.__class__ is float else _float(value),
+            )))
     return series
 
 
-def _range_from_structs(
-    items: Iterable[_RangeStruct], keys: Keys, query: str
-) -> list[RangeSeries]:
+def _range_list(keys: Keys, query: str) -> Sink[list[RangeSeries]]:
     series: list[RangeSeries] = []
     append = series.append
     try:  # Tempo writes timestamps as strings: int() them here, not one call each
-        for item in items:
-            samples = [
-                (int(s.timestampMs), v if (v := s.value).__class__ is float else float(v))
-                for s in item.samples
-            ]
-            if item.exemplars:
-                append(_new(RangeSeries, (keys(item.labels), samples,
-                                          _exemplars(item.exemplars, query))))
-            else:
-                append(_new(RangeSeries, (keys(item.labels), samples, ())))
+        while (items := (yield)) is not None:
+            for item in items:
+                samples = [
+                    (int(s.timestampMs), v if (v := s.value).__class__ is float else float(v))
+                    for s in item.samples
+                ]
+                if item.exemplars:
+                    append(_new(RangeSeries, (keys(item.labels), samples,
+                                              _exemplars(item.exemplars, query))))
+                else:
+                    append(_new(RangeSeries, (keys(item.labels), samples, ())))
     except ValueError:
         raise _SlowPathError from None
     return series
@@ -605,28 +722,27 @@ def _exemplars(items: list[_ExemplarStruct], query: str) -> tuple[Exemplar, ...]
         raise _SlowPathError from None
 
 
-def _instant_buckets(
-    items: Iterable[_InstantStruct], keys: Keys, stamps: Sequence[int],
-) -> Buckets:
+def _instant_buckets(keys: Keys, stamps: Sequence[int]) -> Sink[Buckets]:
+    """The sink of :func:`parse_buckets` for an instant answer (one bucket)."""
     (stamp,) = stamps
     bucket: dict[TempoKey, float] = {}
     merged = 0
-    for item in items:
-        key = keys(item.labels)
-        value = item.value
-        if value.__class__ is not float:
-            value = _float(value)
-        size = len(bucket)
-        held = bucket.setdefault(key, value)
-        if len(bucket) == size:  # another series with these labels: summed
-            bucket[key] = held + value
-            merged += 1
+    while (items := (yield)) is not None:
+        for item in items:
+            key = keys(item.labels)
+            value = item.value
+            if value.__class__ is not float:
+                value = _float(value)
+            size = len(bucket)
+            held = bucket.setdefault(key, value)
+            if len(bucket) == size:  # another series with these labels: summed
+                bucket[key] = held + value
+                merged += 1
     return Buckets({stamp: bucket}, {stamp: merged})
 
 
-def _range_buckets(
-    items: Iterable[_RangeStruct], keys: Keys, query: str, stamps: Sequence[int],
-) -> Buckets:
+def _range_buckets(keys: Keys, query: str, stamps: Sequence[int]) -> Sink[Buckets]:
+    """The sink of :func:`parse_buckets` for a range answer."""
     values: dict[int, dict[TempoKey, float]] = {stamp: {} for stamp in stamps}
     merged = dict.fromkeys(stamps, 0)
     exemplars: list[tuple[TempoKey, Exemplar]] = []
@@ -635,29 +751,30 @@ def _range_buckets(
     # each is int()-ed once, kept or not, and found again by its text
     stamp_of: dict[int | str, int] = {}
     try:
-        for item in items:
-            key = keys(item.labels)
-            always = not key or (len(key) == 1 and key[0][0] == "__name__")
-            for sample in item.samples:
-                text = sample.timestampMs
-                stamp = stamp_of.get(text)
-                if stamp is None:
-                    stamp = stamp_of[text] = int(text)
-                value = sample.value
-                if value.__class__ is not float:
-                    value = float(value)
-                if value == 0 and not always:
-                    continue
-                bucket = bucket_at(stamp)
-                if bucket is None:
-                    continue
-                size = len(bucket)
-                held = bucket.setdefault(key, value)
-                if len(bucket) == size:  # a bucket twice, or another series: summed
-                    bucket[key] = held + value
-                    merged[stamp] += 1
-            if item.exemplars:
-                exemplars.extend((key, e) for e in _exemplars(item.exemplars, query))
+        while (items := (yield)) is not None:
+            for item in items:
+                key = keys(item.labels)
+                always = not key or (len(key) == 1 and key[0][0] == "__name__")
+                for sample in item.samples:
+                    text = sample.timestampMs
+                    stamp = stamp_of.get(text)
+                    if stamp is None:
+                        stamp = stamp_of[text] = int(text)
+                    value = sample.value
+                    if value.__class__ is not float:
+                        value = float(value)
+                    if value == 0 and not always:
+                        continue
+                    bucket = bucket_at(stamp)
+                    if bucket is None:
+                        continue
+                    size = len(bucket)
+                    held = bucket.setdefault(key, value)
+                    if len(bucket) == size:  # a bucket twice, or another series: summed
+                        bucket[key] = held + value
+                        merged[stamp] += 1
+                if item.exemplars:
+                    exemplars.extend((key, e) for e in _exemplars(item.exemplars, query))
     except ValueError:
         raise _SlowPathError from None
     return Buckets(values, merged, exemplars)
@@ -666,9 +783,6 @@ def _range_buckets(
 _new: Any = tuple.__new__
 """``_new(RangeSeries, (labels, samples, exemplars))``: a series without the Python-level
 ``__new__`` of a NamedTuple, for the loops that run for every series of an answer."""
-
-
-_DONE = msgspec.Raw()  # what a series' raw text is replaced with once converted
 
 
 def _parse_whole(text: str, query: str, kind: Kind) -> Any:

@@ -21,7 +21,7 @@ from bridge.errors import StateError
 from bridge.evaluation import Update, evaluate
 from bridge.series import is_stale_nan
 from bridge.state import RuleKey
-from bridge.tempo import TempoClient, parse_buckets
+from bridge.tempo import TempoClient, _Parse
 from bridge.windows import Limits
 from bridge.worker import Worker
 from tests.doubles.tempo import Response, Span
@@ -543,10 +543,12 @@ async def test_with_a_worker_answers_are_parsed_and_evaluated_off_the_event_loop
         assert await harness.tick(group)
     loop = asyncio.get_running_loop()
     seen: list[tuple[str, bool]] = []
-    monkeypatch.setattr("bridge.tempo.parse_buckets", _held(parse_buckets, loop, seen))
+    monkeypatch.setattr("bridge.tempo.RUN_BYTES", 0)  # a run of the answer taken as it comes
+    monkeypatch.setattr("bridge.tempo._Parse.take", _held(_Parse.take, loop, seen))
+    monkeypatch.setattr("bridge.tempo._Parse.finish", _held(_Parse.finish, loop, seen))
     monkeypatch.setattr("bridge.engine.evaluate", _held(evaluate, loop, seen))
     assert await h.tick(group, 120)
-    assert [ok for _, ok in seen] == [True, True]  # the answer's parse, its evaluation
+    assert [ok for _, ok in seen] == [True, True, True]  # the answer's run, its rest, evaluation
     assert all(name.startswith("tempo-bridge-worker") for name, _ in seen)
     monkeypatch.undo()
     assert await alone.tick(group, 120)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -11,7 +14,8 @@ import respx
 
 from bridge.errors import TempoError
 from bridge.series import Exemplar
-from bridge.tempo import ClockSkew, InstantSeries, TempoClient
+from bridge.tempo import ClockSkew, InstantSeries, TempoClient, _Parse, parse_answer, parse_buckets
+from bridge.worker import Worker
 from tests.doubles.captures import Capture, find_tempo_api, load_capture
 from tests.doubles.tempo import Response, TempoDouble
 
@@ -226,6 +230,106 @@ async def test_a_body_in_pieces_is_read_whole_and_one_cut_short_is_a_network_err
     with pytest.raises(TempoError, match=r"cannot reach Tempo.*complete body") as error:
         await cut.instant("{ } | sum_over_time(span.cost) by (span.model)", 1, 2)
     assert error.value.reason == "network"
+
+
+def _big_range_answer(series: int, *, status: str | None = None, odd: bool = False) -> bytes:
+    """A range answer of Tempo's shape: every series with samples, some with several
+    exemplars (so that ``},{"labels":`` also comes between exemplars), and ``status``;
+    ``odd``: the label value of the series half way has two kinds, an error."""
+    items = []
+    for i in range(series):
+        value: dict[str, object] = {"stringValue": f"model-{i}"}
+        if odd and i == series // 2:
+            value["intValue"] = "7"
+        item: dict[str, object] = {
+            "labels": [{"key": "span.model", "value": value}],
+            "samples": [{"timestampMs": "60000"}, {"timestampMs": "120000", "value": i + 0.5}],
+        }
+        if i % 3 == 0:
+            item["exemplars"] = [
+                {"labels": [{"key": "trace:id", "value": {"stringValue": f"{i + j:032x}"}}],
+                 "value": i + 0.5, "timestampMs": "119000"} for j in (1, 2)]
+        items.append(item)
+    answer: dict[str, object] = {"series": items, "metrics": {"completedJobs": 1}}
+    if status is not None:
+        answer |= {"status": status, "message": "Response exceeds maximum series limit"}
+    return json.dumps(answer, separators=(",", ":")).encode()
+
+
+class _Served:
+    """Tempo answering ``body`` in pieces of 50 bytes; the requests it was asked."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.requests = body, 0
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        def answer(request: httpx.Request) -> httpx.Response:
+            self.requests += 1
+            pieces = [self.body[i:i + 50] for i in range(0, len(self.body), 50)]
+            return httpx.Response(200, stream=_Chunks(pieces))
+        return httpx.MockTransport(answer)
+
+
+async def _outcome(parse: Awaitable[Any] | Callable[[], Any]) -> tuple[str, Any]:
+    """What a parse gives: its result's repr (NaN compares equal), or its error."""
+    try:
+        return "ok", repr(await parse if inspect.isawaitable(parse) else parse())
+    except TempoError as exc:
+        return "error", (exc.reason, str(exc))
+
+
+QUERY = "{ } | sum_over_time(span.cost) by (span.model)"
+
+
+@pytest.mark.parametrize("with_worker", [False, True])
+async def test_a_big_answer_is_parsed_as_it_arrives_never_whole(
+    monkeypatch: pytest.MonkeyPatch, with_worker: bool, worker: Worker,
+) -> None:
+    """Runs of whole series are cut from the body as it comes and decoded (on the
+    worker while the next arrives): at no time is the body held whole, and the buckets
+    and series are those of the whole answer parsed at once, asked once."""
+    body = _big_range_answer(300)
+    stamps = [120_000]
+    want_buckets = repr(parse_buckets(body, QUERY, "range", stamps))
+    want_series = repr(parse_answer(body, QUERY, "range"))
+    monkeypatch.setattr("bridge.tempo.RUN_BYTES", 1000)
+    held: list[int] = []
+    feed = _Parse.feed
+
+    def noted(parse: _Parse[Any], chunk: bytes) -> bytes | None:
+        run = feed(parse, chunk)
+        held.append(len(parse.body) + len(run or b""))
+        return run
+
+    monkeypatch.setattr("bridge.tempo._Parse.feed", noted)
+    tempo = _Served(body)
+    client = TempoClient(BASE, transport=tempo.transport(), worker=worker if with_worker else None)
+    assert repr(await client.range_buckets(QUERY, 60, 120, 60, stamps)) == want_buckets
+    assert repr(await client.range(QUERY, 60, 120, 60)) == want_series
+    assert tempo.requests == 2
+    assert len(body) > 50_000
+    assert max(held) < 3000  # a run and a piece, not the 50 kB body
+
+
+@pytest.mark.parametrize(("status", "odd"), [("PARTIAL", False), (None, True)])
+async def test_an_answer_the_structs_refuse_after_runs_were_taken_is_asked_again_whole(
+    monkeypatch: pytest.MonkeyPatch, status: str | None, odd: bool,
+) -> None:
+    """A PARTIAL status, found at the end, or a label value the structs do not take, half
+    way: the plain parser words the error from the whole answer, so Tempo is asked for it
+    again (the reading stops at the refused run). The error is the plain parser's."""
+    body = _big_range_answer(300, status=status, odd=odd)
+    want = await _outcome(lambda: parse_answer(body, QUERY, "range"))
+    assert want[0] == "error"
+    monkeypatch.setattr("bridge.tempo.RUN_BYTES", 1000)
+    tempo = _Served(body)
+    client = TempoClient(BASE, transport=tempo.transport())
+    assert await _outcome(client.range(QUERY, 60, 120, 60)) == want
+    assert tempo.requests == 2
+    tempo.requests = 0
+    monkeypatch.setattr("bridge.tempo.RUN_BYTES", len(body) * 2)  # nothing taken early
+    assert await _outcome(client.range(QUERY, 60, 120, 60)) == want
+    assert tempo.requests == 1  # the body, held whole, parsed again without asking
 
 
 async def test_clock_skew_bounds_from_the_date_header() -> None:

@@ -27,9 +27,11 @@ KINDS: tuple[Kind, Kind] = ("range", "instant")
 @pytest.fixture(autouse=True, params=["whole", "series by series"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs both ways msgspec decodes an answer: at once (answers under
-    ``WHOLE_BELOW``), and a series at a time (bigger ones)."""
+    ``RUN_BYTES``), and cut into runs as it arrives, here a run for each series and the
+    body fed 7 bytes at a time (so that a separator is split across chunks)."""
     if request.param == "series by series":
-        monkeypatch.setattr("bridge.tempo.WHOLE_BELOW", 0)
+        monkeypatch.setattr("bridge.tempo.RUN_BYTES", 0)
+        monkeypatch.setattr("bridge.tempo._CHUNK", 7)
     return str(request.param)
 
 
