@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -101,12 +102,42 @@ def _format(value: float | str, digits: int) -> str:
 
 @dataclass
 class Stopwatch:
-    """Time spent per stage, summed over calls; see :func:`timed`."""
+    """Time spent per stage, summed over calls (see :func:`timed`), and, while
+    :meth:`sampling`, the most resident memory seen in each stage (MB; ``"between"``:
+    outside them)."""
 
     seconds: dict[str, float]
+    resident: dict[str, float]
+    stage: str
 
     def __init__(self) -> None:
         self.seconds = defaultdict(float)
+        self.resident = defaultdict(float)
+        self.stage = "between"
+
+    @contextlib.contextmanager
+    def sampling(self, every: float = 0.01) -> Iterator[None]:
+        """Sample the process's resident memory every ``every`` seconds on a thread, each
+        sample counted to the stage under way."""
+        page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        done = threading.Event()
+
+        def sample() -> None:
+            with open("/proc/self/statm", "rb") as statm:
+                while not done.wait(every):
+                    statm.seek(0)
+                    mb = int(statm.read().split()[1]) * page_mb
+                    stage = self.stage
+                    if mb > self.resident[stage]:
+                        self.resident[stage] = mb
+
+        sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+        sampler.start()
+        try:
+            yield
+        finally:
+            done.set()
+            sampler.join()
 
 
 def timed(stopwatch: Stopwatch, owner: Any, name: str, stage: str) -> None:
@@ -119,21 +150,23 @@ def timed(stopwatch: Stopwatch, owner: Any, name: str, stage: str) -> None:
     if inspect.iscoroutinefunction(original):
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started, outer, stopwatch.stage = time.perf_counter(), stopwatch.stage, stage
             try:
                 return await original(*args, **kwargs)
             finally:
                 stopwatch.seconds[stage] += time.perf_counter() - started
+                stopwatch.stage = outer
 
         setattr(owner, name, async_wrapper)
     else:
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
+            started, outer, stopwatch.stage = time.perf_counter(), stopwatch.stage, stage
             try:
                 return original(*args, **kwargs)
             finally:
                 stopwatch.seconds[stage] += time.perf_counter() - started
+                stopwatch.stage = outer
 
         setattr(owner, name, wrapper)
 

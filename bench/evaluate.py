@@ -45,7 +45,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,20 +193,23 @@ async def child(tempo_url: str, write_url: str, profile: bool, now: float,
     for clock in clocks(now, idle, steady_count):
         steady = clock == now
         watch.seconds.clear()
+        watch.resident.clear()
         sent_before = metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0
         wall, cpu = time.perf_counter(), time.process_time()
         if profiler and on_worker and steady:
             await wired.worker.run(on_worker.enable)
             profiler.enable()
-        ok = await engine.evaluate_rule(group, rule, clock)
-        await sender.drain()
+        with watch.sampling():
+            ok = await engine.evaluate_rule(group, rule, clock)
+            await sender.drain()
         if profiler and on_worker and steady:
             profiler.disable()
             await wired.worker.run(on_worker.disable)
         sent = (metrics.registry.get_sample_value("tempo_bridge_samples_sent_total") or 0)
         result["evaluations"].append({
             "ok": ok, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
-            "stages": dict(watch.seconds), "samples": int(sent - sent_before),
+            "stages": dict(watch.seconds), "resident": dict(watch.resident),
+            "samples": int(sent - sent_before),
             "outbox": state.outbox_samples(), "peak_rss": peak_rss_mb(),
         })
     stored = state.load(rule_key(group, rule))
@@ -327,6 +330,7 @@ async def measure(series: int, profile: bool, report: Report, prom: Any,
         report.figure(f"{name}: {when}: CPU time", cpu, "s",
                       at_most=1.0 if big and when == "steady" else None)
         report.figure(f"{name}: {when}: per series", wall / series * 1e6, "us", digits=2)
+        report.note(f"{name}: {when}: " + highest_resident(evaluation["resident"]))
     report.figure(f"{name}: peak RSS", result["peak_rss"], "MB", digits=1,
                   at_most=1500 if series == 1_000_000 else None)
     added = result["peak_rss"] - result["rss_before"]
@@ -349,6 +353,13 @@ async def measure(series: int, profile: bool, report: Report, prom: Any,
     return result
 
 
+def highest_resident(resident: Mapping[str, float]) -> str:
+    """The most resident memory sampled in each stage of an evaluation, highest first."""
+    ranked = sorted(resident.items(), key=lambda item: -item[1])
+    return "resident memory, the most in each stage: " + ", ".join(
+        f"{stage} {mb:,.0f} MB" for stage, mb in ranked)
+
+
 def restarted(name: str, series: int, result: dict[str, Any] | None, report: Report) -> None:
     """Report the evaluation of the next window by a new process on the same state: what
     the daemon does after a restart (the state read back, every cache cold)."""
@@ -363,6 +374,7 @@ def restarted(name: str, series: int, result: dict[str, Any] | None, report: Rep
                   "s")
     report.figure(f"{name}: after a restart: peak RSS", result["peak_rss"], "MB", digits=1,
                   at_most=1500 if series == 1_000_000 else None)
+    report.note(f"{name}: after a restart: " + highest_resident(evaluation["resident"]))
     report.check(f"{name}: after a restart: the evaluation succeeded, every series written",
                  evaluation["ok"] and evaluation["samples"] == series
                  and evaluation["outbox"] == 0 and result["series"] == series,
