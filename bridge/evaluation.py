@@ -640,18 +640,42 @@ def _exemplars(
 
 
 class _Writer:
-    """The samples of one evaluation: each series' timestamps only ever increase."""
+    """The samples of one evaluation: each series' timestamps only ever increase.
+
+    Built for a million series: the live set is the stored one until a series resumes
+    (copied then), a window end's is a frozenset made once, and what a window end wrote
+    is noted in ``_written`` only when something is written after it (most evaluations
+    write one window end, and nothing after it).
+    """
 
     def __init__(self, stored: Stored, context: Context) -> None:
-        self.live: set[Labels] = set(stored.live)
+        self.live: frozenset[Labels] | set[Labels] = stored.live
         self.ended: dict[Labels, int] = dict(stored.ended)
         self.since_ms = context.since_ms
         self._last_ts = context.last_ts
         self._written: dict[Labels, int] = {}
+        self._unnoted: tuple[Iterable[Labels], int, dict[Labels, int | None]] | None = None
+        """The last window end's series, its time, and those of them it did not write
+        (with what ``_written`` held for them): not in ``_written`` yet."""
         self.samples: list[Sample] = []
         self.exemplars: dict[tuple[Labels, int], list[Exemplar]] = {}
 
+    def _note_written(self) -> None:
+        """Note in ``_written`` what the last window end wrote."""
+        if self._unnoted is None:
+            return
+        labels, ts_ms, skipped = self._unnoted
+        self._unnoted = None
+        written = self._written
+        written.update(dict.fromkeys(labels, ts_ms))  # in one call: the hashes are known
+        for one, held in skipped.items():
+            if held is None:
+                del written[one]
+            else:
+                written[one] = held
+
     def _write(self, labels: Labels, ts_ms: int, value: float) -> bool:
+        self._note_written()
         last = self._written.get(labels)
         if last is None:
             last = self._last_ts.get(labels, -1)
@@ -667,6 +691,8 @@ class _Writer:
         written then: its last value before that is recent enough)."""
         if ts_ms >= self.since_ms:
             self._write(labels, ts_ms, value)
+        if not isinstance(self.live, set):
+            self.live = set(self.live)
         self.live.add(labels)
 
     def end_window(
@@ -680,6 +706,7 @@ class _Writer:
             if self._write(labels, ts_ms, STALE_NAN):
                 ended[labels] = ts_ms
         self.ended = ended
+        self._note_written()
         written, append = self._written, self.samples.append
         last_ts = self._last_ts.get
         earlier = bool(written)  # some series were written before in this evaluation
@@ -693,17 +720,12 @@ class _Writer:
                 append((labels, ts_ms, value))
             else:
                 skipped[labels] = held
-        written.update(dict.fromkeys(values, ts_ms))  # in one call: the hashes are known
-        for labels, held in skipped.items():
-            if held is None:
-                del written[labels]
-            else:
-                written[labels] = held
+        self._unnoted = (values.keys(), ts_ms, skipped)
         if exemplars:
             for labels, picked in exemplars.items():
                 if labels in values and labels not in skipped:
                     self.exemplars[(labels, ts_ms)] = picked
-        self.live = set(values)
+        self.live = frozenset(values)
 
 
 def _pick(found: Iterable[Exemplar], limit: int) -> list[Exemplar]:
