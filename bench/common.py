@@ -414,7 +414,7 @@ def wire(directory: Path, rules: str, tempo_url: str, write_url: str,
     metrics = Metrics()
     # as the daemon runs them: parse, evaluate and encode off the loop, state calls too
     worker, state_worker = Worker(), Worker("state")
-    tempo = TempoClient(tempo_url, timeout=600, worker=worker)
+    tempo = TempoClient(tempo_url, timeout=600, worker=worker, canonical=state.canonical)
     receiver = RemoteWriteClient(write_url)
     sender = Sender(state, receiver, metrics, max_sample_age=remote.max_sample_age,
                     state_worker=state_worker)

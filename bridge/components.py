@@ -11,6 +11,7 @@ from bridge.config import Config
 from bridge.remote_write import RemoteWriteClient
 from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
+from bridge.series import TempoKey
 from bridge.state import State
 from bridge.tempo import ClockSkew, TempoClient
 from bridge.windows import Limits
@@ -28,9 +29,11 @@ def load_rules(config: Config) -> list[Group]:
 def tempo_client(
     config: Config, transport: httpx.AsyncBaseTransport | None = None,
     on_clock_skew: Callable[[ClockSkew], None] | None = None, worker: Worker | None = None,
+    canonical: Callable[[TempoKey], TempoKey] | None = None,
 ) -> TempoClient:
     """A Tempo client with the config's URL, tenant, credentials and timeout (``worker``:
-    the thread that parses its answers, as the daemon has)."""
+    the thread that parses its answers, as the daemon has; ``canonical``: the state's
+    own equal label set, see :meth:`bridge.state.State.canonical`)."""
     return TempoClient(
         config.tempo.url,
         tenant=config.tempo.tenant,
@@ -39,6 +42,7 @@ def tempo_client(
         transport=transport,
         on_clock_skew=on_clock_skew,
         worker=worker,
+        canonical=canonical,
     )
 
 

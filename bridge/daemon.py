@@ -66,7 +66,8 @@ class Daemon:
         # the state database, on a thread of their own (see bridge.worker)
         self.worker = Worker()
         self.state_worker = Worker("state")
-        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew, worker=self.worker)
+        self.tempo = tempo_client(config, on_clock_skew=self._clock_skew, worker=self.worker,
+                                  canonical=self.state.canonical)
         self.receiver = receiver_client(config)
         encode = encoder(dict(config.remote_write.external_labels),
                          config.remote_write.max_samples_per_send)

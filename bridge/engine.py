@@ -73,6 +73,8 @@ class Store(Protocol):
 
     def load(self, key: RuleKey) -> Stored | None: ...
 
+    def canonical(self, labels: Labels) -> Labels: ...
+
     def kept_values(
         self, key: RuleKey, windows: Iterable[Window]
     ) -> Mapping[Window, Mapping[TempoKey, float]]: ...
@@ -104,6 +106,9 @@ class MemoryStore:
 
     def load(self, key: RuleKey) -> Stored | None:
         return self.rules.get(key)
+
+    def canonical(self, labels: Labels) -> Labels:
+        return labels  # nothing read back: no copies to share
 
     def kept_values(
         self, key: RuleKey, windows: Iterable[Window]
@@ -323,7 +328,7 @@ class Engine:
         again = [r.window for r in reads if r.window.end <= stored.checkpoint]
         mapper = self._mappers.get(run.key)
         if mapper is None or not mapper.fits(rule, group):
-            mapper = self._mappers[run.key] = LabelMapper(rule, group)
+            mapper = self._mappers[run.key] = LabelMapper(rule, group, self._store.canonical)
         async with self._serial:
             try:
                 kept = (await run_on(self._state_worker, self._store.kept_values, run.key, again)

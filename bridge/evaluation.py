@@ -230,10 +230,15 @@ class LabelMapper:
 
     It also knows which Prometheus series several Tempo series share (:attr:`shared`),
     so that the common case, one Tempo series per Prometheus series, costs no summing.
+    ``canonical`` gives an equal label set already held elsewhere (the state's), to be
+    kept instead of the one made.
     """
 
-    def __init__(self, rule: Rule, group: Group) -> None:
+    def __init__(
+        self, rule: Rule, group: Group, canonical: Callable[[Labels], Labels] | None = None,
+    ) -> None:
         self._rule, self._group = rule, group
+        self._canonical = canonical
         self.labels_of: dict[TempoKey, Labels] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
         self.owner: dict[Labels, TempoKey] = {}
@@ -256,8 +261,10 @@ class LabelMapper:
     def __call__(self, key: TempoKey) -> Labels:
         labels = self.labels_of.get(key)
         if labels is None:
-            labels = self.labels_of[key] = series_labels(self._rule, self._group, key,
-                                                          self._pairs)
+            labels = series_labels(self._rule, self._group, key, self._pairs)
+            if self._canonical is not None:
+                labels = self._canonical(labels)
+            self.labels_of[key] = labels
             owner = self.owner.setdefault(labels, key)
             if owner != key:
                 self.shared.setdefault(labels, [owner]).append(key)

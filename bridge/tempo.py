@@ -170,6 +170,7 @@ class TempoClient:
         on_clock_skew: Callable[[ClockSkew], None] | None = None,
         clock: Callable[[], float] = time.time,
         worker: Worker | None = None,
+        canonical: Callable[[TempoKey], TempoKey] | None = None,
     ) -> None:
         self._tenant = tenant
         self._worker = worker
@@ -180,7 +181,7 @@ class TempoClient:
             transport=transport,
         )
         self._on_clock_skew = on_clock_skew
-        self._keys = Keys()
+        self._keys = Keys(canonical=canonical)
         self._clock = clock
         self.clock_skew: ClockSkew | None = None
         """The skew measured on the latest answer with a ``Date`` header; None before one."""
@@ -635,11 +636,16 @@ class Keys:
     on purpose). A key's labels are tuples shared by every key that has them: keys are
     held for every series between evaluations, and a model's or a provider's label is in
     thousands of them. The memory is bounded: when ``size`` texts are remembered, the
-    older half of them is forgotten (the texts seen since are kept).
+    older half of them is forgotten (the texts seen since are kept). ``canonical`` gives
+    an equal key already held elsewhere (the state's), to be kept instead of the one
+    decoded.
     """
 
-    def __init__(self, size: int = 2_000_000) -> None:
+    def __init__(
+        self, size: int = 2_000_000, canonical: Callable[[TempoKey], TempoKey] | None = None,
+    ) -> None:
         self._size = size
+        self._canonical = canonical
         self._keys: dict[bytes, TempoKey] = {}  # by the digest of the labels' text
         self._older: dict[bytes, TempoKey] = {}
         self._strings: dict[str, str] = {}
@@ -671,7 +677,8 @@ class Keys:
             key = label.key
             labels[intern(key, key)] = intern(text, text)
         share = self._pairs.setdefault
-        return tuple([share(pair, pair) for pair in sorted(labels.items())])
+        decoded = tuple([share(pair, pair) for pair in sorted(labels.items())])
+        return decoded if self._canonical is None else self._canonical(decoded)
 
 
 def _float(value: float | str) -> float:

@@ -81,6 +81,27 @@ def test_label_sets_read_back_share_their_pairs(tmp_path: Path) -> None:
     state.close()
 
 
+def test_canonical_gives_the_label_set_the_state_holds(tmp_path: Path) -> None:
+    """Read back at start-up, a label set is the state's own object: an equal one made
+    later is given that object instead; one the state does not hold is given back."""
+    state = State(tmp_path / "s.sqlite")
+    samples: list[Sample] = [(A, 60_000, 1.0)]
+    state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset({A}),
+                              samples=samples), requests(samples))
+    state.close()
+    state = State(tmp_path / "s.sqlite")
+    (held,) = state.last_ts
+    stored = state.load(RULE)
+    assert stored is not None
+    for labels, own in ((A, held), (KA, next(iter(stored.totals)))):
+        made = tuple((name, value) for name, value in labels)  # equal, another object
+        assert made is not own
+        assert state.canonical(made) is own
+    unknown = (("__name__", "y_total"),)
+    assert state.canonical(unknown) is unknown
+    state.close()
+
+
 def test_identity_is_group_record_expr_and_kind() -> None:
     assert len(RULE.rule_id) == 16
     assert int(RULE.rule_id, 16) >= 0

@@ -87,7 +87,7 @@ class Harness:
 
     def _engine(self) -> Engine:
         client = TempoClient("http://tempo", transport=self.double.transport(),
-                             worker=self.worker)
+                             worker=self.worker, canonical=self.state.canonical)
         return Engine(client, self.state, self.metrics, limits=self.limits,
                       retention=self.retention, clock=self.clock, encode=self._encode,
                       on_commit=self._committed, worker=self.worker,
