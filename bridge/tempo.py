@@ -317,10 +317,10 @@ class TempoClient:
             return await run_on(self._worker, parse.finish)
         except _SLOW_PATH:
             pass
-        if parse.cut:
+        cut, content = parse.cut, parse.body
+        del parse, sink  # what they took is let go before the answer is read again
+        if cut:
             _, content = await self._request(path, params, tenant, what)
-        else:
-            content = parse.body
         return await run_on(self._worker, whole, content)
 
     async def _stream(self, chunks: AsyncIterator[bytes], parse: _Parse[Any]) -> None:
@@ -467,13 +467,13 @@ class _Parse(Generic[_R]):
     is kept whole and decoded at the end.
     """
 
-    def __init__(self, kind: Kind, sink: Sink[_R], size: int | None = None) -> None:
+    def __init__(self, kind: Kind, sink: Sink[_R]) -> None:
         self._sink = sink
         next(sink)
         self._kind: Kind = kind
         self._separator = _SEPARATOR[kind]
         self._comma = self._separator.index(b",")
-        self.size = RUN_BYTES if size is None else size
+        self.size = RUN_BYTES
         self.body = bytearray()
         """The part of the body not taken yet: all of it until a run is cut."""
         self._found = -1  # where the last separator in ``body`` begins
