@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from bridge.rules import Group, Rule
-from bridge.series import STALE_NAN, Exemplar, Labels, Sample, TempoKey
+from bridge.series import STALE_NAN, Exemplar, Labels, Sample, Samples, TempoKey
 from bridge.tempo import Buckets
 from bridge.windows import Query, Window
 
@@ -172,7 +172,8 @@ class Update:
     checkpoint: int
     live: frozenset[Labels]
     settle_checkpoints: dict[int, int]
-    samples: list[Sample] = field(default_factory=list)
+    samples: Sequence[Sample] = field(default_factory=list)
+    """In the order written (a :class:`Samples`, from an evaluation)."""
     exemplars: dict[tuple[Labels, int], list[Exemplar]] = field(default_factory=dict)
     """Exemplars of samples, by the sample's series and timestamp (ms)."""
     ended: dict[Labels, int] = field(default_factory=dict)
@@ -664,7 +665,7 @@ class _Writer:
         self._unnoted: tuple[Iterable[Labels], int, dict[Labels, int | None]] | None = None
         """The last window end's series, its time, and those of them it did not write
         (with what ``_written`` held for them): not in ``_written`` yet."""
-        self.samples: list[Sample] = []
+        self.samples = Samples()
         self.exemplars: dict[tuple[Labels, int], list[Exemplar]] = {}
 
     def _note_written(self) -> None:
@@ -714,19 +715,22 @@ class _Writer:
                 ended[labels] = ts_ms
         self.ended = ended
         self._note_written()
-        written, append = self._written, self.samples.append
+        written = self._written
         last_ts = self._last_ts.get
         earlier = bool(written)  # some series were written before in this evaluation
         skipped: dict[Labels, int | None] = {}  # not written now: what ``written`` held
-        for labels, value in values.items():  # _write, inlined: it runs for every series
+        for labels in values:  # _write, inlined: it runs for every series
             last = written.get(labels) if earlier else None
             held = last
             if last is None:
                 last = last_ts(labels, -1)
-            if ts_ms > last:
-                append((labels, ts_ms, value))
-            else:
+            if ts_ms <= last:
                 skipped[labels] = held
+        if skipped:
+            kept = [labels for labels in values if labels not in skipped]
+            self.samples.add_columns(ts_ms, kept, [values[labels] for labels in kept])
+        else:  # the usual case: every series, as columns made in one call each
+            self.samples.add_columns(ts_ms, list(values), list(values.values()))
         self._unnoted = (values.keys(), ts_ms, skipped)
         if exemplars:
             for labels, picked in exemplars.items():

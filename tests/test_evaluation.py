@@ -388,7 +388,7 @@ def test_limit_fails_the_evaluation(tmp_path: Path) -> None:
 def test_a_retired_rule_ends_its_series_at_its_next_window_end() -> None:
     stored = Stored(150, live=frozenset({A, B}))  # off the 60 s grid after an edit
     update = retire(stored, 60, {B: 180_000})
-    got: list[Sample] = update.samples
+    got: Sequence[Sample] = update.samples
     assert [(labels, ts) for labels, ts, _ in got] == [(A, 180_000)]  # B already has 180
     assert all(is_stale_nan(v) for _, _, v in got)
     assert update.live == frozenset()
