@@ -33,7 +33,7 @@ from bridge import USER_AGENT
 from bridge.errors import ReceiverError
 from bridge.prompb import remote_pb2
 from bridge.redact import display_url
-from bridge.series import EXEMPLAR_LABEL, Exemplar, Labels, Sample
+from bridge.series import EXEMPLAR_LABEL, Exemplar, Labels, Sample, Samples
 
 Series = (tuple[Labels, Sequence[tuple[int, float]]]
           | tuple[Labels, Sequence[tuple[int, float]], Sequence[Exemplar]])
@@ -311,7 +311,8 @@ class BatchEncoder:
         exemplars: Mapping[tuple[Labels, int], Sequence[Exemplar]],
     ) -> list[Batch]:
         samples = samples if isinstance(samples, Sequence) else list(samples)
-        if len({sample[0] for sample in samples}) == len(samples):
+        if (samples.distinct_series() if isinstance(samples, Samples)
+                else len({sample[0] for sample in samples}) == len(samples)):
             return self._singles(samples, exemplars)
         per_series: dict[Labels, list[tuple[int, float]]] = {}
         for labels, ts, value in samples:
