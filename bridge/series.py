@@ -20,7 +20,6 @@ Sample = tuple[Labels, int, float]
 """``(labels, timestamp ms, value)``."""
 
 
-
 class Samples(Sequence[Sample]):
     """An evaluation's samples, in the order they were written: single ones, and the
     series of a window end as two columns (their labels, their values) with the one
