@@ -192,18 +192,15 @@ class TempoClient:
         """Evaluate ``query`` over spans starting in ``(start, end]`` (unix seconds)."""
         return await self._query(
             INSTANT_PATH, _instant_params(query, start, end), tenant, "instant",
-            _instant_list(self._keys),
-            lambda body: parse_answer(body, query, "instant", self._keys))
+            lambda: _series_reading("instant", query, self._keys))
 
     async def instant_buckets(
         self, query: str, start: int, end: int, *, tenant: str | None = None
     ) -> Buckets:
         """:meth:`instant`, its values as those of one bucket stamped ``end`` (ms)."""
-        stamps = (end * 1000,)
         return await self._query(
             INSTANT_PATH, _instant_params(query, start, end), tenant, "instant",
-            _instant_buckets(self._keys, stamps),
-            lambda body: parse_buckets(body, query, "instant", stamps, self._keys))
+            lambda: _buckets_reading("instant", query, (end * 1000,), self._keys))
 
     async def range(
         self, query: str, start: int, end: int, step: int, *, tenant: str | None = None,
@@ -217,8 +214,7 @@ class TempoClient:
         """
         return await self._query(
             RANGE_PATH, _range_params(query, start, end, step, exemplars), tenant, "range",
-            _range_list(self._keys, query),
-            lambda body: parse_answer(body, query, "range", self._keys))
+            lambda: _series_reading("range", query, self._keys))
 
     async def range_buckets(
         self, query: str, start: int, end: int, step: int, stamps: Sequence[int], *,
@@ -227,8 +223,7 @@ class TempoClient:
         """:meth:`range`, its values in the buckets stamped ``stamps`` (ms) only."""
         return await self._query(
             RANGE_PATH, _range_params(query, start, end, step, exemplars), tenant, "range",
-            _range_buckets(self._keys, query, stamps),
-            lambda body: parse_buckets(body, query, "range", stamps, self._keys))
+            lambda: _buckets_reading("range", query, stamps, self._keys))
 
     async def get_json(self, path: str) -> Any:
         """GET a Tempo status endpoint (``/api/status/buildinfo``) and decode its JSON.
@@ -305,12 +300,14 @@ class TempoClient:
 
     async def _query(
         self, path: str, params: Mapping[str, str], tenant: str | None, kind: Kind,
-        sink: Sink[_R], whole: Callable[[Body], _R],
+        reading: Callable[[], _Reading[_R]],
     ) -> _R:
-        """A metrics query, its answer parsed into ``sink`` as it arrives; or, when the
-        typed structs do not take it, ``whole`` of the whole answer (asked again when some
-        of its series were already taken)."""
-        what = f"query {params['q']!r}"
+        """A metrics query, its answer read as it arrives into a new ``reading``; when
+        the typed structs do not take it, what the plain parser makes of the whole answer
+        (asked for again when some of its series were already taken)."""
+        query = params["q"]
+        what = f"query {query!r}"
+        sink, slow = reading()
         parse = _Parse(kind, sink)
         await self._request(path, params, tenant, what, parse=parse)
         try:
@@ -319,9 +316,11 @@ class TempoClient:
             pass
         cut, content = parse.cut, parse.body
         del parse, sink  # what they took is let go before the answer is read again
-        if cut:
-            _, content = await self._request(path, params, tenant, what)
-        return await run_on(self._worker, whole, content)
+        if not cut:  # the body is whole: the plain parser words what the structs refused
+            return await run_on(self._worker, _parse_plainly, content, query, kind, slow)
+        _, content = await self._request(path, params, tenant, what)
+        sink, slow = reading()
+        return await run_on(self._worker, _parse, content, query, kind, sink, slow)
 
     async def _stream(self, chunks: AsyncIterator[bytes], parse: _Parse[Any]) -> None:
         """Feed an answer's body to ``parse`` as it arrives, each run of it taken on the
@@ -450,6 +449,9 @@ _R = TypeVar("_R")
 Sink: TypeAlias = Generator[None, "list[Any] | None", _R]
 """What an answer's series go to, as typed structs, a run at a time (``send``); ``None``
 sent at the end returns the result (see :func:`_instant_buckets`)."""
+_Reading: TypeAlias = tuple[Sink[_R], Callable[[Any], _R]]
+"""What an answer is read into: a sink, and what makes the same result of the series
+the plain parser gives (:func:`_parse_whole`) when the structs do not take it."""
 
 
 class _Parse(Generic[_R]):
@@ -551,10 +553,8 @@ def parse_answer(
     content: Body, query: str, kind: Kind, keys: Keys | None = None,
 ) -> list[InstantSeries] | list[RangeSeries]:
     """The series of an answer of ``query``, or the TempoError the whole-body parser gives."""
-    keys = Keys() if keys is None else keys
-    if kind == "instant":
-        return _parse(content, query, kind, _instant_list(keys), _as_parsed)
-    return _parse(content, query, kind, _range_list(keys, query), _as_parsed)
+    return _parse(content, query, kind,
+                  *_series_reading(kind, query, Keys() if keys is None else keys))
 
 
 def parse_buckets(
@@ -562,10 +562,23 @@ def parse_buckets(
 ) -> Buckets:
     """:func:`buckets_of` the answer's series, each added to its buckets as it is decoded
     (no series object is made); or the TempoError :func:`parse_answer` gives."""
-    keys = Keys() if keys is None else keys
+    return _parse(content, query, kind,
+                  *_buckets_reading(kind, query, stamps, Keys() if keys is None else keys))
+
+
+def _series_reading(kind: Kind, query: str, keys: Keys) -> _Reading[list[Any]]:
+    """Series (:func:`parse_answer`)."""
+    sink = _instant_list(keys) if kind == "instant" else _range_list(keys, query)
+    return sink, _as_parsed
+
+
+def _buckets_reading(
+    kind: Kind, query: str, stamps: Sequence[int], keys: Keys,
+) -> _Reading[Buckets]:
+    """Buckets (:func:`parse_buckets`)."""
     sink = (_instant_buckets(keys, stamps) if kind == "instant"
             else _range_buckets(keys, query, stamps))
-    return _parse(content, query, kind, sink, partial(buckets_of, stamps=stamps))
+    return sink, partial(buckets_of, stamps=stamps)
 
 
 def _parse(
@@ -586,6 +599,12 @@ def _parse(
     except _SLOW_PATH:
         pass
     del parse
+    return _parse_plainly(content, query, kind, slow)
+
+
+def _parse_plainly(content: Body, query: str, kind: Kind, slow: Callable[[Any], _R]) -> _R:
+    """``slow`` of the series :func:`_parse_whole` makes of a whole answer (or its
+    TempoError)."""
     with gc_paused():
         return slow(_parse_slowly(content, query, kind))
 

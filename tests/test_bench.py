@@ -129,3 +129,18 @@ def test_passes_its_checks(output: tuple[int, str, str], bench: str) -> None:
     for label in CHECKS[bench]:
         assert label in found, f"{bench} did not check {label!r}"
         assert found[label]["value"] == "yes", found[label].string
+
+
+def test_evaluate_tells_in_which_stage_memory_peaked(output: tuple[int, str, str]) -> None:
+    """Each evaluation's note names the stages and the most resident memory sampled in
+    each, highest first (stages of a quick run can be too short for a sample)."""
+    stages = {"tempo", "split", "evaluate", "encode", "commit", "send", "outbox", "between"}
+    for when in ("first", "steady", "after a restart"):
+        prefix = f"[evaluate] # 2,000 series: {when}: resident memory, the most in each stage: "
+        (line,) = [line for line in output[1].splitlines() if line.startswith(prefix)]
+        found = [(stage, float(mb.replace(",", ""))) for stage, mb in
+                 (part.rsplit(" ", 2)[:2] for part in line[len(prefix):].split(", "))]
+        assert found, line
+        assert {stage for stage, _ in found} <= stages, line
+        assert all(mb > 0 for _, mb in found), line
+        assert [mb for _, mb in found] == sorted((mb for _, mb in found), reverse=True), line
