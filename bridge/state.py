@@ -207,7 +207,7 @@ class State:
         # queued by the open transaction: noted in last_ts and the outbox count once committed
         self._queued: list[tuple[Sequence[Sample], int]] = []
         self._undo_cache: dict[str, Stored | None] = {}
-        self._id_arrays: dict[tuple[str, str], tuple[list[Labels], bytes]] = {}
+        self._id_arrays: dict[tuple[str, str], tuple[list[Labels], array[int]]] = {}
         """The ids of the last totals and kept values written per rule (see _ids_of)."""
         self.last_ts: dict[Labels, int] = {}
         """The timestamp (ms) of the last sample queued for each series, by any rule."""
@@ -324,12 +324,11 @@ class State:
             self._store_live(rule_id, update.live)
             self._store_ended(rule_id, update.ended)
             self._store_settled(rule_id, update.settle_checkpoints)
-            if update.kept_values:
-                db.executemany(
+            for w, values in update.kept_values.items():  # one blob at a time
+                db.execute(
                     "INSERT OR REPLACE INTO windows (rule_id, window_end, window_start, vals)"
                     " VALUES (?, ?, ?, ?)",
-                    [(rule_id, w.end, w.start, self._encode_values(rule_id, values))
-                     for w, values in update.kept_values.items()],
+                    (rule_id, w.end, w.start, self._encode_values(rule_id, values)),
                 )
             db.execute(
                 "DELETE FROM windows WHERE rule_id = ? AND window_end <= ?",
@@ -529,17 +528,15 @@ class State:
         cached = self._cache.get(rule_id)
         if cached is not None and cached.live == live:
             return
-        ids = array("q", [self._id(labels) for labels in live])
-        self._db.execute("UPDATE rules SET live = ? WHERE rule_id = ?", (ids.tobytes(), rule_id))
+        ids = array("q", map(self._id, live))
+        self._db.execute("UPDATE rules SET live = ? WHERE rule_id = ?", (ids, rule_id))
 
     def _store_ended(self, rule_id: str, ended: Mapping[Labels, int]) -> None:
         cached = self._cache.get(rule_id)
         if cached is not None and dict(cached.ended) == dict(ended):
             return
-        ids = array("q", [self._id(labels) for labels in ended])
-        times = array("q", ended.values())
-        self._db.execute("UPDATE rules SET ended = ? WHERE rule_id = ?",
-                         (ids.tobytes() + times.tobytes(), rule_id))
+        blob = array("q", map(self._id, ended)) + array("q", ended.values())
+        self._db.execute("UPDATE rules SET ended = ? WHERE rule_id = ?", (blob, rule_id))
 
     def _store_settled(self, rule_id: str, settled: Mapping[int, int]) -> None:
         self._db.execute(
@@ -580,10 +577,18 @@ class State:
             ids.append(int(cursor.lastrowid or 0))
         return ids
 
-    def _encode_values(self, rule_id: str, values: Mapping[TempoKey, float]) -> bytes:
-        return self._ids_of((rule_id, "values"), values) + array("d", values.values()).tobytes()
+    def _encode_values(self, rule_id: str, values: Mapping[TempoKey, float]) -> bytearray:
+        """The ids and then the values of a kept window, as one blob made in place (the
+        two arrays and their concatenation would be three copies of it)."""
+        ids = self._ids_of((rule_id, "values"), values)
+        blob = bytearray(16 * len(ids))
+        view = memoryview(blob)
+        view[:8 * len(ids)].cast("q")[:] = ids
+        view[8 * len(ids):].cast("d")[:] = array("d", values.values())
+        view.release()
+        return blob
 
-    def _ids_of(self, slot: tuple[str, str], keys: Iterable[Labels]) -> bytes:
+    def _ids_of(self, slot: tuple[str, str], keys: Iterable[Labels]) -> array[int]:
         """The ids (int64) of ``keys``, in order. The last ones asked for in each ``slot``
         are remembered: a steady evaluation writes the same series in the same order
         again, and comparing the keys costs far less than looking up their ids. A label
@@ -593,7 +598,7 @@ class State:
         remembered = self._id_arrays.get(slot)
         if remembered is not None and remembered[0] == listed:
             return remembered[1]
-        ids = array("q", [self._id(k) for k in listed]).tobytes()
+        ids = array("q", map(self._id, listed))
         self._id_arrays[slot] = (listed, ids)
         return ids
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import struct
 import threading
 from pathlib import Path
 
@@ -201,6 +202,31 @@ def test_settle_ages_and_kept_windows_are_replaced_and_pruned(tmp_path: Path) ->
     assert stored.settle_checkpoints == {600: 120}
     assert stored.kept_windows == (Window(120, 180),)
     assert state.kept_values(RULE, windows) == {Window(120, 180): {KA: 180.0}}
+
+
+def test_kept_values_are_stored_as_ids_then_values(tmp_path: Path) -> None:
+    # the layout states already on disk have: int64 ids, then float64 values, in order
+    # (the machine's byte order)
+    state = State(tmp_path / "s.sqlite")
+    keys = [(("span.model", f"m{i}"),) for i in range(5)]
+    first, second = Window(0, 60), Window(60, 120)
+    state.commit(RULE, update(60, kept_values={first: {k: i + 0.5 for i, k in enumerate(keys)}}))
+    # the same series in the same order again: their ids as remembered, new values
+    again = {k: -float(i) for i, k in enumerate(keys)}
+    state.commit(RULE, update(120, kept_values={second: again}))
+    state.close()
+
+    db = sqlite3.connect(tmp_path / "s.sqlite")
+    ids = [sid for (sid,) in db.execute("SELECT series_id FROM series ORDER BY series_id")]
+    (blob,) = db.execute("SELECT vals FROM windows WHERE window_end = 120").fetchone()
+    db.close()
+    assert blob == struct.pack("=5q5d", *ids, *(-float(i) for i in range(5)))
+
+    state = State(tmp_path / "s.sqlite")
+    assert state.kept_values(RULE, [first, second]) == {
+        first: {k: i + 0.5 for i, k in enumerate(keys)},
+        second: again,
+    }
 
 
 def test_the_outbox_holds_requests_in_order_until_they_are_removed(tmp_path: Path) -> None:
