@@ -416,7 +416,7 @@ class _RangeAnswer(msgspec.Struct, gc=False):
     status: Any = None
 
 
-RUN_BYTES = 8 * 1024 * 1024
+RUN_BYTES = 1024 * 1024
 """An answer is cut, as it arrives, into runs of whole series of about this many bytes,
 each decoded at once: a big answer is never in memory whole (364 MB of JSON at 1,000,000
 series), and a run is big enough to be decoded as fast as the whole."""
