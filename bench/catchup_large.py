@@ -107,10 +107,11 @@ async def child(tempo_url: str, write_url: str, series: int, hours: float,
     """Catch up ``hours`` of windows of a rule of ``series`` series that recorded the
     window before them."""
     from bridge.engine import rule_key
-    from bridge.evaluation import Stored, Total, Update
+    from bridge.evaluation import Stored, Update
     from bridge.logs import configure
     from bridge.sender import encoder
     from bridge.series import TempoKey
+    from bridge.totals import Total
     from bridge.windows import Limits, align_down
 
     configure("warning", stream=sys.stderr)

@@ -37,9 +37,10 @@ from typing import IO, Concatenate, NamedTuple, ParamSpec, TypeVar
 import msgspec
 
 from bridge.errors import StateError
-from bridge.evaluation import Stored, Total, Update
+from bridge.evaluation import Stored, Update
 from bridge.remote_write import Batch
 from bridge.series import Labels, Sample, TempoKey
+from bridge.totals import Total, Totals
 from bridge.windows import Window
 
 VERSION = 2
@@ -243,14 +244,13 @@ class State:
         if row is None:
             return None
         labels = self._labels
-        totals: dict[TempoKey, Total] = {}
+        totals = Totals()
         blobs = db.execute(
             "SELECT ids, vals, grown FROM totals WHERE rule_id = ?", (rule_id,)
         ).fetchone()
         if blobs is not None:
-            ids, vals, grown = (array("q", blobs[0]), array("d", blobs[1]),
-                                array("q", blobs[2]))
-            totals = {labels[i]: Total(v, g) for i, v, g in zip(ids, vals, grown, strict=True)}
+            totals = Totals.from_arrays(map(labels.__getitem__, array("q", blobs[0])),
+                                        array("d", blobs[1]), array("q", blobs[2]))
         live = frozenset(labels[sid] for sid in _ids(row[1]))
         ended = {labels[sid]: ts for sid, ts in _ended(row[2])}
         settled = dict(
@@ -514,10 +514,12 @@ class State:
     def _store_totals(self, rule_id: str, totals: Mapping[TempoKey, Total]) -> None:
         """The rule's totals, as one row."""
         ids = self._ids_of((rule_id, "totals"), totals)
-        # the arrays bound as they are (SQLite reads their buffers): at a million series
-        # no list of a million values, nor a copy of each array, is made on the way
-        vals = array("d", map(_VALUE, totals.values()))
-        grown = array("q", map(_LAST_GROWN, totals.values()))
+        # the arrays bound as they are (SQLite reads their buffers)
+        if isinstance(totals, Totals):
+            vals, grown = totals.value, totals.last_grown
+        else:
+            vals = array("d", map(_VALUE, totals.values()))
+            grown = array("q", map(_LAST_GROWN, totals.values()))
         self._db.execute(
             "INSERT OR REPLACE INTO totals (rule_id, ids, vals, grown) VALUES (?, ?, ?, ?)",
             (rule_id, ids, vals, grown),

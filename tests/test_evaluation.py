@@ -14,7 +14,6 @@ from bridge.evaluation import (
     Context,
     EvaluationError,
     Stored,
-    Total,
     Update,
     WindowRead,
     bucket_stamps,
@@ -27,6 +26,7 @@ from bridge.rulefmt import load_rule_files
 from bridge.rules import Group
 from bridge.series import Exemplar, Labels, Sample, TempoKey, is_stale_nan
 from bridge.tempo import InstantSeries, RangeSeries, buckets_of
+from bridge.totals import Total
 from bridge.windows import Query, Window
 
 KA: TempoKey = (("span.model", "a"),)
@@ -156,6 +156,21 @@ def test_counter_writes_every_series_and_a_zero_before_a_new_one(counter: Group)
     ]
     assert update.live == {A, B}
     assert update.stats.recorded == 2
+
+
+def test_an_evaluation_leaves_the_stored_totals_as_they_were(counter: Group) -> None:
+    # the totals are arrays changed in place in the evaluation's own copy: a rule
+    # evaluated again from the same state (its commit failed) gets the same update
+    kc: TempoKey = (("span.model", "c"),)
+    stored = Stored(60).apply(run(counter, Stored(60), [w(120, {KA: 1.0, KB: 2.0})]))
+    reads = [w(180, {KA: 0.5, kc: 1.0})]  # A grows, C is new, B is idle
+    first, again = run(counter, stored, reads), run(counter, stored, reads)
+    assert stored.totals == {KA: Total(1.0, 120), KB: Total(2.0, 120)}
+    assert first.totals == again.totals == {KA: Total(1.5, 180), kc: Total(1.0, 180)}
+    assert samples(first) == samples(again)
+    assert stored.apply(again).totals == {
+        KA: Total(1.5, 180), KB: Total(2.0, 120), kc: Total(1.0, 180),
+    }
 
 
 def test_counter_ignores_negative_and_non_finite_values(counter: Group) -> None:

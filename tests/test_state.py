@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StateError
-from bridge.evaluation import Stored, Total, Update
+from bridge.evaluation import Stored, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import STALE_NAN, Labels, Sample, TempoKey, is_stale_nan
 from bridge.state import RuleKey, State, _LabelDecoder
+from bridge.totals import Total
 from bridge.windows import Window
 from tests.support.outbox import queued
 

@@ -11,10 +11,11 @@ from typing import cast
 import pytest
 
 from bridge.errors import StateError
-from bridge.evaluation import Total, Update
+from bridge.evaluation import Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import Labels, Sample
 from bridge.state import RuleKey, State, _encode_labels, _LabelDecoder, _runs
+from bridge.totals import Total
 from bridge.windows import Window
 
 RULE = RuleKey("g", "x", "e", "counter")
