@@ -99,7 +99,7 @@ def test_a_copy_grown_whole_makes_no_object_per_series() -> None:
     finally:
         tracemalloc.stop()
     # two arrays and a byte per series (1.7 MB); a dict copy of new Total tuples and
-    # floats took about 12 MB
+    # floats took 14 MB
     assert peak < 2_500_000
     assert copy[key(n - 1)] == Total(float(n), 120)
     assert totals[key(n - 1)] == Total(float(n - 1), 60)
