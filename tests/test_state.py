@@ -17,7 +17,7 @@ from bridge.evaluation import Stored, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import STALE_NAN, Labels, Sample, TempoKey, is_stale_nan
 from bridge.state import RuleKey, State, _LabelDecoder
-from bridge.totals import Total
+from bridge.totals import Total, Totals
 from bridge.windows import Window
 from tests.support.outbox import queued
 
@@ -203,6 +203,30 @@ def test_settle_ages_and_kept_windows_are_replaced_and_pruned(tmp_path: Path) ->
     assert stored.settle_checkpoints == {600: 120}
     assert stored.kept_windows == (Window(120, 180),)
     assert state.kept_values(RULE, windows) == {Window(120, 180): {KA: 180.0}}
+
+
+def test_totals_are_read_back_as_arrays_and_stored_from_them(tmp_path: Path) -> None:
+    state = State(tmp_path / "s.sqlite")
+    state.commit(RULE, update(60, totals={KA: Total(1.0, 60), KB: Total(2.0, 60)}))
+    state.close()
+
+    state = State(tmp_path / "s.sqlite")
+    stored = state.load(RULE)
+    assert stored is not None
+    assert isinstance(stored.totals, Totals)
+    grown = stored.totals.copy()  # as an evaluation changes them
+    grown.grow(grown.at[KB], 2.5, 120)
+    kc: TempoKey = (("span.model", "c"),)
+    grown.add(kc, 1.0, 120)
+    step = update(120, totals=grown.changed(), all_totals=grown)
+    state.commit(RULE, step, after=stored.apply(step))
+    state.close()
+
+    state = State(tmp_path / "s.sqlite")
+    again = state.load(RULE)
+    assert again is not None
+    assert again.totals == {KA: Total(1.0, 60), KB: Total(2.5, 120), kc: Total(1.0, 120)}
+    assert stored.totals == {KA: Total(1.0, 60), KB: Total(2.0, 60)}
 
 
 def test_kept_values_are_stored_as_ids_then_values(tmp_path: Path) -> None:
