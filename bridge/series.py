@@ -35,11 +35,10 @@ class Samples(Sequence[Sample]):
             self.append(sample)
 
     def append(self, sample: Sample) -> None:
-        parts = self._parts
-        if not parts or not isinstance(parts[-1], list):
-            parts.append([])
-        last = parts[-1]
-        assert isinstance(last, list)
+        last = self._parts[-1] if self._parts else None
+        if not isinstance(last, list):  # after columns, or the first: a new list
+            last = []
+            self._parts.append(last)
         last.append(sample)
         self._len += 1
 

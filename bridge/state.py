@@ -22,7 +22,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import operator
 import os
 import sqlite3
 import struct
@@ -513,16 +512,12 @@ class State:
 
     def _store_totals(self, rule_id: str, totals: Mapping[TempoKey, Total]) -> None:
         """The rule's totals, as one row."""
+        totals = Totals.of(totals)  # a dict of them (backfill, tests) made Totals
         ids = self._ids_of((rule_id, "totals"), totals)
         # the arrays bound as they are (SQLite reads their buffers)
-        if isinstance(totals, Totals):
-            vals, grown = totals.value, totals.last_grown
-        else:
-            vals = array("d", map(_VALUE, totals.values()))
-            grown = array("q", map(_LAST_GROWN, totals.values()))
         self._db.execute(
             "INSERT OR REPLACE INTO totals (rule_id, ids, vals, grown) VALUES (?, ?, ?, ?)",
-            (rule_id, ids, vals, grown),
+            (rule_id, ids, totals.value, totals.last_grown),
         )
 
     def _store_live(self, rule_id: str, live: frozenset[Labels]) -> None:
@@ -756,10 +751,6 @@ def _from_version_0(db: sqlite3.Connection) -> None:
 
 
 # -- encodings ------------------------------------------------------------------------------
-
-
-_VALUE = operator.itemgetter(0)  # of a Total
-_LAST_GROWN = operator.itemgetter(1)
 
 
 def _runs(ids: Sequence[int]) -> list[tuple[int, int]]:
