@@ -23,6 +23,7 @@ from tests.support.e2e import (
     checkpoints,
     first_query_start,
     run_daemon_until,
+    run_half_hour_catch_up,
     truth,
     write_config,
     write_rules,
@@ -87,15 +88,8 @@ async def test_catch_up_from_start_uses_few_queries(env: Env) -> None:
     now = time.time()
     spans = make_spans(now - 1800, 1800, seed=3)
     env.tempo.add_spans(spans)
-    write_rules(env.tmp / "rules.yaml", 60, 1, "30m")
-    target = (int(now - 1) // 60) * 60
-    await run_daemon_until(env, target)
-    (checkpoint,) = checkpoints(env.tmp / "state")
-    # 31 one-minute windows per rule, caught up in one or two range queries each. A
-    # minute boundary may pass before the daemon stops: the tick for the window after
-    # the target (it starts there) is not part of the catch-up, even if it is recorded.
-    queries = [r for r in env.tempo.requests if r.path.startswith("/api/metrics/")
-               and int(r.params["start"]) < target]
+    # 31 one-minute windows per rule, caught up in one or two range queries each
+    checkpoint, queries = await run_half_hour_catch_up(env, now)
     assert len(METRICS) <= len(queries) <= 2 * len(METRICS)
     start = first_query_start(env.tempo)
     assert start in ((int(now - 1 - 1800) // 60) * 60 - 60, (int(now - 1800) // 60) * 60 - 60)

@@ -32,6 +32,7 @@ from tests.support.e2e import (
     checkpoints,
     first_query_start,
     run_daemon_until,
+    run_half_hour_catch_up,
     write_config,
     write_rules,
 )
@@ -197,15 +198,9 @@ async def test_a_catch_up_writes_the_exemplars_of_its_range_queries(env: Env) ->
     # in each fiftieth of the range, so that every series and window gets its own
     spans = make_spans(now - 1800, 1800, seed=22, gap=(20.0, 60.0))
     env.tempo.add_spans(spans)
-    write_rules(env.tmp / "rules.yaml", 60, 1, "30m")
-    target = (int(now - 1) // 60) * 60
-    await run_daemon_until(env, target)
-    (checkpoint,) = checkpoints(env.tmp / "state")
-    # per rule, 31 windows: 20 first (its series not known yet), then the other 11 (the
-    # tick for the window after the target, if a minute boundary passed before the
-    # daemon stopped, starts there: not part of the catch-up)
-    ranges = [r for r in env.tempo.requests if r.path.endswith("/query_range")
-              and int(r.params["start"]) < target]
+    checkpoint, ranges = await run_half_hour_catch_up(env, now)
+    # per rule, 31 windows: 20 first (its series not known yet), then the other 11
+    assert all(r.path.endswith("/query_range") for r in ranges)
     assert len(ranges) == 2 * len(METRICS)
     assert {int(r.params["step"].removesuffix("s")) for r in ranges} == {60}
     checked = check_exemplars(env, spans, 60, first_query_start(env.tempo), checkpoint)

@@ -10,7 +10,7 @@ from pathlib import Path
 from bridge.components import STATE_FILE
 from bridge.daemon import Daemon
 from bridge.state import State
-from tests.doubles.tempo import Span, TempoDouble
+from tests.doubles.tempo import RecordedRequest, Span, TempoDouble
 from tests.support.daemon import make_daemon, running
 from tests.support.files import default_rules
 from tests.support.files import write_config as write_bridge_config
@@ -118,3 +118,19 @@ def checkpoints(state_dir: Path) -> set[int]:
         return {rule.checkpoint for rule in state.known_rules()}
     finally:
         state.close()
+
+
+async def run_half_hour_catch_up(env: Env, now: float) -> tuple[int, list[RecordedRequest]]:
+    """Run the daemon, one-minute windows starting half an hour before ``now``, until it
+    has caught up to the last window due at ``now``: the checkpoint it stopped at, and the
+    metrics queries of its catch-up.
+
+    A minute boundary may pass before the daemon stops: the tick for the window after
+    that target (it starts there) is then recorded too, but it is not part of the
+    catch-up, so its queries are left out."""
+    write_rules(env.tmp / "rules.yaml", 60, 1, "30m")
+    target = (int(now - 1) // 60) * 60
+    await run_daemon_until(env, target)
+    (checkpoint,) = checkpoints(env.tmp / "state")
+    return checkpoint, [r for r in env.tempo.requests if r.path.startswith("/api/metrics/")
+                        and int(r.params["start"]) < target]
