@@ -174,18 +174,24 @@ class State:
         self.path = path
         self._mutex = threading.RLock()
         self._lock: IO[str] | None = None
+        db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if exclusive:
                 self._lock = _lock(path.with_name(path.name + ".lock"))
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(self._db)
-            self._read()
-        except (OSError, sqlite3.Error) as exc:
+            self._db = db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(db)
+            with _damaged(path, "its series and rules"):
+                self._read()
+        except (OSError, sqlite3.Error, StateError) as exc:
+            if db is not None:
+                db.close()
             if self._lock is not None:
                 self._lock.close()
+            if isinstance(exc, StateError):
+                raise
             raise StateError(f"cannot open the state database {path}: {exc}") from exc
 
     def _read(self) -> None:
@@ -247,10 +253,12 @@ class State:
         blobs = db.execute(
             "SELECT ids, vals, grown FROM totals WHERE rule_id = ?", (rule_id,)
         ).fetchone()
+        rule = f"the rule {key.group}/{key.record}"
         if blobs is not None:
-            totals = Totals.from_arrays(map(labels.__getitem__, array("q", blobs[0])),
-                                        array("d", blobs[1]), array("q", blobs[2]))
-        live = frozenset(labels[sid] for sid in _ids(row[1]))
+            with _damaged(self.path, f"{rule}'s totals"):
+                totals = Totals.from_arrays(map(labels.__getitem__, array("q", blobs[0])),
+                                            array("d", blobs[1]), array("q", blobs[2]))
+        live = frozenset(labels[sid] for sid in _ids(row[1]))  # read once when opened
         ended = {labels[sid]: ts for sid, ts in _ended(row[2])}
         settled = dict(
             db.execute("SELECT age, checkpoint FROM settle WHERE rule_id = ?", (rule_id,))
@@ -261,11 +269,12 @@ class State:
                 " ORDER BY window_end", (rule_id,),
             )
         )
-        legacy = {
-            labels[sid]: total for sid, total in db.execute(
-                "SELECT series_id, total FROM legacy WHERE rule_id = ?", (rule_id,)
-            )
-        }
+        with _damaged(self.path, f"{rule}'s totals from tempo-bridge 0.1"):
+            legacy = {
+                labels[sid]: total for sid, total in db.execute(
+                    "SELECT series_id, total FROM legacy WHERE rule_id = ?", (rule_id,)
+                )
+            }
         stored = Stored(int(row[0]), totals, live, settled, recorded, legacy, ended)
         self._cache[rule_id] = stored
         return stored
@@ -286,8 +295,10 @@ class State:
         ):
             window = wanted.get(end)
             if window is not None:
-                ids, values = _decode_values(blob)
-                result[window] = {labels[i]: v for i, v in zip(ids, values, strict=True)}
+                with _damaged(self.path, f"the rule {key.group}/{key.record}'s values kept"
+                                         f" of the window ending at {end}"):
+                    ids, values = _decode_values(blob)
+                    result[window] = {labels[i]: v for i, v in zip(ids, values, strict=True)}
         return result
 
     @_one_at_a_time
@@ -791,6 +802,20 @@ def _lock(path: Path) -> IO[str]:
 def _nan(bits: int) -> float:
     value: float = _DOUBLE.unpack(_BITS.pack(bits))[0]
     return value
+
+
+@contextmanager
+def _damaged(path: Path, where: str) -> Iterator[None]:
+    """Turn what a damaged database makes the reading code raise (an id that names no
+    label set, arrays of the wrong length, a label set that is not one) into a StateError
+    naming the database and what was being read."""
+    try:
+        yield
+    except KeyError as exc:
+        raise StateError(f"the state database {path} is damaged: {where} name the series"
+                         f" id {exc.args[0]}, which it does not hold") from exc
+    except (ValueError, TypeError) as exc:
+        raise StateError(f"the state database {path} is damaged: {where}: {exc}") from exc
 
 
 def _ids(blob: bytes | None) -> array[int]:

@@ -368,6 +368,76 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         State(path)
 
 
+def damage(path: Path, statement: str, *args: object) -> None:
+    """Commit one window of a rule to a new state at ``path``, then damage it by
+    ``statement`` (a restored table, a hand edit)."""
+    state = State(path)
+    samples: list[Sample] = [(A, 60_000, 1.0)]
+    state.commit(RULE, update(60, totals={KA: Total(1.0, 60)}, live=frozenset({A}),
+                              kept_values={Window(0, 60): {KA: 1.0}}, samples=samples),
+                 requests(samples))
+    state.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def test_a_damaged_state_says_what_it_cannot_read_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    damage(path, "UPDATE rules SET live = ?", struct.pack("=q", 999))
+    message = (f"the state database {path} is damaged: its series and rules name the"
+               " series id 999, which it does not hold")
+    with pytest.raises(StateError) as raised:
+        State(path, exclusive=True)
+    assert str(raised.value) == message
+    # nothing held open: the same error again, not "in use by another tempo-bridge"
+    with pytest.raises(StateError) as raised:
+        State(path, exclusive=True)
+    assert str(raised.value) == message
+
+
+def test_a_label_set_that_is_not_one_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    damage(path, "UPDATE series SET labels = '[\"model\"]' WHERE series_id = 1")
+    with pytest.raises(StateError, match=rf"^the state database {path} is damaged: its series"
+                                         r" and rules: .*"):
+        State(path)
+
+
+@pytest.mark.parametrize(("statement", "args", "where", "reason"), [
+    ("UPDATE totals SET vals = ?", (b"",), "the rule g/x_total's totals",
+     ": 1 series, 0 values and 1 times"),
+    ("UPDATE totals SET ids = ?", (struct.pack("=q", 999),), "the rule g/x_total's totals",
+     " name the series id 999, which it does not hold"),
+    ("UPDATE totals SET grown = ?", (b"\x01\x02\x03",), "the rule g/x_total's totals",
+     ": bytes length not a multiple of item size"),
+    (f"INSERT INTO legacy VALUES ('{RULE.rule_id}', 999, 1.5)", (),
+     "the rule g/x_total's totals from tempo-bridge 0.1",
+     " name the series id 999, which it does not hold"),
+])
+def test_a_damaged_rule_says_what_it_cannot_read_when_loaded(
+    tmp_path: Path, statement: str, args: tuple[object, ...], where: str, reason: str,
+) -> None:
+    path = tmp_path / "s.sqlite"
+    damage(path, statement, *args)
+    state = State(path)
+    with pytest.raises(StateError) as raised:
+        state.load(RULE)
+    assert str(raised.value) == f"the state database {path} is damaged: {where}{reason}"
+
+
+def test_damaged_kept_values_say_which_window(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    damage(path, "UPDATE windows SET vals = ?", b"\x00" * 12)
+    state = State(path)
+    with pytest.raises(StateError) as raised:
+        state.kept_values(RULE, [Window(0, 60)])
+    assert str(raised.value) == (
+        f"the state database {path} is damaged: the rule g/x_total's values kept of the"
+        " window ending at 60: bytes length not a multiple of item size")
+
+
 def test_stale_markers_keep_their_bits(tmp_path: Path) -> None:
     state = State(tmp_path / "s.sqlite")
     samples: list[Sample] = [(A, 60_000, STALE_NAN), (B, 60_000, float("nan"))]
