@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import itertools
 import math
+import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -163,6 +165,29 @@ async def test_a_state_that_cannot_be_read_fails_the_evaluation_not_the_group(
     assert h.failures("state") == 1
     monkeypatch.undo()
     assert await h.tick(group)
+
+
+async def test_a_rule_with_damaged_rows_fails_alone_and_names_the_damage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = Harness(tmp_path, [span(T0 + 10, "a"), span(T0 + 70, "a")], now=T0 + 120)
+    group = h.load(rules_yaml(rules=[rule_yaml("x"), rule_yaml("y")]))
+    assert await h.tick(group)
+    h.state.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    with db:  # x's totals name a series the database does not hold
+        db.execute("UPDATE totals SET ids = ? WHERE rule_id = ?",
+                   (struct.pack("=q", 999), rule_key(group, group.rules[0]).rule_id))
+    db.close()
+    h.restart()
+    capsys.readouterr()
+    assert not await h.tick(group, 60)
+    assert h.failures("state") == 1
+    windows = h.metrics.registry.get_sample_value(
+        "tempo_bridge_windows_evaluated_total", {"group": "g", "rule": "y"})
+    assert windows == 1  # y went on
+    assert ("the rule g/x's totals name the series id 999, which it does not hold"
+            in capsys.readouterr().out)
 
 
 async def test_dry_run_counts_from_zero_and_holds_back_young_windows(tmp_path: Path) -> None:
