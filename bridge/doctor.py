@@ -18,8 +18,13 @@
 * the receiver accepts an empty remote-write request (Prometheus answers 404 when it was
   started without ``--web.enable-remote-write-receiver``); when it is a Prometheus that
   shows its config, ``max_sample_age`` against the age of samples it accepts.
+* the state database, when no bridge has it open: that it can be read (every rule's
+  totals, series and kept values), and the samples waiting in its outbox against
+  ``max_sample_age``. It is read without writing anything; a running bridge's state is
+  not read (its ``/api/v1/status`` tells what it holds).
 
-The checks are pure functions of what was read; only :func:`diagnose` does I/O. Secrets
+The checks of settings are pure functions of what was read; only :func:`diagnose` does that
+I/O, and :func:`check_state` reads the state database itself. Secrets
 (tokens, passwords, header values, URL query strings) never appear in the report.
 """
 
@@ -32,6 +37,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -40,13 +46,14 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from bridge import USER_AGENT
-from bridge.components import receiver_client, tempo_client
+from bridge.components import STATE_FILE, receiver_client, tempo_client
 from bridge.config import Config
 from bridge.durations import DurationError, format_duration, parse_duration
-from bridge.errors import ReceiverError, TempoError
+from bridge.errors import ReceiverError, StateError, TempoError
 from bridge.redact import display_url
 from bridge.remote_write import encode_write_request
 from bridge.rules import Group, Rule
+from bridge.state import VERSION, State, holder, schema_version
 from bridge.tempo import ClockSkew, TempoClient
 from bridge.yamlfile import lookup
 
@@ -774,4 +781,57 @@ async def diagnose(
     redact = _Redactor(config)
     findings = await _check_tempo(config, groups, longest_request, redact, transport)
     findings += await _check_receiver(config, redact, transport)
+    findings += check_state(config.state_dir / STATE_FILE, config.remote_write.max_sample_age)
     return findings
+
+
+def check_state(path: Path, max_sample_age: float, now: float | None = None) -> list[Finding]:
+    """The state database at ``path``: there yet or not, open by a bridge or not, and if
+    not, readable, with what waits in its outbox."""
+    try:
+        if not path.exists():
+            return [ok(f"no state at {path} yet: each rule begins at its group's start")]
+        pid = holder(path)
+        if pid is not None:
+            return [ok(f"the state {path} is open by tempo-bridge pid {pid}: not read here "
+                       "(the bridge's /api/v1/status tells what it holds)")]
+        if path.with_name(path.name + "-wal").exists():
+            return [ok(f"the state {path} has a write-ahead log: a tempo-bridge has it open, "
+                       "or stopped without closing it (the daemon replays the log when it "
+                       "starts); not read here")]
+        version = schema_version(path)
+        if version < VERSION:
+            return [ok(f"the state {path} has schema version {version} (tempo-bridge 0.1): "
+                       "the daemon upgrades it when it starts")]
+        if version > VERSION:
+            return [fail(f"the state {path} has schema version {version}, newer than this "
+                         f"tempo-bridge's ({VERSION}): run the tempo-bridge that wrote it")]
+        state = State(path, read_only=True)
+        try:
+            rules = state.known_rules()
+            for rule in rules:
+                stored = state.load(rule.key)
+                if stored is not None:
+                    state.kept_values(rule.key, stored.kept_windows)
+            waiting, oldest = state.outbox_samples(), state.outbox_oldest_ts_ms()
+        finally:
+            state.close()
+    except StateError as exc:
+        return [fail(f"{exc}; restore the whole file from a backup")]
+    except OSError as exc:
+        return [fail(f"cannot read the state at {path}: {exc.strerror or exc}; run doctor "
+                     "as the user the bridge runs as, or as root")]
+    removed = sum(r.removed_at is not None for r in rules)
+    held = (f"{len(rules)} rule{'' if len(rules) == 1 else 's'}"
+            + (f" ({removed} removed from the rule files, kept for the retention)"
+               if removed else ""))
+    if not waiting or oldest is None:
+        return [ok(f"the state {path} is readable: {held}, no sample waiting to be sent")]
+    age = max(0.0, (time.time() if now is None else now) - oldest / 1000)
+    line = (f"the state {path} is readable: {held}, {waiting:,} sample"
+            f"{'' if waiting == 1 else 's'} waiting to be sent, the oldest {_d(int(age))} old")
+    if max_sample_age and age > max_sample_age:
+        return [warn(f"{line}: the daemon drops those older than remote_write.max_sample_age "
+                     f"({_d(max_sample_age)}) when it sends them (counters stay exact, gauges "
+                     "lose those windows); start it soon")]
+    return [ok(f"{line}: the daemon sends them when it starts")]

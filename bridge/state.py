@@ -164,25 +164,34 @@ class State:
     1,000,000 series takes about 12 s) rather than joining its transaction.
     """
 
-    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+    def __init__(self, path: Path, *, exclusive: bool = False, read_only: bool = False) -> None:
         """Open (or create, or upgrade) the database at ``path``.
 
         ``exclusive``: hold a lock on ``path.lock`` while open, so that a second bridge
         given the same state cannot evaluate the same windows again (double counting);
         opening fails with a StateError naming the process that holds it.
+
+        ``read_only``: read a database that no bridge has open (see :func:`holder`) and
+        that has the current schema, writing nothing, not even SQLite's own files.
         """
         self.path = path
         self._mutex = threading.RLock()
         self._lock: IO[str] | None = None
         db: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if exclusive:
-                self._lock = _lock(path.with_name(path.name + ".lock"))
-            self._db = db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            _migrate(db)
+            if read_only:
+                self._db = db = _read_only(path)
+                if (version := _version(db)) != VERSION:
+                    raise sqlite3.DatabaseError(f"its schema version is {version}, not {VERSION}")
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if exclusive:
+                    self._lock = _lock(path.with_name(path.name + ".lock"))
+                self._db = db = sqlite3.connect(path, isolation_level=None,
+                                                check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                _migrate(db)
             with _damaged(path, "its series and rules"):
                 self._read()
         except (OSError, sqlite3.Error, StateError) as exc:
@@ -696,9 +705,55 @@ class State:
 # -- schema versions ----------------------------------------------------------------------
 
 
+def schema_version(path: Path) -> int:
+    """The schema version of the database at ``path`` (no bridge having it open), read
+    without writing anything."""
+    try:
+        db = _read_only(path)
+        try:
+            return _version(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot open the state database {path}: {exc}") from exc
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the tempo-bridge that has the state at ``path`` open (``exclusive``), or
+    None. Read from the kernel's table of file locks, so that asking takes no lock that a
+    bridge starting at that moment would find taken; None where that table cannot be
+    read (not Linux)."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        held = lock.stat()
+        table = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        return None
+    where = f"{os.major(held.st_dev):02x}:{os.minor(held.st_dev):02x}:{held.st_ino}"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2147192 0 EOF" (a waiter's has "->" after 1:)
+        fields = line.split()
+        if fields[1:4] == ["FLOCK", "ADVISORY", "WRITE"] and fields[5:6] == [where]:
+            return int(fields[4])
+    return None
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` as it is on disk and writes nothing (``immutable``:
+    no lock, no -shm or -wal file made): only for a database no bridge has open."""
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
+                           isolation_level=None, check_same_thread=False)
+
+
+def _version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
 def _migrate(db: sqlite3.Connection) -> None:
     """Create the schema, or bring a tempo-bridge 0.1 state (version 0) up to date."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    version = _version(db)
     if version == VERSION:
         return
     if version > VERSION:

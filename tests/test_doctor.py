@@ -11,7 +11,10 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import os
 import re
+import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -22,17 +25,24 @@ from urllib.parse import unquote
 import pytest
 
 from bridge.cli import main
+from bridge.components import STATE_FILE
 from bridge.config import Config
 from bridge.doctor import (
     Finding,
     check_clock_skew,
+    check_state,
     exemplars_per_window,
     parse_go_duration,
     read_prometheus_config,
     read_tempo_settings,
     read_tenant_max_duration,
 )
+from bridge.evaluation import Update
+from bridge.remote_write import encode_batches
+from bridge.series import Labels, Sample
+from bridge.state import RuleKey, State
 from bridge.tempo import ClockSkew
+from bridge.totals import Total
 from tests.doubles.captures import find_tempo_api, load_capture
 from tests.support.files import Rule, write_rules
 from tests.support.files import write_config as write_bridge_config
@@ -179,6 +189,19 @@ def write_config(
 
 
 def doctor(
+    capsys: pytest.CaptureFixture[str], config: Path, *args: str
+) -> tuple[int, list[str]]:
+    """Doctor's exit code and lines, but for the state's line (the last finding), which
+    must say that the config's state is not there yet (see the state's own tests)."""
+    code, lines = doctor_all(capsys, config, *args)
+    assert lines.pop(-2) == (
+        f"OK   no state at {config.parent / 'data' / STATE_FILE} yet: each rule begins at "
+        "its group's start"
+    )
+    return code, lines
+
+
+def doctor_all(
     capsys: pytest.CaptureFixture[str], config: Path, *args: str
 ) -> tuple[int, list[str]]:
     code = main(["doctor", "--config", str(config), *args])
@@ -841,3 +864,121 @@ def test_tenant_overrides_pages() -> None:
         read_tenant_max_duration({"tenant": "team-a"})
     with pytest.raises(ValueError, match="not a Go duration"):
         read_tenant_max_duration({"runtime_overrides": "read: {max_metrics_duration: soon}"})
+
+
+# -- the state ------------------------------------------------------------------------------
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def state_with(path: Path, samples: list[Sample], *, removed: bool = False) -> None:
+    """A state at ``path`` that recorded one window of one rule, ``samples`` waiting to
+    be sent, closed as a stopped bridge leaves it."""
+    state = State(path, exclusive=True)
+    labels: Labels = (("__name__", "x_total"),)
+    state.commit(RULE_KEY, Update(60, totals={(): Total(1.0, 60)}, live=frozenset({labels}),
+                                  settle_checkpoints={}, samples=samples),
+                 encode_batches(samples, {}, {}, 2000))
+    if removed:
+        state.mark_removed(RULE_KEY, 120.0)
+    state.close()
+
+
+RULE_KEY = RuleKey("costs", "x_total", "{ } | count_over_time()", "counter")
+
+
+def test_a_stopped_bridge_s_state_is_read_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE
+    state_with(path, [])
+    before = files(tmp_path)
+    assert check_state(path, 3000) == [Finding(
+        "OK", f"the state {path} is readable: 1 rule, no sample waiting to be sent")]
+    assert files(tmp_path) == before  # no byte written, no -wal or -shm made
+
+
+def test_samples_waiting_in_the_outbox_are_told_and_too_old_ones_warned_of(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / STATE_FILE
+    labels: Labels = (("__name__", "x_total"),)
+    state_with(path, [(labels, 60_000, 1.0), (labels, 120_000, 2.0)], removed=True)
+    held = f"the state {path} is readable: 1 rule (1 removed from the rule files, kept " \
+           "for the retention), 2 samples waiting to be sent"
+    assert check_state(path, 3000, now=90) == [Finding(
+        "OK", f"{held}, the oldest 30s old: the daemon sends them when it starts")]
+    assert check_state(path, 3000, now=60 + 3600) == [Finding(
+        "WARN", f"{held}, the oldest 1h old: the daemon drops those older than "
+        "remote_write.max_sample_age (50m) when it sends them (counters stay exact, gauges "
+        "lose those windows); start it soon")]
+    assert check_state(path, 0, now=60 + 3600)[0].level == "OK"  # no age limit
+
+
+def test_a_state_open_by_a_bridge_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE
+    state = State(path, exclusive=True)
+    try:
+        assert check_state(path, 3000) == [Finding(
+            "OK", f"the state {path} is open by tempo-bridge pid {os.getpid()}: not read "
+            "here (the bridge's /api/v1/status tells what it holds)")]
+    finally:
+        state.close()
+    assert check_state(path, 3000)[0].message.startswith(f"the state {path} is readable")
+
+
+def test_a_state_left_with_a_write_ahead_log_is_not_read(tmp_path: Path) -> None:
+    # open without the lock (as a bridge that died leaves it: its log, no holder)
+    path = tmp_path / STATE_FILE
+    state = State(path)
+    try:
+        assert check_state(path, 3000) == [Finding(
+            "OK", f"the state {path} has a write-ahead log: a tempo-bridge has it open, or "
+            "stopped without closing it (the daemon replays the log when it starts); not "
+            "read here")]
+    finally:
+        state.close()
+
+
+def test_a_damaged_state_fails(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE
+    state_with(path, [])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE totals SET ids = ?", (struct.pack("=q", 999),))
+    db.close()
+    assert check_state(path, 3000) == [Finding(
+        "FAIL", f"the state database {path} is damaged: the rule costs/x_total's totals name "
+        "the series id 999, which it does not hold; restore the whole file from a backup")]
+    path.write_bytes(b"not a database")
+    (finding,) = check_state(path, 3000)
+    assert finding.level == "FAIL"
+    assert finding.message.startswith(f"cannot open the state database {path}: ")
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    (0, "OK   the state {path} has schema version 0 (tempo-bridge 0.1): the daemon upgrades "
+        "it when it starts"),
+    (99, "FAIL the state {path} has schema version 99, newer than this tempo-bridge's (2): "
+         "run the tempo-bridge that wrote it"),
+])
+def test_the_schema_version_is_told(tmp_path: Path, version: int, expected: str) -> None:
+    path = tmp_path / STATE_FILE
+    state_with(path, [])
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {version}")
+    db.close()
+    assert [str(f) for f in check_state(path, 3000)] == [expected.format(path=path)]
+
+
+def test_doctor_reads_the_config_s_state(
+    tmp_path: Path, tempo: FakeTempo, prom: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, tempo.url, prom.write_url)
+    state_with(tmp_path / "data" / STATE_FILE, [])
+    code, lines = doctor_all(capsys, config)
+    assert lines[-2:] == [
+        f"OK   the state {tmp_path / 'data' / STATE_FILE} is readable: 1 rule, no sample "
+        "waiting to be sent",
+        "no problems found",
+    ]
+    assert code == 0

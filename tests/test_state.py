@@ -16,7 +16,7 @@ from bridge.errors import StateError
 from bridge.evaluation import Stored, Update
 from bridge.remote_write import Batch, encode_batches
 from bridge.series import STALE_NAN, Labels, Sample, TempoKey, is_stale_nan
-from bridge.state import RuleKey, State, _LabelDecoder
+from bridge.state import RuleKey, State, _LabelDecoder, holder
 from bridge.totals import Total, Totals
 from bridge.windows import Window
 from tests.support.outbox import queued
@@ -436,6 +436,33 @@ def test_damaged_kept_values_say_which_window(tmp_path: Path) -> None:
     assert str(raised.value) == (
         f"the state database {path} is damaged: the rule g/x_total's values kept of the"
         " window ending at 60: bytes length not a multiple of item size")
+
+
+def test_a_read_only_state_reads_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with pytest.raises(StateError, match=f"cannot open the state database {path}: no such file"):
+        State(path, read_only=True)
+    damage(path, "SELECT 1")  # a rule's window committed, then closed
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    state = State(path, read_only=True)
+    stored = state.load(RULE)
+    assert stored is not None
+    assert dict(stored.totals) == {KA: Total(1.0, 60)}
+    assert state.outbox_samples() == 1
+    with pytest.raises(StateError, match="readonly database"):
+        state.commit(RULE, update(120))
+    state.close()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_holder_of_a_state_is_found_without_taking_its_lock(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    assert holder(path) is None  # no lock file
+    state = State(path, exclusive=True)
+    assert holder(path) == os.getpid()
+    state.close()
+    assert (tmp_path / "s.sqlite.lock").exists()
+    assert holder(path) is None  # the file stays, nobody holds it
 
 
 def test_stale_markers_keep_their_bits(tmp_path: Path) -> None:
