@@ -742,7 +742,7 @@ def _read_only(path: Path) -> sqlite3.Connection:
     """A connection that reads ``path`` as it is on disk and writes nothing (``immutable``:
     no lock, no -shm or -wal file made): only for a database no bridge has open."""
     if not path.is_file():
-        raise sqlite3.OperationalError("no such file")
+        raise sqlite3.OperationalError("not a file" if path.exists() else "no such file")
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True,
                            isolation_level=None, check_same_thread=False)
 

@@ -442,6 +442,10 @@ def test_a_read_only_state_reads_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     with pytest.raises(StateError, match=f"cannot open the state database {path}: no such file"):
         State(path, read_only=True)
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(StateError, match=r"cannot open the state database .*/dir: not a file"):
+        State(tmp_path / "dir", read_only=True)
+    (tmp_path / "dir").rmdir()
     damage(path, "SELECT 1")  # a rule's window committed, then closed
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     state = State(path, read_only=True)
