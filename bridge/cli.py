@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     doc = sub.add_parser(
-        "doctor", help="reach Tempo and the receiver and warn about settings that lose data"
+        "doctor",
+        help="reach Tempo and the receiver, read the state, and warn about what would lose data",
     )
     doc.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file")
     doc.add_argument(
