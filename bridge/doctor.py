@@ -785,20 +785,27 @@ async def diagnose(
     return findings
 
 
+def _in_use(path: Path) -> Finding | None:
+    """Why the state at ``path`` is not read: a bridge has it open, or left its log."""
+    pid = holder(path)
+    if pid is not None:
+        return ok(f"the state {path} is open by tempo-bridge pid {pid}: not read here "
+                  "(the bridge's /api/v1/status tells what it holds)")
+    if path.with_name(path.name + "-wal").exists():
+        return ok(f"the state {path} has a write-ahead log: a tempo-bridge has it open, "
+                  "or stopped without closing it (the daemon replays the log when it "
+                  "starts); not read here")
+    return None
+
+
 def check_state(path: Path, max_sample_age: float, now: float | None = None) -> list[Finding]:
     """The state database at ``path``: there yet or not, open by a bridge or not, and if
     not, readable, with what waits in its outbox."""
     try:
         if not path.exists():
             return [ok(f"no state at {path} yet: each rule begins at its group's start")]
-        pid = holder(path)
-        if pid is not None:
-            return [ok(f"the state {path} is open by tempo-bridge pid {pid}: not read here "
-                       "(the bridge's /api/v1/status tells what it holds)")]
-        if path.with_name(path.name + "-wal").exists():
-            return [ok(f"the state {path} has a write-ahead log: a tempo-bridge has it open, "
-                       "or stopped without closing it (the daemon replays the log when it "
-                       "starts); not read here")]
+        if (in_use := _in_use(path)) is not None:
+            return [in_use]
         version = schema_version(path)
         if version < VERSION:
             return [ok(f"the state {path} has schema version {version} (tempo-bridge 0.1): "
@@ -817,7 +824,8 @@ def check_state(path: Path, max_sample_age: float, now: float | None = None) -> 
         finally:
             state.close()
     except StateError as exc:
-        return [fail(f"{exc}; restore the whole file from a backup")]
+        # a bridge that opened the state while it was read may have changed what was read
+        return [_in_use(path) or fail(f"{exc}; restore the whole file from a backup")]
     except OSError as exc:
         return [fail(f"cannot read the state at {path}: {exc.strerror or exc}; run doctor "
                      "as the user the bridge runs as, or as root")]

@@ -37,6 +37,7 @@ from bridge.doctor import (
     read_tempo_settings,
     read_tenant_max_duration,
 )
+from bridge.errors import StateError
 from bridge.evaluation import Update
 from bridge.remote_write import encode_batches
 from bridge.series import Labels, Sample
@@ -953,6 +954,30 @@ def test_a_damaged_state_fails(tmp_path: Path) -> None:
     (finding,) = check_state(path, 3000)
     assert finding.level == "FAIL"
     assert finding.message.startswith(f"cannot open the state database {path}: ")
+
+
+def test_a_bridge_opening_the_state_while_it_is_read_is_not_taken_for_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / STATE_FILE
+    state_with(path, [])
+    opened: list[State] = []
+
+    class Started(State):
+        """What doctor reads when a bridge starts meanwhile and changes the file: what
+        it read no longer holds together."""
+
+        def load(self, key: RuleKey) -> None:
+            opened.append(State(path, exclusive=True))
+            raise StateError(f"the state database {path} is damaged: as read mid-write")
+
+    monkeypatch.setattr("bridge.doctor.State", Started)
+    try:
+        assert check_state(path, 3000) == [Finding(
+            "OK", f"the state {path} is open by tempo-bridge pid {os.getpid()}: not read "
+            "here (the bridge's /api/v1/status tells what it holds)")]
+    finally:
+        opened[0].close()
 
 
 @pytest.mark.parametrize(("version", "expected"), [
