@@ -210,10 +210,15 @@ class State:
         self._ids: dict[Labels, int] = {}
         self._labels: dict[int, Labels] = {}
         decode = _LabelDecoder()
-        for series_id, text in db.execute("SELECT series_id, labels FROM series"):
-            labels = decode(text)
-            self._ids[labels] = series_id
-            self._labels[series_id] = labels
+        series_id = None
+        try:
+            for series_id, text in db.execute("SELECT series_id, labels FROM series"):
+                labels = decode(text)
+                self._ids[labels] = series_id
+                self._labels[series_id] = labels
+        except (ValueError, TypeError) as exc:  # named by _damaged, with what it read
+            raise ValueError(f"the label set of series id {series_id} is not one ({exc})"
+                             ) from exc
         self._cache: dict[str, Stored] = {}
         self._outbox_samples = int(
             db.execute("SELECT coalesce(sum(samples), 0) FROM outbox").fetchone()[0]
@@ -267,7 +272,7 @@ class State:
             with _damaged(self.path, f"{rule}'s totals"):
                 totals = Totals.from_arrays(map(labels.__getitem__, array("q", blobs[0])),
                                             array("d", blobs[1]), array("q", blobs[2]))
-        live = frozenset(labels[sid] for sid in _ids(row[1]))  # read once when opened
+        live = frozenset(labels[sid] for sid in _ids(row[1]))  # each id found by _read
         ended = {labels[sid]: ts for sid, ts in _ended(row[2])}
         settled = dict(
             db.execute("SELECT age, checkpoint FROM settle WHERE rule_id = ?", (rule_id,))

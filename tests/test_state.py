@@ -397,12 +397,14 @@ def test_a_damaged_state_says_what_it_cannot_read_when_opened(tmp_path: Path) ->
     assert str(raised.value) == message
 
 
-def test_a_label_set_that_is_not_one_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ['["model"]', "5"])
+def test_a_label_set_that_is_not_one_is_named(tmp_path: Path, text: str) -> None:
     path = tmp_path / "s.sqlite"
-    damage(path, "UPDATE series SET labels = '[\"model\"]' WHERE series_id = 1")
+    damage(path, "UPDATE series SET labels = ? WHERE series_id = 1", text)
     with pytest.raises(StateError, match=rf"^the state database {path} is damaged: its series"
-                                         r" and rules: .*"):
+                                         r" and rules: .*") as raised:
         State(path)
+    assert "the label set of series id 1 is not one (" in str(raised.value)
 
 
 @pytest.mark.parametrize(("statement", "args", "where", "reason"), [
